@@ -1,6 +1,8 @@
 """Checkpoint I/O. Official YOLOv10 checkpoints pickle whole ultralytics model objects; they are read here
 without ultralytics through a restricted unpickler that turns those classes into inert stand-ins and
 keeps only tensors and the model config."""
+import _compat_pickle
+import importlib
 import os
 import pickle
 import tempfile
@@ -51,8 +53,15 @@ _STAND_IN_PREFIXES = ("ultralytics.", "torch.nn.modules.", "__main__", "models."
 _NUMPY_PREFIXES = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy")
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol-2 pickles use Python 2 names
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) == ("copyreg", "_reconstructor"):
             return _reconstruct
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
@@ -63,11 +72,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _SAFE_GLOBALS[(module, name)]
         if module.startswith(_NUMPY_PREFIXES) and name in ("_reconstruct", "scalar", "ndarray", "dtype") \
                 or module.startswith("numpy.dtypes"):
-            import importlib
             return getattr(importlib.import_module(module), name)
         if module.startswith(_STAND_IN_PREFIXES) or module in ("pathlib", "argparse"):
             return _stand_in_class(module, name)
-        raise pickle.UnpicklingError(f"checkpoint refers to {module}.{name}, which is not allowed to load")
+        raise _Refused(f"checkpoint refers to {module}.{name}, which is not allowed to load")
 
 
 def _reconstruct(cls, base, state):
@@ -105,7 +113,7 @@ def _read(path, map_location):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location=map_location, pickle_module=_restricted_pickle, weights_only=False)
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise ValueError(f"{path} cannot be loaded as a YOLOv10 checkpoint: {e}") from None
     except Exception as e:  # not a torch file at all: zip/pickle errors of many kinds
         raise ValueError(f"{path} is not a YOLOv10 checkpoint (torch.load failed: {type(e).__name__}: {e})") from None

@@ -83,6 +83,9 @@ class v10Detect(nn.Module):
     def forward(self, x):
         one2one = self._branch([xi.detach() for xi in x], self.one2one_cv2, self.one2one_cv3)
         if self.training:
+            if not hasattr(self, "cv2"):
+                raise RuntimeError("this model was fused for inference (the one-to-many head is gone); "
+                                   "it cannot run in train mode")
             return {"one2many": self._branch(x, self.cv2, self.cv3), "one2one": one2one}
         return topk_postprocess(self.decode(one2one).permute(0, 2, 1), self.max_det, self.nc)
 
@@ -103,4 +106,4 @@ class v10Detect(nn.Module):
         for heads in ((self.cv2, self.cv3), (self.one2one_cv2, self.one2one_cv3)):
             for a, b, s in zip(*heads, self.stride):
                 a[-1].bias.data[:] = 1.0
-                b[-1].bias.data[: self.nc] = math.log(5 / self.nc / (640 / s) ** 2)
+                b[-1].bias.data[: self.nc] = math.log(5 / self.nc / (640 / float(s)) ** 2)

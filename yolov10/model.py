@@ -97,7 +97,7 @@ class YOLOv10(nn.Module):
         with torch.no_grad():
             feats = self.features(torch.zeros(1, ch, 256, 256))
         self.train()
-        head.stride = torch.tensor([256 / f.shape[-2] for f in feats])
+        head.stride = torch.tensor([256 / f.shape[-2] for f in feats], device="cpu")
         self.stride = head.stride
         head.bias_init()
         for m in self.modules():
