@@ -24,10 +24,11 @@ def list_images(source):
 
 
 def scale_boxes_to_original(boxes, ratio, pad, ori_shape):
-    """Undo letterbox: (N, 4) xyxy in network pixels -> original image pixels, clipped."""
+    """Undo letterbox: (N, 4) xyxy in network pixels -> original image pixels, clipped.
+    ratio = (rw, rh) and pad = (left, top) as returned by yolov10.data.letterbox."""
     boxes = boxes.clone()
-    boxes[:, [0, 2]] = (boxes[:, [0, 2]] - pad[0]) / ratio
-    boxes[:, [1, 3]] = (boxes[:, [1, 3]] - pad[1]) / ratio
+    boxes[:, [0, 2]] = (boxes[:, [0, 2]] - pad[0]) / ratio[0]
+    boxes[:, [1, 3]] = (boxes[:, [1, 3]] - pad[1]) / ratio[1]
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, ori_shape[1])
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, ori_shape[0])
     return boxes
@@ -48,20 +49,13 @@ def draw_detections(img, dets, names):
 def detect(model, img_bgr, imgsz=640):
     """One BGR uint8 image -> (N, 6) array of x1, y1, x2, y2, score, class in original pixels (all 300)."""
     from .data import letterbox
-    lb, (ratio, pad) = _letterbox(letterbox, img_bgr, imgsz)
+    lb, (ratio, pad) = letterbox(img_bgr, imgsz)
     p = next(model.parameters())
     x = torch.from_numpy(np.ascontiguousarray(lb[..., ::-1].transpose(2, 0, 1))).to(p.device)
     x = (x.float() / 255).unsqueeze(0).to(p.dtype)
     pred = model(x)[0].float().cpu()
     pred[:, :4] = scale_boxes_to_original(pred[:, :4], ratio, pad, img_bgr.shape[:2])
     return pred.numpy()
-
-
-def _letterbox(letterbox, img, imgsz):
-    out = letterbox(img, (imgsz, imgsz))
-    lb, (ratio, pad) = out[0], out[1]
-    ratio = ratio[0] if isinstance(ratio, (tuple, list)) else ratio
-    return lb, (float(ratio), (float(pad[0]), float(pad[1])))
 
 
 def predict(weights, source, out_dir, imgsz=640, conf=0.25, device="cpu", kernels="reference"):
