@@ -143,6 +143,33 @@ def test_parity_on_model_output(model, oracle_model):
     model.zero_grad()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_parity_half_precision_maps(model, oracle_model, dtype):
+    """Half-precision maps (as under autocast) follow the oracle's dtype path too."""
+    g = torch.Generator().manual_seed(12)
+    preds = {k: [x.detach().to(dtype).requires_grad_(True) for x in v] for k, v in random_maps(g, 3).items()}
+    loss, items = V10DetectLoss(model)(preds, adversarial_batch())
+    ref_loss, ref_items = E2EDetectLoss(oracle_model)(preds, adversarial_batch())
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    torch.testing.assert_close(loss, ref_loss.sum(), rtol=RTOL, atol=0)
+    torch.testing.assert_close(items[:3] + items[3:], ref_items, rtol=RTOL, atol=1e-7)
+    for a, b in zip(torch.autograd.grad(loss, maps_list(preds)), torch.autograd.grad(ref_loss.sum(), maps_list(preds))):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), b.float(), rtol=RTOL, atol=1e-7)
+
+
+def test_wrapped_model(model):
+    class Wrapper(torch.nn.Module):  # stands in for DistributedDataParallel
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    g = torch.Generator().manual_seed(13)
+    preds, batch = random_maps(g, 2), make_batch(g, [2, 2])
+    a, b = V10DetectLoss(Wrapper(model))(preds, batch), V10DetectLoss(model)(preds, batch)
+    assert torch.equal(a[0], b[0])
+
+
 def test_scaling_convention(model):
     ours = V10DetectLoss(model)
     g = torch.Generator().manual_seed(4)

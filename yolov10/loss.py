@@ -243,7 +243,8 @@ class V10DetectLoss:
     """YOLOv10 loss = DetectionLoss(top-10) on preds["one2many"] + DetectionLoss(top-1) on preds["one2one"].
 
     ``V10DetectLoss(model, hyp=None, assigner_factory=None)``:
-      model: ``yolov10.YOLOv10`` (or an ultralytics DetectionModel); nc, strides and reg_max come from its
+      model: ``yolov10.YOLOv10`` (or an ultralytics DetectionModel; a DDP wrapper is unwrapped); nc, strides and
+        reg_max come from its
         head, gains from ``model.args`` if present (dict or namespace), then ``hyp`` (dict with any of
         box/cls/dfl; other keys ignored), else defaults box 7.5 / cls 0.5 / dfl 1.5.
       assigner_factory: ``factory(topk=, num_classes=, alpha=, beta=)`` -> assigner; default
@@ -254,6 +255,7 @@ class V10DetectLoss:
     """
 
     def __init__(self, model, hyp=None, assigner_factory=None):
+        model = getattr(model, "module", model)  # DistributedDataParallel / DataParallel wrapper
         head = _head(model)
         stride = getattr(head, "stride", None)
         if stride is None:
