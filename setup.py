@@ -33,12 +33,22 @@ def extension_config():
         return [], {}
 
     class OptionalBuildExtension(BuildExtension):
+        failed = set()
+
         def build_extension(self, ext):
             try:
                 super().build_extension(ext)
             except Exception as e:  # a missing or broken compiler must not fail the install
+                self.failed.add(ext.name)
                 _note(f"building {ext.name} failed ({type(e).__name__}: {e}); the ops will JIT-build on "
                       f"first use or fall back to the reference implementation")
+
+        def copy_extensions_to_source(self):  # editable/in-place installs: copy only what was built
+            self.extensions = [e for e in self.extensions if e.name not in self.failed]
+            super().copy_extensions_to_source()
+
+        def get_outputs(self):
+            return [o for e, o in zip(self.extensions, super().get_outputs()) if e.name not in self.failed]
 
     cu = sorted(glob.glob("csrc/cuda/*.cu"))
     use_cuda = bool(cu) and CUDA_HOME is not None and os.environ.get("YOLOV10_KERNELS_NO_CUDA", "0") != "1" \
