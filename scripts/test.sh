@@ -3,4 +3,5 @@
 YOLOV10_EXTRAS=test source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 # ultralytics is the parity oracle only; --no-deps keeps it from replacing torch or opencv
 "$V/python" -c "import ultralytics" 2>/dev/null || pip_q --no-deps ultralytics==8.3.253 torchvision==0.28.0
-exec "$V/python" -m pytest tests "$@"
+if [ $# -eq 0 ]; then set -- tests; fi
+exec "$V/python" -m pytest "$@"
