@@ -213,21 +213,21 @@ def _verify(im_file, label, nc):
     (where, rows) of already parsed rows (COCO)."""
     shape = _read_image_shape(im_file)
     if shape is None:
-        return None, [f"{im_file}: corrupt or unreadable image, skipped"], "unreadable image"
+        return None, [f"{im_file}: corrupt or unreadable image, skipped"], "unreadable"
     if isinstance(label, tuple):
         where, rows = label
         if isinstance(rows, Exception):
-            return None, [f"{where}: {rows}; image {im_file} skipped"], "bad label"
+            return None, [f"{where}: {rows}; image {im_file} skipped"], "with bad labels"
     else:
         where = label
         try:
             rows = parse_label_rows(Path(label).read_text()) if os.path.isfile(label) else np.zeros((0, 5))
         except (ValueError, UnicodeDecodeError) as e:
-            return None, [f"{label}: {e}; image {im_file} skipped"], "bad label"
+            return None, [f"{label}: {e}; image {im_file} skipped"], "with bad labels"
     try:
         cls, bboxes, notes = check_rows(rows, nc)
     except ValueError as e:
-        return None, [f"{where}: {e}; image {im_file} skipped"], "bad label"
+        return None, [f"{where}: {e}; image {im_file} skipped"], "with bad labels"
     msgs = [f"{where}: {n}" for n in notes]
     return {"im_file": im_file, "shape": shape, "cls": cls, "bboxes": bboxes}, msgs, None
 
