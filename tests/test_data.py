@@ -347,12 +347,14 @@ def test_pipeline_boxes_determinism_close_mosaic(rect_dataset):
     b = [ds[i] for i in range(4)]
     for x, y in zip(a, b):
         assert torch.equal(x["img"], y["img"]) and torch.equal(x["bboxes"], y["bboxes"])
-    # full default augmentation (HSV included) is deterministic too
-    full = YOLODataset(files, imgsz=96, augment=True, names=names)
-    random.seed(1)
-    a = [full[i]["img"] for i in range(4)]
-    random.seed(1)
-    assert all(torch.equal(x, full[i]["img"]) for i, x in enumerate(a))
+    # full default augmentation (HSV included) is deterministic too, and the same with images cached in RAM
+    full = YOLODataset(files, imgsz=96, augment=True, names=names, hyp={"mosaic": 0.5})
+    cached = YOLODataset(files, imgsz=96, augment=True, names=names, hyp={"mosaic": 0.5}, cache_images=True)
+    for _ in range(2):  # a second pass: the cached images were not changed by the in-place augmentation
+        random.seed(1)
+        a = [full[i]["img"] for i in range(len(full))]
+        random.seed(1)
+        assert all(torch.equal(x, cached[i]["img"]) for i, x in enumerate(a))
     # close_mosaic: no mosaic any more; with no other augmentation a sample is the plain letterbox
     plain = YOLODataset(files, imgsz=128, augment=True, hyp={**NO_AUG, "mosaic": 1.0}, names=names)
     plain.close_mosaic()

@@ -370,7 +370,8 @@ class YOLODataset(Dataset):
     ``images_dir``, default ``img_path`` when that is a folder). names: class names (enables the class-id
     check). hyp: dict or namespace with any of DEFAULT_HYP's keys. rect (eval only): batches of similar aspect
     ratio letterboxed to a per-batch shape (images sorted by aspect ratio; use the same ``batch_size`` and no
-    shuffling in the loader).
+    shuffling in the loader). cache_images: decode every image once, resized, and keep it in RAM (about
+    imgsz^2 * 3 bytes per image; the loader's forked workers share it).
 
     Sample: {"img": uint8 (3, H, W) RGB, "cls": float32 (n, 1), "bboxes": float32 (n, 4) normalised xywh,
     "im_file", "ori_shape": (h0, w0), "ratio_pad": ((gain_h, gain_w), (pad_left, pad_top))} where ratio_pad
@@ -379,7 +380,7 @@ class YOLODataset(Dataset):
     """
 
     def __init__(self, img_path, imgsz=640, augment=False, hyp=None, rect=False, batch_size=16, stride=32, pad=0.5,
-                 names=None, json_file=None, images_dir=None, cache_dir=None, prefix=""):
+                 names=None, json_file=None, images_dir=None, cache_dir=None, cache_images=False, prefix=""):
         super().__init__()
         self.stride = int(stride)
         self.imgsz = int(math.ceil(int(imgsz) / self.stride) * self.stride)
@@ -411,6 +412,11 @@ class YOLODataset(Dataset):
         self.batch_shapes = None
         if self.rect:
             self._set_rect(batch_size, pad)
+        self.ims = None  # decoded images resized to imgsz, when cached in RAM (loader workers share them)
+        if cache_images:
+            self.ims = [self.load_image(i) for i in range(len(self))]
+            mb = sum(im.nbytes for im, _ in self.ims) / 2**20
+            LOGGER.info(f"{prefix}cached {len(self.ims)} images in RAM ({mb:.0f} MB)")
 
     @property
     def im_files(self):
@@ -446,6 +452,9 @@ class YOLODataset(Dataset):
     # -- loading ----------------------------------------------------------------------------------------
     def load_image(self, i):
         """Original BGR image resized so that its long side is imgsz -> (img, (h0, w0))."""
+        if self.ims is not None:
+            im, ori = self.ims[i]
+            return im.copy(), ori  # the augmentation works in place
         f = self.labels[i]["im_file"]
         im = cv2.imread(f)
         if im is None:
@@ -519,10 +528,10 @@ def _apply_letterbox(boxes, ratio, pad):
 
 
 def build_yolo_dataset(data, split, imgsz=640, augment=False, hyp=None, rect=False, batch_size=16, stride=32,
-                       cache_dir=None, prefix=""):
+                       cache_dir=None, cache_images=False, prefix=""):
     """YOLODataset of ``data[split]`` for a dict from load_data_yaml (uses the COCO JSON when the split has one)."""
     kw = dict(imgsz=imgsz, augment=augment, hyp=hyp, rect=rect, batch_size=batch_size, stride=stride,
-              names=data["names"], cache_dir=cache_dir, prefix=prefix)
+              names=data["names"], cache_dir=cache_dir, cache_images=cache_images, prefix=prefix)
     if data.get(f"{split}_json"):
         return YOLODataset(data[split], json_file=data[f"{split}_json"], images_dir=data[f"{split}_images"], **kw)
     return YOLODataset(data[split], **kw)
