@@ -210,17 +210,23 @@ def _header(n_train, n_val, imgsz, seed):
             f"{n_val} val images, {imgsz} px\n")
 
 
-def make_synthetic_dataset(out_dir, n_train=1500, n_val=200, imgsz=256, seed=0, overwrite=False, verbose=False):
+def _complete(out, n_train, n_val, imgsz, seed):
+    """Whether ``out`` holds the dataset these arguments write."""
+    y = Path(out) / "data.yaml"
+    return y.is_file() and y.read_text().startswith(_header(n_train, n_val, imgsz, seed)) and all(
+        len(list((Path(out) / "labels" / s).glob("*.txt"))) == n for s, n in (("train", n_train), ("val", n_val)))
+
+
+def make_synthetic_dataset(out_dir, n_train=1500, n_val=200, imgsz=256, seed=0, overwrite=False):
     """Write the dataset under ``out_dir`` (images/{train,val}/*.jpg, labels/{train,val}/*.txt, data.yaml)
     and return the path of data.yaml. Deterministic: the same arguments give byte-identical files. An existing
     dataset written with the same arguments is reused unless ``overwrite``."""
     out = Path(out_dir)
     yaml_path = out / "data.yaml"
     header = _header(n_train, n_val, imgsz, seed)
-    if not overwrite and yaml_path.is_file() and yaml_path.read_text().startswith(header) and all(
-            len(list((out / "labels" / s).glob("*.txt"))) == n for s, n in (("train", n_train), ("val", n_val))):
+    if not overwrite and _complete(out, n_train, n_val, imgsz, seed):
         return yaml_path
-    t0 = time.time()
+    yaml_path.unlink(missing_ok=True)  # written last: a dataset without it is incomplete
     for split_code, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         for sub in ("images", "labels"):
             d = out / sub / split
@@ -240,8 +246,6 @@ def make_synthetic_dataset(out_dir, n_train=1500, n_val=200, imgsz=256, seed=0, 
     names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASSES))
     yaml_path.write_text(header + "# Paths are relative to this file's folder (no 'path' key).\n"
                          f"train: images/train\nval: images/val\nnc: {len(CLASSES)}\nnames:\n{names}")
-    if verbose:
-        print(f"generated in {time.time() - t0:.1f} s")
     return yaml_path
 
 
@@ -259,10 +263,12 @@ def cli(argv=None):
     s.add_argument("--overwrite", action="store_true", help="regenerate even if the same dataset is there")
     args = p.parse_args(argv)
     t0 = time.time()
+    reused = not args.overwrite and _complete(args.out, args.n_train, args.n_val, args.imgsz, args.seed)
     yaml_path = make_synthetic_dataset(args.out, args.n_train, args.n_val, args.imgsz, args.seed, args.overwrite)
     nbox = {s: sum(len(f.read_text().splitlines()) for f in (Path(args.out) / "labels" / s).glob("*.txt"))
             for s in ("train", "val")}
-    print(f"synthetic dataset in {Path(args.out).resolve()} ({time.time() - t0:.1f} s): "
+    how = "already there (same arguments), kept" if reused else f"written in {time.time() - t0:.1f} s"
+    print(f"synthetic dataset in {Path(args.out).resolve()} ({how}): "
           f"{args.n_train} train images ({nbox['train']} boxes), {args.n_val} val images ({nbox['val']} boxes), "
           f"{len(CLASSES)} classes, {args.imgsz} px; data YAML: {yaml_path.resolve()}")
     return 0
