@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..boxes import xywh2xyxy, xyxy2xywh
-from .augment import DEFAULT_HYP, clip_boxes, fliplr, flipud, letterbox, mosaic4, random_hsv, random_perspective
+from .augment import (DEFAULT_HYP, clip_boxes, fliplr, flipud, letterbox, mosaic4, random_hsv, random_perspective,
+                      scale_boxes)
 
 LOGGER = logging.getLogger("yolov10.data")
 IMG_FORMATS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm"}
@@ -484,7 +485,7 @@ class YOLODataset(Dataset):
         if not self.augment:
             shape = tuple(self.batch_shapes[self.batch_index[i]]) if self.rect else (s, s)
             im, (ratio, pad) = letterbox(im, shape, auto=False, scaleup=False)
-            boxes = _apply_letterbox(boxes, ratio, pad)
+            boxes = scale_boxes(boxes, ratio, pad)
         else:
             if self.mosaic and random.random() < hyp["mosaic"]:
                 idx = [i] + random.choices(range(len(self)), k=3)
@@ -494,7 +495,7 @@ class YOLODataset(Dataset):
                 border = (-(s // 2), -(s // 2))
             else:
                 im, (ratio, pad) = letterbox(im, (s, s), auto=False, scaleup=True)
-                boxes = _apply_letterbox(boxes, ratio, pad)
+                boxes = scale_boxes(boxes, ratio, pad)
                 border = (0, 0)
             im, boxes, cls = random_perspective(im, boxes, cls, hyp["degrees"], hyp["translate"], hyp["scale"],
                                                 hyp["shear"], hyp["perspective"], border=border)
@@ -518,13 +519,6 @@ class YOLODataset(Dataset):
                 "bboxes": torch.from_numpy(xywh.astype(np.float32)), "im_file": self.labels[i]["im_file"],
                 "ori_shape": tuple(int(v) for v in ori),
                 "ratio_pad": ((float(ratio[0]), float(ratio[1])), (float(pad[0]), float(pad[1])))}
-
-
-def _apply_letterbox(boxes, ratio, pad):
-    boxes = boxes.copy()
-    boxes[:, [0, 2]] = boxes[:, [0, 2]] * ratio[1] + pad[0]
-    boxes[:, [1, 3]] = boxes[:, [1, 3]] * ratio[0] + pad[1]
-    return boxes
 
 
 def build_yolo_dataset(data, split, imgsz=640, augment=False, hyp=None, rect=False, batch_size=16, stride=32,
