@@ -26,6 +26,8 @@
 #include <ATen/Version.h>
 #include <torch/library.h>
 
+#include "assign.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -567,35 +569,6 @@ void assign_cpu_impl(const Problem& P, const scalar_t* scores, int64_t sB, int64
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> check_and_prepare(
-    const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
-    const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
-    int64_t num_classes) {
-  TORCH_CHECK(pd_scores.dim() == 3, "pd_scores must be (B, A, num_classes), got ", pd_scores.sizes());
-  const int64_t B = pd_scores.size(0), A = pd_scores.size(1), C = pd_scores.size(2);
-  TORCH_CHECK(C == num_classes, "pd_scores has ", C, " classes but num_classes=", num_classes);
-  TORCH_CHECK(pd_bboxes.dim() == 3 && pd_bboxes.size(0) == B && pd_bboxes.size(1) == A && pd_bboxes.size(2) == 4,
-              "pd_bboxes must be (B, A, 4), got ", pd_bboxes.sizes());
-  TORCH_CHECK(anc_points.dim() == 2 && anc_points.size(0) == A && anc_points.size(1) == 2,
-              "anc_points must be (A, 2), got ", anc_points.sizes());
-  TORCH_CHECK(gt_bboxes.dim() == 3 && gt_bboxes.size(0) == B && gt_bboxes.size(2) == 4,
-              "gt_bboxes must be (B, M, 4), got ", gt_bboxes.sizes());
-  const int64_t M = gt_bboxes.size(1);
-  TORCH_CHECK(gt_labels.dim() == 2 && gt_labels.size(0) == B && gt_labels.size(1) == M &&
-                  gt_labels.scalar_type() == at::kLong,
-              "gt_labels must be an int64 (B, M) tensor, got ", gt_labels.sizes(), " ", gt_labels.scalar_type());
-  TORCH_CHECK(mask_gt.dim() == 2 && mask_gt.size(0) == B && mask_gt.size(1) == M &&
-                  mask_gt.scalar_type() == at::kBool,
-              "mask_gt must be a bool (B, M) tensor, got ", mask_gt.sizes(), " ", mask_gt.scalar_type());
-  TORCH_CHECK(topk >= 1, "topk must be >= 1, got ", topk);
-  TORCH_CHECK(topk <= A, "topk (", topk, ") must not exceed the number of anchors (", A, ")");
-  TORCH_CHECK(at::isFloatingType(pd_scores.scalar_type()) && at::isFloatingType(pd_bboxes.scalar_type()) &&
-                  at::isFloatingType(gt_bboxes.scalar_type()) && at::isFloatingType(anc_points.scalar_type()),
-              "task_aligned_assign: scores and boxes must be floating point");
-  return {pd_bboxes.to(at::kFloat).contiguous(), anc_points.to(at::kFloat).contiguous(),
-          gt_bboxes.to(at::kFloat).contiguous(), gt_labels.contiguous(), mask_gt.contiguous()};
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_aligned_assign_cpu(
     const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
     const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
@@ -604,10 +577,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_alig
       check_and_prepare(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, num_classes);
   const int64_t B = pd_scores.size(0), A = pd_scores.size(1), C = pd_scores.size(2), M = gt.size(1);
   TORCH_CHECK(M >= 1, "task_aligned_assign needs at least one gt slot (M == 0 is handled in Python)");
-  if (B > 0) {
-    const int64_t lo = lab.min().item<int64_t>(), hi = lab.max().item<int64_t>();
-    TORCH_CHECK(lo >= -C && hi < C, "gt_labels out of range [", -C, ", ", C, "): [", lo, ", ", hi, "]");
-  }
+  check_labels(lab, C);
   auto opts = pd_scores.options();
   at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));
   at::Tensor bboxes = at::empty({B, A, 4}, opts.dtype(at::kFloat));

@@ -72,7 +72,7 @@ def _prebuilt_is_stale(spec):
     except (OSError, TypeError):
         return False
     cpp, cu = _sources(True)
-    return any(Path(p).stat().st_mtime > so_mtime + 1 for p in cpp + cu)
+    return any(Path(p).stat().st_mtime > so_mtime + 1 for p in cpp + cu + _headers())
 
 
 def _cuda_wanted():
@@ -80,9 +80,14 @@ def _cuda_wanted():
     return torch.cuda.is_available() and CUDA_HOME is not None and os.environ.get("YOLOV10_KERNELS_NO_CUDA", "0") != "1"
 
 
+def _headers():
+    d = _csrc_dir()
+    return sorted(str(p) for p in list(d.glob("*.h")) + list((d / "cuda").glob("*.cuh"))) if d is not None else []
+
+
 def _build_dir(cpp, cu):
     h = hashlib.sha256()
-    for p in cpp + cu:
+    for p in cpp + cu + _headers():
         h.update(Path(p).name.encode())
         h.update(Path(p).read_bytes())
     h.update(" ".join(CXX_FLAGS + NVCC_FLAGS + [torch.__version__, str(torch.version.cuda)]).encode())

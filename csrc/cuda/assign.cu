@@ -1,0 +1,383 @@
+// Fused, memory-bounded task-aligned assignment: CUDA implementation of yolov10_kernels::task_aligned_assign
+// (schema and semantics in ../assign.cpp). Four kernels, nothing of shape (B, M, A):
+//   1. one block per (image, gt): every thread scans a strided slice of the anchors, keeps the anchors inside
+//      the gt with a non-zero align metric in a private top-k, the block merges them into the gt's top-k and
+//      claims those anchors (per-anchor claim counter + claimer);
+//   2. one thread per anchor: resolves anchors claimed by several gts (argmax of CIoU over all gts), computes
+//      the winner's metric/overlap and folds them into per-gt maxima (atomicMax on the float bits);
+//   3. one thread per anchor: target gt index, fg mask, label, box and the normalised score;
+//   4. the (B, A, nc) score map.
+// Extra memory: O(B*A + B*M) words.
+//
+// Parity with the reference on CUDA: each elementwise op is rounded separately (the __f*_rn intrinsics, which
+// are never contracted into FMAs and stay IEEE under --use_fast_math), atan/pow come from libdevice as
+// torch's atanf/powf do (__nv_* bypasses fast-math substitution; with -ftz only denormals differ), and the
+// top-k breaks ties like torch.topk on CUDA (radix select: all values above the k-th, then the lowest indices
+// equal to it), with the same float -> radix key mapping.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdint>
+
+#include "../assign.h"
+
+extern "C" __device__ float __nv_powf(float, float);
+extern "C" __device__ float __nv_atanf(float);
+
+namespace yolov10_kernels {
+namespace {
+
+constexpr int kMaxTopk = 32;
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr float kIouEps = 1e-7f;
+constexpr float kInsideEps = 1e-9f;
+constexpr uint32_t kZeroKey = 0x80000000u;  // radix key of +0.0f
+
+struct Consts {
+  float one_plus_eps;  // (1 + 1e-7) as a float
+  float v_coef;        // 4 / pi^2 as a float
+};
+
+__device__ __forceinline__ bool nan_(float x) { return x != x; }
+__device__ __forceinline__ float t_min(float a, float b) { return nan_(a) ? a : (nan_(b) ? b : (b < a ? b : a)); }
+__device__ __forceinline__ float t_max(float a, float b) { return nan_(a) ? a : (nan_(b) ? b : (b > a ? b : a)); }
+__device__ __forceinline__ float t_clamp0(float a) { return nan_(a) ? a : (a < 0.f ? 0.f : a); }
+
+// x.pow(e) as torch's CUDA pow_tensor_scalar_kernel computes it (special-cased exponents, else powf)
+__device__ __forceinline__ float pow_scalar(float x, double e) {
+  if (e == 0.0) return 1.f;
+  if (e == 1.0) return x;
+  if (e == 0.5) return __fsqrt_rn(x);
+  if (e == 2.0) return __fmul_rn(x, x);
+  if (e == 3.0) return __fmul_rn(__fmul_rn(x, x), x);
+  if (e == -0.5) return rsqrtf(x);
+  if (e == -1.0) return __fdiv_rn(1.f, x);
+  if (e == -2.0) return __fdiv_rn(1.f, __fmul_rn(x, x));
+  return __nv_powf(x, static_cast<float>(e));
+}
+
+__device__ __forceinline__ float wh_ratio(const float* b) {
+  return __fdiv_rn(__fsub_rn(b[2], b[0]), __fadd_rn(__fsub_rn(b[3], b[1]), kIouEps));
+}
+
+// clamp(CIoU(gt, pd), 0) in bbox_iou's float32 op order
+__device__ __forceinline__ float ciou_clamped(const float* g, const float* p, float atan_g, float atan_p,
+                                              const Consts& k) {
+  const float w1 = __fsub_rn(g[2], g[0]), h1 = __fadd_rn(__fsub_rn(g[3], g[1]), kIouEps);
+  const float w2 = __fsub_rn(p[2], p[0]), h2 = __fadd_rn(__fsub_rn(p[3], p[1]), kIouEps);
+  const float iw = t_clamp0(__fsub_rn(t_min(g[2], p[2]), t_max(g[0], p[0])));
+  const float ih = t_clamp0(__fsub_rn(t_min(g[3], p[3]), t_max(g[1], p[1])));
+  const float inter = __fmul_rn(iw, ih);
+  const float uni = __fadd_rn(__fsub_rn(__fadd_rn(__fmul_rn(w1, h1), __fmul_rn(w2, h2)), inter), kIouEps);
+  const float iou = __fdiv_rn(inter, uni);
+  const float cw = __fsub_rn(t_max(g[2], p[2]), t_min(g[0], p[0]));
+  const float ch = __fsub_rn(t_max(g[3], p[3]), t_min(g[1], p[1]));
+  const float c2 = __fadd_rn(__fadd_rn(__fmul_rn(cw, cw), __fmul_rn(ch, ch)), kIouEps);
+  const float dx = __fsub_rn(__fsub_rn(__fadd_rn(p[0], p[2]), g[0]), g[2]);
+  const float dy = __fsub_rn(__fsub_rn(__fadd_rn(p[1], p[3]), g[1]), g[3]);
+  const float rho2 = __fdiv_rn(__fadd_rn(__fmul_rn(dx, dx), __fmul_rn(dy, dy)), 4.f);
+  const float d = __fsub_rn(atan_p, atan_g);
+  const float v = __fmul_rn(k.v_coef, __fmul_rn(d, d));
+  const float alpha = __fdiv_rn(v, __fadd_rn(__fsub_rn(v, iou), k.one_plus_eps));
+  return t_clamp0(__fsub_rn(iou, __fadd_rn(__fdiv_rn(rho2, c2), __fmul_rn(v, alpha))));
+}
+
+__device__ __forceinline__ bool inside(const float* g, float ax, float ay) {
+  return __fsub_rn(ax, g[0]) > kInsideEps && __fsub_rn(ay, g[1]) > kInsideEps &&
+         __fsub_rn(g[2], ax) > kInsideEps && __fsub_rn(g[3], ay) > kInsideEps;
+}
+
+// torch's radix-select key: larger key = larger value, NaN largest, -0.0 just below +0.0
+__device__ __forceinline__ uint32_t radix_key(float v) {
+  const uint32_t x = __float_as_uint(v);
+  const uint32_t mask = (x & 0x80000000u) ? 0xffffffffu : 0x80000000u;
+  return (v == v) ? (x ^ mask) : 0xffffffffu;
+}
+
+// bits of a non-negative float (or NaN) whose unsigned order is the float order; -0.0 -> +0.0
+__device__ __forceinline__ unsigned int max_bits(float v) { return v == 0.f ? 0u : __float_as_uint(v); }
+
+struct Inputs {
+  const float* pd;      // (B, A, 4)
+  const float* anc;     // (A, 2)
+  const float* gt;      // (B, M, 4)
+  const int64_t* lab;   // (B, M)
+  const bool* valid;    // (B, M)
+  const float* atan_pd; // (B, A)
+  const float* atan_gt; // (B, M)
+  int64_t B, A, M, C;
+  int K;
+  double alpha, beta;
+  float eps;
+  Consts k;
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ float align_metric(const Inputs& in, const scalar_t* scores, int64_t sB, int64_t sA,
+                                              int64_t sC, int64_t b, int64_t a, int64_t bm, float ov) {
+  int64_t c = in.lab[bm];
+  if (c < 0) c += in.C;
+  const float s = static_cast<float>(scores[b * sB + a * sA + c * sC]);
+  return __fmul_rn(pow_scalar(s, in.alpha), pow_scalar(ov, in.beta));
+}
+
+__global__ void atan_kernel(const float* __restrict__ boxes, float* __restrict__ out, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = __nv_atanf(wh_ratio(boxes + 4 * i));
+}
+
+__device__ __forceinline__ unsigned long long block_max_u64(unsigned long long v, unsigned long long* red) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const unsigned long long w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = w > v ? w : v;
+  }
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  __syncthreads();  // red may still be read by the previous call
+  if (lane == 0) red[wid] = v;
+  __syncthreads();
+  v = red[0];
+  for (int i = 1; i < kWarps; i++) v = red[i] > v ? red[i] : v;
+  return v;
+}
+
+// 1. per (image, gt): top-k of the align metric over the anchors; claims the positives
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) gt_topk_kernel(Inputs in, const scalar_t* __restrict__ scores,
+                                                           int64_t sB, int64_t sA, int64_t sC,
+                                                           int* __restrict__ cnt, int* __restrict__ claim) {
+  __shared__ unsigned long long red[kWarps];
+  __shared__ unsigned long long sel[kMaxTopk];
+  const int64_t bm = blockIdx.x;
+  if (!in.valid[bm]) return;  // padded gt: never positive (uniform over the block)
+  const int64_t b = bm / in.M, m = bm % in.M;
+  const int K = in.K;
+  float g[4];
+  for (int j = 0; j < 4; j++) g[j] = in.gt[4 * bm + j];
+  const float ag = in.atan_gt[bm];
+  const float* pdb = in.pd + 4 * b * in.A;
+  const float* apb = in.atan_pd + b * in.A;
+
+  // private top-k of (radix key desc, index asc) packed into one descending u64; only values > +0
+  unsigned long long best[kMaxTopk];
+  int nb = 0;
+  for (int64_t a = threadIdx.x; a < in.A; a += blockDim.x) {
+    if (!inside(g, in.anc[2 * a], in.anc[2 * a + 1])) continue;
+    const float ov = ciou_clamped(g, pdb + 4 * a, ag, apb[a], in.k);
+    const float am = align_metric(in, scores, sB, sA, sC, b, a, bm, ov);
+    const uint32_t key = radix_key(am);
+    if (key <= kZeroKey) continue;
+    const unsigned long long kv =
+        (static_cast<unsigned long long>(key) << 32) | static_cast<uint32_t>(0xffffffffu - static_cast<uint32_t>(a));
+    if (nb == K && kv <= best[K - 1]) continue;
+    int pos = nb < K ? nb++ : K - 1;
+    while (pos > 0 && best[pos - 1] < kv) {
+      best[pos] = best[pos - 1];
+      pos--;
+    }
+    best[pos] = kv;
+  }
+  // merge: K rounds of a block-wide max over the threads' heads
+  int head = 0, nsel = 0;
+  for (int r = 0; r < K; r++) {
+    const unsigned long long mine = head < nb ? best[head] : 0ull;
+    const unsigned long long mx = block_max_u64(mine, red);
+    if (mx == 0ull) break;
+    if (mine == mx) head++;
+    if (threadIdx.x == 0) sel[r] = mx;
+    nsel++;
+  }
+  if (threadIdx.x != 0) return;
+  for (int r = 0; r < nsel; r++) {
+    const int64_t a = 0xffffffffu - static_cast<uint32_t>(sel[r] & 0xffffffffull);
+    atomicAdd(cnt + b * in.A + a, 1);
+    atomicExch(claim + b * in.A + a, static_cast<int>(m));
+  }
+  // fewer than K non-zero metrics: torch.topk fills with the lowest-index zeros; those inside the gt are
+  // positives too (with metric 0)
+  int need = K - nsel;
+  for (int64_t a = 0; a < in.A && need > 0; a++) {
+    bool taken = false;
+    for (int r = 0; r < nsel; r++) taken |= (0xffffffffu - static_cast<uint32_t>(sel[r] & 0xffffffffull)) == a;
+    if (taken) continue;
+    need--;
+    if (inside(g, in.anc[2 * a], in.anc[2 * a + 1])) {
+      atomicAdd(cnt + b * in.A + a, 1);
+      atomicExch(claim + b * in.A + a, static_cast<int>(m));
+    }
+  }
+}
+
+// 2. per anchor: winner gt (argmax of overlaps over all gts if claimed twice or more), its metric/overlap,
+//    per-gt maxima
+template <typename scalar_t>
+__global__ void resolve_kernel(Inputs in, const scalar_t* __restrict__ scores, int64_t sB, int64_t sA, int64_t sC,
+                               const int* __restrict__ cnt, const int* __restrict__ claim, int* __restrict__ win,
+                               float* __restrict__ amw, unsigned int* __restrict__ pal, unsigned int* __restrict__ pov) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= in.B * in.A) return;
+  const int n = cnt[i];
+  if (n == 0) return;
+  const int64_t b = i / in.A, a = i % in.A;
+  const float ax = in.anc[2 * a], ay = in.anc[2 * a + 1];
+  const float* p = in.pd + 4 * i;
+  const float atp = in.atan_pd[i];
+  auto ov_of = [&](int64_t m) -> float {
+    const int64_t bm = b * in.M + m;
+    const float* g = in.gt + 4 * bm;
+    if (!in.valid[bm] || !inside(g, ax, ay)) return 0.f;
+    return ciou_clamped(g, p, in.atan_gt[bm], atp, in.k);
+  };
+  int64_t w;
+  float ov;
+  if (n == 1) {
+    w = claim[i];
+    ov = ov_of(w);
+  } else {
+    w = 0;
+    ov = ov_of(0);
+    for (int64_t m = 1; m < in.M && !nan_(ov); m++) {
+      const float v = ov_of(m);
+      if (nan_(v) || v > ov) {
+        ov = v;
+        w = m;
+      }
+    }
+  }
+  const int64_t bm = b * in.M + w;
+  const bool pair = in.valid[bm] && inside(in.gt + 4 * bm, ax, ay);
+  const float am = pair ? align_metric(in, scores, sB, sA, sC, b, a, bm, ov) : 0.f;
+  win[i] = static_cast<int>(w);
+  amw[i] = am;
+  atomicMax(pal + bm, max_bits(am));
+  atomicMax(pov + bm, max_bits(ov));
+}
+
+// 3. per anchor: outputs except the score map; the normalised score goes to norm (aliases amw)
+__global__ void targets_kernel(Inputs in, const int* __restrict__ cnt, const int* __restrict__ win,
+                               float* __restrict__ amw_norm, const unsigned int* __restrict__ pal,
+                               const unsigned int* __restrict__ pov, int64_t* __restrict__ out_labels,
+                               float* __restrict__ out_bboxes, bool* __restrict__ out_fg, int64_t* __restrict__ out_idx) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= in.B * in.A) return;
+  const int64_t b = i / in.A;
+  const bool fg = cnt[i] > 0;
+  const int64_t w = fg ? win[i] : 0;
+  const int64_t bm = b * in.M + w;
+  const int64_t lab = in.lab[bm] > 0 ? in.lab[bm] : 0;
+  out_idx[i] = w;
+  out_fg[i] = fg;
+  out_labels[i] = lab;
+  for (int j = 0; j < 4; j++) out_bboxes[4 * i + j] = in.gt[4 * bm + j];
+  float norm = 0.f;
+  if (fg) {
+    const float term = __fdiv_rn(__fmul_rn(amw_norm[i], __uint_as_float(pov[bm])),
+                                 __fadd_rn(__uint_as_float(pal[bm]), in.eps));
+    norm = (in.M > 1 && !nan_(term)) ? (term > 0.f ? term : 0.f) : term;
+  }
+  amw_norm[i] = norm;
+}
+
+// 4. the score map: one-hot(label) * norm on foreground anchors
+__global__ void scores_kernel(const bool* __restrict__ fg, const int64_t* __restrict__ labels,
+                              const float* __restrict__ norm, float* __restrict__ out, int64_t n, int64_t C) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e / C, c = e % C;
+    out[e] = (fg[i] && labels[i] == c) ? norm[i] : 0.f;
+  }
+}
+
+inline unsigned int blocks_for(int64_t n, int threads) { return static_cast<unsigned int>((n + threads - 1) / threads); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_aligned_assign_cuda(
+    const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
+    const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
+    int64_t num_classes, double alpha, double beta, double eps) {
+  c10::cuda::CUDAGuard guard(pd_scores.device());
+  auto [pd, anc, gt, lab, valid] =
+      check_and_prepare(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, num_classes);
+  TORCH_CHECK(topk <= kMaxTopk, "task_aligned_assign (CUDA): topk must be <= ", kMaxTopk, ", got ", topk);
+  const int64_t B = pd_scores.size(0), A = pd_scores.size(1), C = pd_scores.size(2), M = gt.size(1);
+  TORCH_CHECK(M >= 1, "task_aligned_assign needs at least one gt slot (M == 0 is handled in Python)");
+  TORCH_CHECK(A < (int64_t{1} << 31) && M < (int64_t{1} << 31), "task_aligned_assign: too many anchors or gts");
+  for (const at::Tensor* t : {&pd, &anc, &gt, &lab, &valid}) {
+    TORCH_CHECK(t->device() == pd_scores.device(), "task_aligned_assign: all inputs must be on ", pd_scores.device());
+  }
+  check_labels(lab, C);
+  auto opts = pd_scores.options();
+  at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));
+  at::Tensor bboxes = at::empty({B, A, 4}, opts.dtype(at::kFloat));
+  at::Tensor scores = at::empty({B, A, C}, opts.dtype(at::kFloat));
+  at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
+  at::Tensor idx = at::empty({B, A}, opts.dtype(at::kLong));
+  if (B == 0 || A == 0) return {labels, bboxes, scores, fg, idx};
+
+  auto f32 = opts.dtype(at::kFloat);
+  auto i32 = opts.dtype(at::kInt);
+  at::Tensor atan_pd = at::empty({B * A}, f32);
+  at::Tensor atan_gt = at::empty({B * M}, f32);
+  at::Tensor cnt = at::zeros({B * A}, i32);
+  at::Tensor claim = at::empty({B * A}, i32);
+  at::Tensor win = at::empty({B * A}, i32);
+  at::Tensor amw = at::empty({B * A}, f32);
+  at::Tensor stats = at::zeros({2, B * M}, i32);  // float bits of the per-gt max metric / max overlap
+
+  Inputs in;
+  in.pd = pd.data_ptr<float>();
+  in.anc = anc.data_ptr<float>();
+  in.gt = gt.data_ptr<float>();
+  in.lab = lab.data_ptr<int64_t>();
+  in.valid = valid.data_ptr<bool>();
+  in.atan_pd = atan_pd.data_ptr<float>();
+  in.atan_gt = atan_gt.data_ptr<float>();
+  in.B = B;
+  in.A = A;
+  in.M = M;
+  in.C = C;
+  in.K = static_cast<int>(topk);
+  in.alpha = alpha;
+  in.beta = beta;
+  in.eps = static_cast<float>(eps);
+  in.k.one_plus_eps = static_cast<float>(1.0 + 1e-7);
+  in.k.v_coef = static_cast<float>(4.0 / (M_PI * M_PI));
+
+  auto stream = at::cuda::getCurrentCUDAStream();
+  atan_kernel<<<blocks_for(B * A, 256), 256, 0, stream>>>(in.pd, atan_pd.data_ptr<float>(), B * A);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  atan_kernel<<<blocks_for(B * M, 256), 256, 0, stream>>>(in.gt, atan_gt.data_ptr<float>(), B * M);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  unsigned int* pal = reinterpret_cast<unsigned int*>(stats.data_ptr<int>());
+  unsigned int* pov = pal + B * M;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pd_scores.scalar_type(), "task_aligned_assign_cuda", [&] {
+    const scalar_t* sp = pd_scores.data_ptr<scalar_t>();
+    const int64_t sB = pd_scores.stride(0), sA = pd_scores.stride(1), sC = pd_scores.stride(2);
+    gt_topk_kernel<scalar_t><<<static_cast<unsigned int>(B * M), kThreads, 0, stream>>>(
+        in, sp, sB, sA, sC, cnt.data_ptr<int>(), claim.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    resolve_kernel<scalar_t><<<blocks_for(B * A, 256), 256, 0, stream>>>(
+        in, sp, sB, sA, sC, cnt.data_ptr<int>(), claim.data_ptr<int>(), win.data_ptr<int>(), amw.data_ptr<float>(),
+        pal, pov);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  targets_kernel<<<blocks_for(B * A, 256), 256, 0, stream>>>(
+      in, cnt.data_ptr<int>(), win.data_ptr<int>(), amw.data_ptr<float>(), pal, pov, labels.data_ptr<int64_t>(),
+      bboxes.data_ptr<float>(), fg.data_ptr<bool>(), idx.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t n = B * A * C;
+  const unsigned int grid = static_cast<unsigned int>(std::min<int64_t>(blocks_for(n, 256), 65535));
+  scores_kernel<<<grid, 256, 0, stream>>>(fg.data_ptr<bool>(), labels.data_ptr<int64_t>(), amw.data_ptr<float>(),
+                                          scores.data_ptr<float>(), n, C);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {labels, bboxes, scores, fg, idx};
+}
+
+}  // namespace
+}  // namespace yolov10_kernels
+
+TORCH_LIBRARY_IMPL(yolov10_kernels, CUDA, m) {
+  m.impl("task_aligned_assign", &yolov10_kernels::task_aligned_assign_cuda);
+}
