@@ -13,7 +13,7 @@ from torch import nn
 from .backend import kernels_disabled
 from .ops import assign_ext
 
-BACKENDS = ("auto", "cpp", "cuda", "reference")
+BACKENDS = ("auto", "fused", "cpp", "cuda", "reference", "triton")
 _fake_registered = False
 
 
@@ -67,8 +67,10 @@ class FusedTaskAlignedAssigner(nn.Module):
     gt_labels (B, M, 1), gt_bboxes (B, M, 4) xyxy pixels, mask_gt (B, M, 1) (1 = real box, 0 = padding).
 
     backend: "auto" (C++ op on CPU tensors, CUDA op on CUDA tensors, the reference where the extension is
-    unavailable, with one warning), "cpp" / "cuda" (the op, error if unavailable) or "reference".
-    YOLOV10_KERNELS=off makes "auto" use the reference.
+    unavailable, with one warning), "fused" (the op for the tensors' device, error if unavailable; "triton",
+    the package-wide "custom kernels required" switch, means the same: there is no Triton assignment
+    kernel), "cpp" / "cuda" (that op only) or "reference". YOLOV10_KERNELS=off makes every backend use the
+    reference.
     """
 
     def __init__(self, topk=13, num_classes=80, alpha=1.0, beta=6.0, eps=1e-9, backend="auto"):
@@ -97,9 +99,7 @@ class FusedTaskAlignedAssigner(nn.Module):
 
     def _use_op(self, device):
         """True to run the fused op for tensors on `device`, False for the reference."""
-        if self.backend == "reference":
-            return False
-        if self.backend == "auto" and kernels_disabled():
+        if self.backend == "reference" or kernels_disabled():  # YOLOV10_KERNELS=off wins, as for every op
             return False
         ok, why = load_op()
         key = "CUDA" if device.type == "cuda" else ("CPU" if device.type == "cpu" else None)
@@ -108,12 +108,12 @@ class FusedTaskAlignedAssigner(nn.Module):
             if not has_kernel:
                 assign_ext.warn_fallback(why if not ok else f"no {device.type} kernel built")
             return has_kernel
-        want = "cuda" if self.backend == "cuda" else "cpu"
+        want = {"cuda": "cuda", "cpp": "cpu"}.get(self.backend, device.type)
         if device.type != want:
             raise RuntimeError(f"backend={self.backend!r} needs {want} tensors, got {device.type}")
         if not has_kernel:
             raise RuntimeError(f"backend={self.backend!r} requested but the fused op is unavailable: "
-                               f"{why if not ok else 'no ' + key + ' kernel was built'}")
+                               f"{why if not ok else f'no {device.type} kernel was built'}")
         return True
 
     @torch.no_grad()
