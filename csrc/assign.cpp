@@ -14,7 +14,8 @@
 //   target_scores[a, label] = am(w,a) * max_pos ov(w,.) / (max_pos am(w,.) + eps).
 // Nothing of shape (B, M, A) is materialised: per (image, gt) only the anchors inside the gt are visited
 // (found through an anchor index sorted by (y, x)), their CIoU and metric are computed and a top-k is
-// selected; extra memory is O(B*A + B*M*k + threads*A).
+// selected; then per anchor the claims are resolved and the targets written. Images run in parallel
+// (at::parallel_for, one region per call); extra memory is O(threads * (A + M*k)) beyond the outputs.
 //
 // Bit parity with the float32 reference on the CPU: every elementwise op is done in float32 in the
 // reference's order (no FMA contraction), atan goes through MKL VML in HA mode and pow through SLEEF
@@ -34,7 +35,6 @@
 #include <cstring>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include <Python.h>
 
@@ -333,238 +333,230 @@ int64_t gather_inside(const Problem& P, const AnchorIndex& ix, const float* g, i
   return n;
 }
 
+// Per-thread workspace: one image at a time (the buffers are reused across the thread's images).
+struct Workspace {
+  int32_t* cand;    // (A) anchors inside the current gt
+  float* cov;       // (A) their overlaps
+  float* cam;       // (A) their scores, then metrics
+  float* tmp;       // (A) pow temp
+  float* atan_pd;   // (A) atan(w/h) of the image's predicted boxes
+  int32_t* cnt;     // (A) number of gts claiming each anchor
+  int32_t* win;     // (A) the gt an anchor is assigned to
+  float* amw;       // (A) align metric of (winner, anchor)
+  float* ovw;       // (A) overlap of (winner, anchor)
+  float* atan_gt;   // (M) atan(w/h) of the image's gts
+  float* pal;       // (M) per-gt max align metric over its positives
+  float* pov;       // (M) per-gt max overlap over its positives
+  int32_t* pos_a;   // (M*K) positives of each gt: anchor, metric, overlap
+  float* pos_am;    // (M*K)
+  float* pos_ov;    // (M*K)
+  int32_t* pos_n;   // (M)
+  Elem* queue;      // (A) full topk queue, only for the nth_element path
+  static int64_t words(int64_t A, int64_t M, int64_t K) { return 9 * A + 4 * M + 3 * M * K; }
+  Workspace(float* base, int64_t A, int64_t M, int64_t K, Elem* q) {
+    cand = reinterpret_cast<int32_t*>(base);
+    cov = base + A;
+    cam = base + 2 * A;
+    tmp = base + 3 * A;
+    atan_pd = base + 4 * A;
+    cnt = reinterpret_cast<int32_t*>(base + 5 * A);
+    win = reinterpret_cast<int32_t*>(base + 6 * A);
+    amw = base + 7 * A;
+    ovw = base + 8 * A;
+    float* g = base + 9 * A;
+    atan_gt = g;
+    pal = g + M;
+    pov = g + 2 * M;
+    pos_n = reinterpret_cast<int32_t*>(g + 3 * M);
+    pos_a = reinterpret_cast<int32_t*>(g + 4 * M);
+    pos_am = g + 4 * M + M * K;
+    pos_ov = g + 4 * M + 2 * M * K;
+    queue = q;
+  }
+};
+
+// top-k of one gt's metric row (zeros for every anchor outside the gt) exactly as ATen's topk_impl_loop
+// selects it; appends the selected anchors that are inside the gt (candidates) to my_*; returns their count.
+int64_t select_topk(const int32_t* cand, const float* cam, const float* cov, int64_t n, int64_t A, int64_t K,
+                    Elem* queue, Elem* heap, int32_t* my_a, float* my_am, float* my_ov) {
+  int64_t npos = 0;
+  auto emit = [&](int64_t a) {
+    const int32_t* it = std::lower_bound(cand, cand + n, static_cast<int32_t>(a));
+    if (it == cand + n || *it != a) return;  // outside the gt: not a positive
+    const int64_t j = it - cand;
+    my_a[npos] = static_cast<int32_t>(a);
+    my_am[npos] = cam[j];
+    my_ov[npos] = cov[j];
+    npos++;
+  };
+  TopkGreater comp;
+  if (K * 64 <= A) {
+    // partial_sort = heap_select: a heap of elements 0..K-1, then every later element that compares greater
+    // than the heap top replaces it (pop_heap). Zeros never do, so only the candidates need visiting, in
+    // index order.
+    int64_t j = 0;
+    for (int64_t e = 0; e < K; e++) {
+      float v = 0.f;
+      if (j < n && cand[j] == e) v = cam[j++];
+      heap[e] = Elem(v, e);
+    }
+    std::make_heap(heap, heap + K, comp);
+    for (; j < n; j++) {
+      const Elem x(cam[j], cand[j]);
+      if (comp(x, heap[0])) {
+        heap[K] = x;
+        std::pop_heap(heap, heap + K + 1, comp);
+      }
+    }
+    for (int64_t e = 0; e < K; e++) emit(heap[e].second);
+  } else {  // nth_element over the whole row
+    for (int64_t a = 0; a < A; a++) queue[a] = Elem(0.f, a);
+    for (int64_t j = 0; j < n; j++) queue[cand[j]].first = cam[j];
+    std::nth_element(queue, queue + K - 1, queue + A, comp);
+    for (int64_t e = 0; e < K; e++) emit(queue[e].second);
+  }
+  return npos;
+}
+
+template <typename scalar_t>
+void assign_image(const Problem& P, const AnchorIndex& ix, const scalar_t* sc, int64_t sA, int64_t sC, int64_t b,
+                  Workspace& w, Elem* heap, int64_t* out_labels, float* out_bboxes, float* out_scores, bool* out_fg,
+                  int64_t* out_idx) {
+  const int64_t A = P.A, M = P.M, C = P.C, K = P.K;
+  const float* pdb = P.pd + 4 * b * A;
+  const float* gtb = P.gt + 4 * b * M;
+  const int64_t* labb = P.lab + b * M;
+  const bool* valb = P.valid + b * M;
+  auto label_col = [&](int64_t m) {  // Python-style index of pd_scores[..., label] (range checked by the caller)
+    const int64_t c = labb[m];
+    return c < 0 ? c + C : c;
+  };
+
+  // atan(w/h) of the predicted and gt boxes: ratios, then one vectorised atan like ATen's kernel
+  for (int64_t a = 0; a < A; a++) w.atan_pd[a] = wh_ratio(pdb + 4 * a);
+  atan_array(w.atan_pd, w.atan_pd, A);
+  for (int64_t m = 0; m < M; m++) w.atan_gt[m] = wh_ratio(gtb + 4 * m);
+  atan_array(w.atan_gt, w.atan_gt, M);
+
+  // 1. per gt: the anchors inside it, their CIoU and metric, the top-k; padded gts get nothing
+  for (int64_t m = 0; m < M; m++) {
+    w.pos_n[m] = 0;
+    if (!valb[m]) continue;
+    const float* g = gtb + 4 * m;
+    const int64_t n = gather_inside(P, ix, g, w.cand);
+    if (n == 0) continue;
+    const int64_t c = label_col(m);
+    for (int64_t j = 0; j < n; j++) {
+      const int64_t a = w.cand[j];
+      w.cov[j] = ciou_clamped(g, pdb + 4 * a, w.atan_gt[m], w.atan_pd[a]);
+      w.cam[j] = score_at(sc, sA, sC, a, c);
+    }
+    pow_scalar(w.cam, w.cam, n, P.alpha);  // bbox_scores.pow(alpha)
+    pow_scalar(w.cov, w.tmp, n, P.beta);   // overlaps.pow(beta)
+    for (int64_t j = 0; j < n; j++) w.cam[j] = w.cam[j] * w.tmp[j];
+    w.pos_n[m] = static_cast<int32_t>(select_topk(w.cand, w.cam, w.cov, n, A, K, w.queue, heap, w.pos_a + m * K,
+                                                  w.pos_am + m * K, w.pos_ov + m * K));
+  }
+
+  // 2. claims per anchor (the first claimer's metric/overlap kept for singly claimed anchors)
+  std::fill(w.cnt, w.cnt + A, 0);
+  for (int64_t m = 0; m < M; m++) {
+    for (int64_t j = 0; j < w.pos_n[m]; j++) {
+      const int64_t a = w.pos_a[m * K + j];
+      if (w.cnt[a]++ == 0) {
+        w.win[a] = static_cast<int32_t>(m);
+        w.amw[a] = w.pos_am[m * K + j];
+        w.ovw[a] = w.pos_ov[m * K + j];
+      }
+    }
+  }
+
+  // 3. anchors claimed by several gts go to argmax over ALL gts of the overlap (first maximum, NaN counts as
+  //    the maximum): possibly a gt that did not claim the anchor, or gt 0 when every overlap is 0
+  for (int64_t a = 0; a < A; a++) {
+    if (w.cnt[a] < 2) continue;
+    const float ax = P.anc[2 * a], ay = P.anc[2 * a + 1];
+    const float* p = pdb + 4 * a;
+    auto ov_of = [&](int64_t m) -> float {
+      const float* g = gtb + 4 * m;
+      if (!valb[m] || !inside(g, ax, ay)) return 0.f;
+      return ciou_clamped(g, p, w.atan_gt[m], w.atan_pd[a]);
+    };
+    int64_t best = 0;
+    float bv = ov_of(0);
+    for (int64_t m = 1; m < M && !isnan_f(bv); m++) {
+      const float v = ov_of(m);
+      if (isnan_f(v) || v > bv) {
+        bv = v;
+        best = m;
+      }
+    }
+    float am = 0.f;
+    if (valb[best] && inside(gtb + 4 * best, ax, ay)) {
+      float s = score_at(sc, sA, sC, a, label_col(best)), pw = bv;
+      pow_scalar(&s, &s, 1, P.alpha);
+      pow_scalar(&pw, &pw, 1, P.beta);
+      am = s * pw;
+    }
+    w.win[a] = static_cast<int32_t>(best);
+    w.amw[a] = am;
+    w.ovw[a] = bv;
+  }
+
+  // 4. per gt: max metric and max overlap over its positives (amax over anchors includes the zeros)
+  std::fill(w.pal, w.pal + M, 0.f);
+  std::fill(w.pov, w.pov + M, 0.f);
+  for (int64_t a = 0; a < A; a++) {
+    if (w.cnt[a] == 0) continue;
+    const int32_t g = w.win[a];
+    w.pal[g] = amax2(w.pal[g], w.amw[a]);
+    w.pov[g] = amax2(w.pov[g], w.ovw[a]);
+  }
+
+  // 5. targets; background anchors point at gt 0 (argmax of an all-zero column)
+  for (int64_t a = 0; a < A; a++) {
+    const int64_t i = b * A + a;
+    const bool fg = w.cnt[a] > 0;
+    const int64_t g = fg ? w.win[a] : 0;
+    const int64_t lab = std::max<int64_t>(labb[g], 0);
+    out_idx[i] = g;
+    out_fg[i] = fg;
+    out_labels[i] = lab;
+    std::memcpy(out_bboxes + 4 * i, gtb + 4 * g, 4 * sizeof(float));
+    float* row = out_scores + i * C;
+    std::memset(row, 0, C * sizeof(float));
+    if (fg) {
+      // norm = amax over gts of (align_metric * pos_overlaps / (pos_align_metrics + eps)): only the winner's
+      // term can be non-zero, the others are 0 (hence max(0, term) when M > 1; NaN propagates)
+      const float term = (w.amw[a] * w.pov[g]) / (w.pal[g] + P.eps);
+      row[lab] = M > 1 ? amax2(0.f, term) : term;
+    }
+  }
+}
+
 template <typename scalar_t>
 void assign_cpu_impl(const Problem& P, const scalar_t* scores, int64_t sB, int64_t sA, int64_t sC,
-                     int64_t* out_labels, float* out_bboxes, float* out_scores, bool* out_fg,
-                     int64_t* out_idx) {
-  const int64_t B = P.B, A = P.A, M = P.M, C = P.C, K = P.K;
-  const int nthreads = std::max(1, at::get_num_threads());
-
-  // --- scratch, allocated here through the c10 CPU allocator (visible to torch's memory profiler) ------
-  auto f32 = at::TensorOptions().dtype(at::kFloat);
-  auto i32 = at::TensorOptions().dtype(at::kInt);
-  at::Tensor atan_pd_t = at::empty({B * A}, f32);  // atan(w/h) of every predicted box
-  at::Tensor atan_gt_t = at::empty({B * M}, f32);  // atan(w/h) of every gt box
-  at::Tensor pos_a_t = at::empty({B * M * K}, i32);  // positives of each gt (anchor, metric, overlap)
-  at::Tensor pos_am_t = at::empty({B * M * K}, f32);
-  at::Tensor pos_ov_t = at::empty({B * M * K}, f32);
-  at::Tensor pos_n_t = at::empty({B * M}, i32);
-  at::Tensor cnt_t = at::zeros({B * A}, i32);   // number of gts claiming each anchor
-  at::Tensor win_t = at::empty({B * A}, i32);   // the gt an anchor is assigned to
-  at::Tensor amw_t = at::empty({B * A}, f32);   // align metric / overlap of (winner, anchor)
-  at::Tensor ovw_t = at::empty({B * A}, f32);
-  at::Tensor pal_t = at::empty({B * M}, f32);   // per-gt max align metric / max overlap over positives
-  at::Tensor pov_t = at::empty({B * M}, f32);
-  const bool full_topk = !(K * 64 <= A);  // ATen: partial_sort when k * 64 <= n, else nth_element
-  // per-thread: candidate anchors, their overlaps, scores/metrics, pow temp; (+ full queue for nth_element)
-  at::Tensor scratch_t = at::empty({nthreads, 4 * A}, f32);
-  at::Tensor queue_t = full_topk ? at::empty({nthreads, A * static_cast<int64_t>(sizeof(Elem))}, at::kByte)
-                                 : at::Tensor();
-
-  float* atan_pd = atan_pd_t.data_ptr<float>();
-  float* atan_gt = atan_gt_t.data_ptr<float>();
-  int32_t* pos_a = pos_a_t.data_ptr<int32_t>();
-  float* pos_am = pos_am_t.data_ptr<float>();
-  float* pos_ov = pos_ov_t.data_ptr<float>();
-  int32_t* pos_n = pos_n_t.data_ptr<int32_t>();
-  int32_t* cnt = cnt_t.data_ptr<int32_t>();
-  int32_t* win = win_t.data_ptr<int32_t>();
-  float* amw = amw_t.data_ptr<float>();
-  float* ovw = ovw_t.data_ptr<float>();
-  float* pal = pal_t.data_ptr<float>();
-  float* pov = pov_t.data_ptr<float>();
-
+                     int64_t* out_labels, float* out_bboxes, float* out_scores, bool* out_fg, int64_t* out_idx) {
+  const int64_t B = P.B, A = P.A, M = P.M, K = P.K;
+  // One parallel region over the images (a region per phase costs a lot when the cores are shared).
+  const int nthreads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B)));
+  // Scratch through the c10 CPU allocator (visible to torch's memory profiler): per thread O(A + M*K).
+  at::Tensor ws_t = at::empty({nthreads, Workspace::words(A, M, K)}, at::TensorOptions().dtype(at::kFloat));
+  const bool full_queue = !(K * 64 <= A);
+  at::Tensor queue_t = full_queue ? at::empty({nthreads, A * static_cast<int64_t>(sizeof(Elem))}, at::kByte)
+                                  : at::Tensor();
+  at::Tensor heap_t = at::empty({nthreads, (K + 1) * static_cast<int64_t>(sizeof(Elem))}, at::kByte);
   AnchorIndex ix;
   build_anchor_index(P.anc, A, ix);
 
-  // --- atan(w/h) of predicted and gt boxes (ratios first, then one vectorised atan like ATen) -----------
-  at::parallel_for(0, B * A, 4096, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; i++) atan_pd[i] = wh_ratio(P.pd + 4 * i);
-    atan_array(atan_pd + lo, atan_pd + lo, hi - lo);
-  });
-  for (int64_t i = 0; i < B * M; i++) atan_gt[i] = wh_ratio(P.gt + 4 * i);
-  atan_array(atan_gt, atan_gt, B * M);
-
-  // --- phase 1: per (image, gt): candidates inside the gt, CIoU, metric, top-k ------------------------
-  at::parallel_for(0, B * M, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, B, (B + nthreads - 1) / nthreads, [&](int64_t lo, int64_t hi) {
     const int tid = at::get_thread_num();
-    TORCH_CHECK(tid >= 0 && tid < nthreads, "task_aligned_assign: unexpected thread id");
-    float* sbase = scratch_t.data_ptr<float>() + static_cast<int64_t>(tid) * 4 * A;
-    int32_t* cand = reinterpret_cast<int32_t*>(sbase);
-    float* cov = sbase + A;
-    float* cam = sbase + 2 * A;
-    float* tmp = sbase + 3 * A;
-    Elem* queue = full_topk ? reinterpret_cast<Elem*>(queue_t.data_ptr<uint8_t>()) + static_cast<int64_t>(tid) * A
-                            : nullptr;
-    std::vector<Elem> heap(K + 1);
-    for (int64_t bm = lo; bm < hi; bm++) {
-      const int64_t b = bm / M;
-      int32_t* my_a = pos_a + bm * K;
-      float* my_am = pos_am + bm * K;
-      float* my_ov = pos_ov + bm * K;
-      pos_n[bm] = 0;
-      if (!P.valid[bm]) continue;  // padded gt: topk idx 0, masked out by mask_gt
-      const float* g = P.gt + 4 * bm;
-      const int64_t n = gather_inside(P, ix, g, cand);
-      if (n == 0) continue;
-      const float ag = atan_gt[bm];
-      const float* pdb = P.pd + 4 * b * A;
-      const float* atp = atan_pd + b * A;
-      int64_t c = P.lab[bm];
-      if (c < 0) c += C;  // Python-style indexing of pd_scores[..., label] (range checked by the caller)
-      const scalar_t* sc = scores + b * sB;
-      for (int64_t j = 0; j < n; j++) {
-        const int64_t a = cand[j];
-        cov[j] = ciou_clamped(g, pdb + 4 * a, ag, atp[a]);
-        cam[j] = score_at(sc, sA, sC, a, c);
-      }
-      pow_scalar(cam, cam, n, P.alpha);   // bbox_scores.pow(alpha)
-      pow_scalar(cov, tmp, n, P.beta);    // overlaps.pow(beta)
-      for (int64_t j = 0; j < n; j++) cam[j] = cam[j] * tmp[j];
-
-      // top-k of the metric row (zeros for every anchor outside the gt) as ATen's topk computes it
-      int64_t npos = 0;
-      auto emit = [&](int64_t a, int64_t j) {  // a is in the top-k; candidate slot j (or -1)
-        if (j < 0) return;  // outside the gt: not a positive
-        my_a[npos] = static_cast<int32_t>(a);
-        my_am[npos] = cam[j];
-        my_ov[npos] = cov[j];
-        npos++;
-      };
-      if (!full_topk) {
-        // partial_sort = heap_select over the row: heap of elements 0..K-1, then every later element that
-        // compares greater than the heap top replaces it (pop_heap). Zeros never do, so only candidates
-        // with a non-zero (or NaN) metric need visiting, in index order.
-        int64_t j = 0;
-        for (int64_t e = 0; e < K; e++) {
-          float v = 0.f;
-          if (j < n && cand[j] == e) v = cam[j++];
-          heap[e] = Elem(v, e);
-        }
-        TopkGreater comp;
-        std::make_heap(heap.begin(), heap.begin() + K, comp);
-        for (; j < n; j++) {
-          const Elem x(cam[j], cand[j]);
-          if (comp(x, heap[0])) {
-            heap[K] = x;
-            std::pop_heap(heap.begin(), heap.begin() + K + 1, comp);
-          }
-        }
-        // map the selected anchors back to candidate slots (cand is sorted)
-        for (int64_t e = 0; e < K; e++) {
-          const int64_t a = heap[e].second;
-          const int32_t* it = std::lower_bound(cand, cand + n, static_cast<int32_t>(a));
-          emit(a, (it != cand + n && *it == a) ? (it - cand) : -1);
-        }
-      } else {
-        for (int64_t a = 0; a < A; a++) queue[a] = Elem(0.f, a);
-        for (int64_t jj = 0; jj < n; jj++) queue[cand[jj]].first = cam[jj];
-        std::nth_element(queue, queue + K - 1, queue + A, TopkGreater());
-        for (int64_t e = 0; e < K; e++) {
-          const int64_t a = queue[e].second;
-          const int32_t* it = std::lower_bound(cand, cand + n, static_cast<int32_t>(a));
-          emit(a, (it != cand + n && *it == a) ? (it - cand) : -1);
-        }
-      }
-      pos_n[bm] = static_cast<int32_t>(npos);
-    }
-  });
-
-  // --- phase 2: claims per anchor (per image, gts in order) -------------------------------------------
-  at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
+    TORCH_CHECK(tid >= 0 && tid < nthreads, "task_aligned_assign: unexpected thread id ", tid);
+    Workspace w(ws_t.data_ptr<float>() + tid * Workspace::words(A, M, K), A, M, K,
+                full_queue ? reinterpret_cast<Elem*>(queue_t.data_ptr<uint8_t>()) + tid * A : nullptr);
+    Elem* heap = reinterpret_cast<Elem*>(heap_t.data_ptr<uint8_t>()) + tid * (K + 1);
     for (int64_t b = lo; b < hi; b++) {
-      int32_t* cb = cnt + b * A;
-      for (int64_t m = 0; m < M; m++) {
-        const int64_t bm = b * M + m;
-        for (int64_t j = 0; j < pos_n[bm]; j++) {
-          const int64_t a = pos_a[bm * K + j];
-          if (cb[a]++ == 0) {
-            win[b * A + a] = static_cast<int32_t>(m);
-            amw[b * A + a] = pos_am[bm * K + j];
-            ovw[b * A + a] = pos_ov[bm * K + j];
-          }
-        }
-      }
-    }
-  });
-
-  // --- phase 3: anchors claimed by several gts go to the gt of highest overlap (argmax over all gts) ---
-  at::parallel_for(0, B * A, 256, [&](int64_t lo, int64_t hi) {
-    float one[1], pw[1];
-    for (int64_t i = lo; i < hi; i++) {
-      if (cnt[i] < 2) continue;
-      const int64_t b = i / A, a = i % A;
-      const float ax = P.anc[2 * a], ay = P.anc[2 * a + 1];
-      const float* p = P.pd + 4 * i;
-      auto ov_of = [&](int64_t m) -> float {
-        const int64_t bm = b * M + m;
-        const float* g = P.gt + 4 * bm;
-        if (!P.valid[bm] || !inside(g, ax, ay)) return 0.f;
-        return ciou_clamped(g, p, atan_gt[bm], atan_pd[i]);
-      };
-      // argmax: first maximum, NaN counts as the maximum
-      int64_t best = 0;
-      float bv = ov_of(0);
-      for (int64_t m = 1; m < M && !isnan_f(bv); m++) {
-        const float v = ov_of(m);
-        if (isnan_f(v) || v > bv) {
-          bv = v;
-          best = m;
-        }
-      }
-      const int64_t bm = b * M + best;
-      float am = 0.f;
-      if (P.valid[bm] && inside(P.gt + 4 * bm, ax, ay)) {
-        int64_t c = P.lab[bm];
-        if (c < 0) c += C;
-        one[0] = score_at(scores + b * sB, sA, sC, a, c);
-        pow_scalar(one, one, 1, P.alpha);
-        pw[0] = bv;
-        pow_scalar(pw, pw, 1, P.beta);
-        am = one[0] * pw[0];
-      }
-      win[i] = static_cast<int32_t>(best);
-      amw[i] = am;
-      ovw[i] = bv;
-    }
-  });
-
-  // --- phase 4: per-gt max metric and max overlap over its positives (amax includes the zeros) -------
-  at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; b++) {
-      float* pa = pal + b * M;
-      float* po = pov + b * M;
-      for (int64_t m = 0; m < M; m++) pa[m] = po[m] = 0.f;
-      for (int64_t a = 0; a < A; a++) {
-        const int64_t i = b * A + a;
-        if (cnt[i] == 0) continue;
-        const int32_t w = win[i];
-        pa[w] = amax2(pa[w], amw[i]);
-        po[w] = amax2(po[w], ovw[i]);
-      }
-    }
-  });
-
-  // --- phase 5: targets --------------------------------------------------------------------------------
-  at::parallel_for(0, B * A, 512, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; i++) {
-      const int64_t b = i / A;
-      const bool fg = cnt[i] > 0;
-      const int64_t w = fg ? win[i] : 0;
-      const int64_t bm = b * M + w;
-      const int64_t lab = std::max<int64_t>(P.lab[bm], 0);
-      out_idx[i] = w;
-      out_fg[i] = fg;
-      out_labels[i] = lab;
-      std::memcpy(out_bboxes + 4 * i, P.gt + 4 * bm, 4 * sizeof(float));
-      float* row = out_scores + i * C;
-      std::memset(row, 0, C * sizeof(float));
-      if (fg) {
-        // norm = amax over gts of (align_metric * pos_overlaps / (pos_align_metrics + eps)): only the
-        // winner's term can be non-zero; the others contribute 0 (max(0, x) below, NaN propagating).
-        const float term = (amw[i] * pov[bm]) / (pal[bm] + P.eps);
-        row[lab] = M > 1 ? amax2(0.f, term) : term;
-      }
+      assign_image(P, ix, scores + b * sB, sA, sC, b, w, heap, out_labels, out_bboxes, out_scores, out_fg, out_idx);
     }
   });
 }
