@@ -55,17 +55,18 @@ DEFAULTS = {
     "model": "yolov10n", "data": None, "epochs": None, "batch": None, "imgsz": None, "device": "", "workers": None,
     "kernels": "auto", "out": None, "exist_ok": False, "seed": 0, "deterministic": True, "threads": None,
     "optimizer": "auto", "lr0": 0.01, "lrf": 0.01, "momentum": 0.937, "weight_decay": 5e-4,
-    "warmup_epochs": 3.0, "warmup_momentum": 0.8, "warmup_bias_lr": 0.1, "nbs": 64, "cos_lr": False,
-    "box": 7.5, "cls": 0.5, "dfl": 1.5, "amp": True, "close_mosaic": 10, "val": True, "max_nan": 5,
+    "warmup_epochs": 3.0, "warmup_momentum": 0.8, "warmup_bias_lr": 0.1, "nbs": None, "cos_lr": False,
+    "box": 7.5, "cls": 0.5, "dfl": 1.5, "amp": True, "close_mosaic": None, "val": True, "max_nan": 5,
     "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "degrees": 0.0, "translate": 0.1, "scale": 0.5, "shear": 0.0,
     "perspective": 0.0, "flipud": 0.0, "fliplr": 0.5, "mosaic": 1.0, "augment": True, "shuffle": True,
     "max_steps": None,
 }
 # What None resolves to with a user dataset (the official defaults) ...
-OFFICIAL = {"epochs": 100, "batch": 16, "imgsz": 640, "workers": 8}
+OFFICIAL = {"epochs": 100, "batch": 16, "imgsz": 640, "workers": 8, "nbs": 64, "close_mosaic": 10}
 # ... and with the embedded synthetic dataset: sized so that `yolov10 train` with no flags finishes within
 # 15 minutes on a 2-core CPU and reaches mAP50-95 >= 0.3 on the synthetic validation split.
-SYNTH_PRESET = {"epochs": 30, "batch": 16, "imgsz": 256, "workers": 2}
+# Short CPU runs need many optimizer steps: no gradient accumulation (nbs = batch), mosaic closed for the last 4.
+SYNTH_PRESET = {"epochs": 12, "batch": 16, "imgsz": 256, "workers": 2, "nbs": 16, "close_mosaic": 4}
 SYNTH_DATASET = {"n_train": 1500, "n_val": 200, "imgsz": 256, "seed": 0}
 
 LOSS_NAMES = ("box_om", "cls_om", "dfl_om", "box_oo", "cls_oo", "dfl_oo")
@@ -493,9 +494,10 @@ class Trainer:
                 xi = [0, self.nw]
                 self.accumulate = max(1, int(np.interp(ni, xi, [1, a["nbs"] / self.batch_size]).round()))
                 for j, x in enumerate(self.optimizer.param_groups):
-                    x["lr"] = np.interp(ni, xi, [a["warmup_bias_lr"] if j == 0 else 0.0, x["initial_lr"] * self.lf(epoch)])
+                    x["lr"] = float(np.interp(ni, xi, [a["warmup_bias_lr"] if j == 0 else 0.0,
+                                                       x["initial_lr"] * self.lf(epoch)]))
                     if "momentum" in x:
-                        x["momentum"] = np.interp(ni, xi, [a["warmup_momentum"], a["momentum"]])
+                        x["momentum"] = float(np.interp(ni, xi, [a["warmup_momentum"], a["momentum"]]))
             batch = self.preprocess(batch)
             with torch.autocast(self.device.type, enabled=self.amp):
                 loss, items = self.compute_loss(batch)
@@ -519,7 +521,7 @@ class Trainer:
                 break
         if is_main(self.rank):
             pbar.close()
-        self.lr = [x["lr"] for x in self.optimizer.param_groups]
+        self.lr = [float(x["lr"]) for x in self.optimizer.param_groups]
         self.scheduler.step()
         return tloss if tloss is not None else torch.full((6,), math.nan)
 
@@ -555,6 +557,18 @@ class Trainer:
             warnings.warn(f"could not plot {self.csv}: {e}")
 
     def train(self):
+        # determinism is process-global: put back what the caller had once training ends
+        det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+               torch.backends.cudnn.deterministic)
+        try:
+            return self._train()
+        finally:
+            torch.use_deterministic_algorithms(det[0], warn_only=det[1])
+            torch.backends.cudnn.deterministic = det[2]
+            if self.world_size > 1 and dist.is_initialized():
+                dist.destroy_process_group()
+
+    def _train(self):
         self.setup()
         a = self.args
         t_start = time.time() - (self.history[-1]["time"] if self.history else 0.0)
@@ -586,8 +600,6 @@ class Trainer:
             if self.metrics is not None and not math.isnan(self.metrics["map50_95"]):
                 log(f"final mAP50-95 {self.metrics['map50_95']:.4f}  mAP50 {self.metrics['map50']:.4f} (EMA weights, "
                     f"{self.data['yaml']} val split)", self.rank)
-        if self.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
         return self.metrics
 
 
@@ -617,11 +629,11 @@ def build_parser():
     D = DEFAULTS
     p.add_argument("--model", default=D["model"], help="yolov10n/s/m/b/l/x or a model YAML")
     p.add_argument("--data", default=None, help="data YAML (path/train/val/names); default: the synthetic dataset")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: synthetic 30 / official 100)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: official 100 / synthetic 12)")
     p.add_argument("--batch", type=int, default=None, help="global batch size (default: 16)")
-    p.add_argument("--imgsz", type=int, default=None, help="train/val image size (default: synthetic 256 / official 640)")
+    p.add_argument("--imgsz", type=int, default=None, help="train/val image size (default: official 640 / synthetic 256)")
     p.add_argument("--device", default=D["device"], help="cpu, 0, cuda:0 (default: cuda if available, else cpu)")
-    p.add_argument("--workers", type=int, default=None, help="dataloader workers per process (default: synthetic 2 / 8)")
+    p.add_argument("--workers", type=int, default=None, help="dataloader workers per process (default: official 8 / synthetic 2)")
     p.add_argument("--kernels", default=D["kernels"], choices=("auto", "reference", "triton"),
                    help="reference = pure PyTorch; auto = yolov10_kernels.accelerate(backend='auto') + fused "
                         "assigner when available; triton = accelerate(backend='triton') + fused assigner")
@@ -637,10 +649,11 @@ def build_parser():
               "box", "cls", "dfl", "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear",
               "perspective", "flipud", "fliplr", "mosaic"):
         p.add_argument(f"--{k.replace('_', '-')}", dest=k, type=float, default=D[k])
-    p.add_argument("--nbs", type=int, default=D["nbs"], help="nominal batch size (gradient accumulation target)")
+    p.add_argument("--nbs", type=int, default=None,
+                   help="nominal batch size (gradient accumulation target; default: official 64 / synthetic 16)")
     p.add_argument("--cos-lr", dest="cos_lr", action="store_true", help="cosine instead of linear LR decay")
-    p.add_argument("--close-mosaic", dest="close_mosaic", type=int, default=D["close_mosaic"],
-                   help="turn mosaic off for the last N epochs")
+    p.add_argument("--close-mosaic", dest="close_mosaic", type=int, default=None,
+                   help="turn mosaic off for the last N epochs (default: official 10 / synthetic 4)")
     p.add_argument("--amp", type=_bool, default=D["amp"], help="mixed precision on CUDA")
     p.add_argument("--val", type=_bool, default=D["val"], help="validate every epoch")
     p.add_argument("--max-nan", dest="max_nan", type=int, default=D["max_nan"],
