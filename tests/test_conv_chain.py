@@ -1,0 +1,344 @@
+"""Training-path fused conv chains (yolov10_kernels.ops.conv_chain / dwconv / pwconv) against the reference
+modules in train mode. On the CPU the Triton kernels run through TRITON_INTERPRET=1 (tests/conftest.py), so the
+shapes are tiny; odd H/W, channel counts that are not multiples of 16, batch 1 and 3, stride 2 on odd sizes,
+NCHW and channels_last. Every buffer the ops allocate is NaN-poisoned, so an element a kernel forgets to write
+fails the comparison."""
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from yolov10.modules import CIB, Conv, RepVGGDW, SCDown
+from yolov10_kernels.ops import _train_common
+from yolov10_kernels.ops.conv_chain import conv_chain_train
+from yolov10_kernels.ops.dwconv import dw_conv_bn, dw_conv_bn_backward
+from yolov10_kernels.ops.pwconv import pw_conv_bn, pw_conv_bn_backward
+
+CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+DEV = "cuda" if CUDA else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(_train_common, "POISON", True)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _randomize(m, seed=0):
+    """Non-trivial BN parameters and running statistics (fresh BNs are the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+                mod.bias.copy_(torch.rand(mod.num_features, generator=g) - 0.5)
+                mod.running_mean.copy_(torch.rand(mod.num_features, generator=g) * 0.4 - 0.2)
+                mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+                mod.num_batches_tracked.fill_(3)
+    return m
+
+
+def cls_head(c, c3, nc):
+    """One v10Detect cv3[i] branch: Seq(Seq(DW3x3, PW), Seq(DW3x3, PW), Conv2d 1x1 with bias)."""
+    return nn.Sequential(nn.Sequential(Conv(c, c, 3, g=c), Conv(c, c3, 1)),
+                         nn.Sequential(Conv(c3, c3, 3, g=c3), Conv(c3, c3, 1)), nn.Conv2d(c3, nc, 1))
+
+
+def make_block(kind, c, dtype=torch.float32, device=DEV):
+    """(module, layers(module), residual) for one chain kind."""
+    if kind == "cib":
+        m = CIB(c, c, shortcut=True, e=1.0, lk=False)
+        return _randomize(m).to(device, dtype).train(), (lambda mod: list(mod.cv1)), True
+    if kind == "cib_lk":
+        m = CIB(c, c, shortcut=True, e=1.0, lk=True)
+        return _randomize(m).to(device, dtype).train(), (lambda mod: list(mod.cv1)), True
+    if kind == "scdown":
+        m = SCDown(c, c + 4, 3, 2)
+        return _randomize(m).to(device, dtype).train(), (lambda mod: [mod.cv1, mod.cv2]), False
+    if kind == "cls":
+        m = cls_head(c, 12, 5)
+        return _randomize(m).to(device, dtype).train(), (lambda mod: mod), False
+    raise ValueError(kind)
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+def run_pair(kind, c, shape, dtype=torch.float32, channels_last=False, seed=0):
+    """Fused vs reference on identical copies: forward, x grad, every parameter grad, every buffer."""
+    torch.manual_seed(seed)
+    ref, layers, residual = make_block(kind, c, dtype)
+    mine = copy.deepcopy(ref)
+    x = torch.randn(*shape, dtype=dtype, device=DEV)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    xr = x.clone().requires_grad_()
+    xm = x.clone().requires_grad_()
+    out_ref = ref(xr)
+    out = conv_chain_train(xm, layers(mine), residual)
+    go = torch.randn_like(out_ref)
+    (out_ref * go).sum().backward()
+    (out * go).sum().backward()
+    return ref, mine, out_ref, out, xr, xm
+
+
+CASES = [  # kind, channels, x shape, channels_last
+    ("cib", 6, (3, 6, 7, 9), False),
+    ("cib_lk", 6, (1, 6, 5, 6), True),
+    ("scdown", 6, (3, 6, 7, 9), False),
+    ("scdown", 10, (1, 10, 5, 6), True),
+    ("cls", 6, (1, 6, 5, 6), True),
+    ("cls", 10, (3, 10, 7, 9), False),
+]
+
+
+# ------------------------------------------------------------------------------------------------ chains
+@pytest.mark.parametrize("kind,c,shape,cl", CASES, ids=[f"{k}-c{c}-{'x'.join(map(str, s))}-{'cl' if cl else 'nchw'}"
+                                                         for k, c, s, cl in CASES])
+def test_chain_matches_reference_fp32(kind, c, shape, cl):
+    ref, mine, out_ref, out, xr, xm = run_pair(kind, c, shape, torch.float32, cl)
+    assert out.shape == out_ref.shape and out.dtype == out_ref.dtype
+    assert out.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    assert _rel(out, out_ref) <= 1e-4
+    assert _rel(xm.grad, xr.grad) <= 1e-4
+    for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
+        assert p.grad is not None, name
+        assert p.grad.dtype == q.dtype and p.grad.shape == q.shape, name
+        assert _rel(p.grad, q.grad) <= 1e-4, name
+    for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
+        if name.endswith("num_batches_tracked"):
+            assert b.item() == r.item() == 4, name
+        else:
+            assert _rel(b, r) <= 1e-5, name
+
+
+@pytest.mark.parametrize("kind", ["cib", "cib_lk"])
+def test_chain_matches_reference_fp64(kind):
+    ref, mine, out_ref, out, xr, xm = run_pair(kind, 4, (2, 4, 5, 7), torch.float64)
+    assert _rel(out, out_ref) <= 1e-10
+    assert _rel(xm.grad, xr.grad) <= 1e-10
+    for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
+        assert _rel(p.grad, q.grad) <= 1e-10, name
+    for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
+        assert torch.allclose(b, r, rtol=1e-12, atol=1e-12), name
+
+
+def test_chain_running_stats_across_steps():
+    """Two steps in a row (momentum update twice, num_batches_tracked 3 -> 5); momentum None uses the
+    cumulative average, like nn.BatchNorm2d."""
+    torch.manual_seed(1)
+    ref, layers, residual = make_block("scdown", 6)
+    ref.cv2.bn.momentum = None
+    mine = copy.deepcopy(ref)
+    for _ in range(2):
+        x = torch.randn(2, 6, 5, 7, device=DEV)
+        ref(x)
+        conv_chain_train(x, layers(mine), residual)
+    for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
+        assert torch.allclose(b.float(), r.float(), rtol=1e-5, atol=1e-6), name
+    assert mine.cv1.bn.num_batches_tracked.item() == 5
+
+
+def test_chain_eval_mode_bn_uses_running_stats():
+    torch.manual_seed(2)
+    ref, layers, residual = make_block("cib", 4)
+    ref.eval()
+    mine = copy.deepcopy(ref)
+    x = torch.randn(1, 4, 5, 6, device=DEV)
+    xr, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, out = ref(xr), conv_chain_train(xm, layers(mine), residual)
+    out_ref.sum().backward()
+    out.sum().backward()
+    assert _rel(out, out_ref) <= 1e-4 and _rel(xm.grad, xr.grad) <= 1e-4
+    for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
+        assert torch.equal(b, r), name
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def saved_bytes(fn):
+    """Bytes saved for backward by fn(), each storage counted once (saved_tensors_hooks)."""
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[(s.data_ptr(), s.nbytes())] = s.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(storages.values()), out
+
+
+@pytest.mark.parametrize("lk", [False, True], ids=["cib", "cib_lk"])
+def test_cib_saved_memory_at_most_40_percent(lk):
+    torch.manual_seed(3)
+    m = _randomize(CIB(8, 8, shortcut=True, e=1.0, lk=lk)).train()
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    ref_bytes, _ = saved_bytes(lambda: m(x))
+    mine_bytes, _ = saved_bytes(lambda: conv_chain_train(x, list(m.cv1), True))
+    ratio = mine_bytes / ref_bytes
+    print(f"CIB lk={lk}: saved {mine_bytes} B vs reference {ref_bytes} B: {ratio:.3f}")
+    assert ratio <= 0.40
+
+
+# ------------------------------------------------------------------------------------------------ gradcheck
+def test_gradcheck_dw_op_fp64():
+    torch.manual_seed(4)
+    d = dict(dtype=torch.float64, device=DEV)
+    x = torch.randn(1, 2, 4, 3, **d, requires_grad=True)
+    w = torch.randn(2, 1, 3, 3, **d, requires_grad=True)
+    si, ti, so, to = (torch.randn(2, **d, requires_grad=True) for _ in range(4))
+    res = torch.randn(1, 2, 2, 2, **d, requires_grad=True)
+
+    def f(x, w, si, ti, so, to, res):
+        _, mean, var = dw_conv_bn(x, w, si, ti, None, None, None, 2, True, False, False, True)
+        out, _, _ = dw_conv_bn(x, w, si, ti, so, to, res, 2, True, True, True, False)
+        return out, mean, var
+    assert torch.autograd.gradcheck(f, (x, w, si, ti, so, to, res), eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+def test_gradcheck_pw_op_fp64():
+    torch.manual_seed(5)
+    d = dict(dtype=torch.float64, device=DEV)
+    x = torch.randn(1, 3, 2, 3, **d, requires_grad=True)
+    w = torch.randn(2, 3, 1, 1, **d, requires_grad=True)
+    si, ti = (torch.randn(3, **d, requires_grad=True) for _ in range(2))
+    b = torch.randn(2, **d, requires_grad=True)
+
+    def f(x, w, si, ti, b):
+        y, mean, var = pw_conv_bn(x, w, si, ti, None, True, True)
+        y2, _, _ = pw_conv_bn(x, w, None, None, b, False, False)
+        return y, mean, var, y2
+    assert torch.autograd.gradcheck(f, (x, w, si, ti, b), eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+def test_gradcheck_chain_fp64():
+    """The composition: BN statistics -> scale/shift -> the next conv's prologue, and the last conv's
+    statistics-only + epilogue passes with the residual (RepVGGDW's weight merge is checked in fp64 above)."""
+    torch.manual_seed(6)
+    m = nn.Sequential(Conv(2, 3, 1), Conv(3, 3, 3, g=3), Conv(3, 2, 1), Conv(2, 2, 3, g=2))
+    m = _randomize(m).double().train().to(DEV)
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, device=DEV, requires_grad=True)
+    params = list(m.parameters())
+
+    def f(x, *ps):
+        return conv_chain_train(x, m, True)
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+# ------------------------------------------------------------------------------------------------ opcheck
+def test_opcheck_dw_conv_bn():
+    torch.manual_seed(7)
+    x = torch.randn(2, 3, 5, 4, device=DEV, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, device=DEV, requires_grad=True)
+    s, t, so, to = (torch.randn(3, device=DEV, requires_grad=True) for _ in range(4))
+    r = torch.randn(2, 3, 3, 2, device=DEV, requires_grad=True)
+    torch.library.opcheck(dw_conv_bn, (x, w, s, t, None, None, None, 1, True, False, True, True))
+    torch.library.opcheck(dw_conv_bn, (x.detach().to(memory_format=torch.channels_last).requires_grad_(), w, s, t,
+                                       so, to, r, 2, True, True, True, False))
+    g = torch.randn(2, 3, 5, 4, device=DEV)
+    gm, gv = torch.randn(3, device=DEV), torch.randn(3, device=DEV)
+    mean = torch.randn(3, device=DEV)
+    torch.library.opcheck(dw_conv_bn_backward, (g, gm, gv, x.detach(), w.detach(), s.detach(), t.detach(), None,
+                                                None, mean, 1, True, False, True, True))
+
+
+def test_opcheck_pw_conv_bn():
+    torch.manual_seed(8)
+    x = torch.randn(2, 5, 3, 3, device=DEV, requires_grad=True)
+    w = torch.randn(6, 5, 1, 1, device=DEV, requires_grad=True)
+    s, t = (torch.randn(5, device=DEV, requires_grad=True) for _ in range(2))
+    b = torch.randn(6, device=DEV, requires_grad=True)
+    torch.library.opcheck(pw_conv_bn, (x, w, s, t, None, True, True))
+    torch.library.opcheck(pw_conv_bn, (x.detach().to(memory_format=torch.channels_last).requires_grad_(), w, None,
+                                       None, b, False, False))
+    y = torch.randn(2, 6, 3, 3, device=DEV)
+    g = torch.randn(2, 6, 3, 3, device=DEV)
+    gm, gv, mean = (torch.randn(6, device=DEV) for _ in range(3))
+    torch.library.opcheck(pw_conv_bn_backward, (g, gm, gv, x.detach(), w.detach(), s.detach(), t.detach(), y, mean,
+                                                True, False, True))
+
+
+# ------------------------------------------------------------------------------------------------ compile
+def test_torch_compile_fullgraph():
+    torch.manual_seed(9)
+    ref, layers, residual = make_block("scdown", 4)
+    mine = copy.deepcopy(ref)
+    x = torch.randn(2, 4, 5, 5, device=DEV)
+
+    def step(x, mod):
+        return conv_chain_train(x, layers(mod), residual)
+    compiled = torch.compile(step, fullgraph=True)
+    xr, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref = step(xr, ref)
+    out = compiled(xm, mine)
+    out_ref.square().sum().backward()
+    out.square().sum().backward()
+    assert _rel(out, out_ref) <= 1e-5 and _rel(xm.grad, xr.grad) <= 1e-5
+    for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
+        assert _rel(p.grad, q.grad) <= 1e-5, name
+    for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
+        assert torch.allclose(b.float(), r.float(), rtol=1e-6, atol=1e-7), name
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def test_bad_inputs_name_the_problem(monkeypatch):
+    m, layers, residual = make_block("scdown", 4)
+    with pytest.raises(ValueError, match="channels"):
+        conv_chain_train(torch.randn(1, 5, 4, 4, device=DEV), layers(m), residual)
+    with pytest.raises(TypeError, match="floating"):
+        conv_chain_train(torch.ones(1, 4, 4, 4, dtype=torch.int32, device=DEV), layers(m), residual)
+    with pytest.raises(ValueError, match="residual"):
+        conv_chain_train(torch.randn(1, 4, 4, 4, device=DEV), layers(m), True)
+    with pytest.raises(ValueError, match="more than 1 value"):
+        conv_chain_train(torch.randn(1, 4, 1, 1, device=DEV), layers(m), residual)
+    with pytest.raises(ValueError, match="unsupported module"):
+        conv_chain_train(torch.randn(1, 4, 4, 4, device=DEV), [nn.ReLU()], False)
+    with pytest.raises(ValueError, match="input channels"):
+        conv_chain_train(torch.randn(1, 4, 4, 4, device=DEV), [m.cv1, Conv(3, 3, 3, g=3)], False)
+    with pytest.raises(ValueError, match="device"):  # weights on another device than x
+        conv_chain_train(torch.randn(1, 4, 4, 4, device=DEV), [Conv(4, 4, 3, g=4).to("meta")], False)
+    with pytest.raises(ValueError, match="weight"):
+        dw_conv_bn(torch.randn(1, 4, 4, 4, device=DEV), torch.randn(5, 1, 3, 3, device=DEV), None, None, None, None,
+                   None, 1, False, False, True, True)
+    with pytest.raises(ValueError, match="C_in"):
+        pw_conv_bn(torch.randn(1, 4, 4, 4, device=DEV), torch.randn(5, 3, 1, 1, device=DEV), None, None, None, False,
+                   True)
+    if DEV == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            conv_chain_train(torch.randn(1, 4, 4, 4), layers(m), residual)
+
+
+# ------------------------------------------------------------------------------------------------ GPU, low precision
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (fp16/bf16 kernels)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind,cl", [("cib", True), ("cib_lk", False), ("scdown", True), ("cls", False)])
+def test_chain_low_precision_gpu(kind, cl, dtype):
+    """|fused - ref32| <= 2 |torch_lowp - ref32| + atol, for the output and every gradient."""
+    torch.manual_seed(10)
+    ref32, layers, residual = make_block(kind, 24, torch.float32, "cuda")
+    lowp_ref = copy.deepcopy(ref32).to(dtype)
+    mine = copy.deepcopy(ref32).to(dtype)
+    x = torch.randn(3, 24, 23, 19, device="cuda")
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        go = torch.randn_like(copy.deepcopy(ref32)(x))
+    xs = [x.clone().requires_grad_(), x.to(dtype).requires_grad_(), x.to(dtype).requires_grad_()]
+    outs = [ref32(xs[0]), lowp_ref(xs[1]), conv_chain_train(xs[2], layers(mine), residual)]
+    for o in outs:
+        (o.float() * go).sum().backward()
+    atol = 1e-2 if dtype == torch.float16 else 5e-2
+
+    def check(a, b, c, what):
+        err, base = (c.float() - a.float()).abs().max().item(), (b.float() - a.float()).abs().max().item()
+        scale = a.float().abs().max().item()
+        assert err <= 2 * base + atol * max(1.0, scale), f"{what}: {err} > 2 * {base} + atol"
+    check(outs[0], outs[1], outs[2], "out")
+    check(xs[0].grad, xs[1].grad, xs[2].grad, "x.grad")
+    for (name, a), (_, b), (_, c) in zip(ref32.named_parameters(), lowp_ref.named_parameters(),
+                                         mine.named_parameters()):
+        check(a.grad, b.grad, c.grad, name)

@@ -1,0 +1,406 @@
+"""Pointwise (1x1) conv for training as a tiled matmul, with a BN prologue and a statistics epilogue.
+
+    a = in_act(x * in_scale + in_shift)        prologue, per input channel, applied to each loaded tile
+    y = a @ weight^T (+ bias)                  over rows (n, h, w), in fp32 (fp64 for fp64 x)
+    mean, var = batch mean and biased variance of y per output channel (optional; per-tile (count, mean, M2)
+                partials merged with the parallel-variance formula)
+
+Op `yolov10_kernels::pw_conv_bn(x, weight, in_scale?, in_shift?, bias?, in_act, stats) -> (y, mean, var)`, mean/var
+empty when stats is False. Differentiable in x, weight, the affine vectors and bias. Backward: two kernels,
+grad x (g @ weight, the prologue derivative applied on the fly) and grad weight (g^T @ a, a recomputed from x,
+the N x H x W reduction split across programs into fp32 partials then summed), where g = dL/dy + dmean / M +
+dvar * 2 (y - mean) / M is formed on the fly from the saved raw output y. fp16/bf16 tiles go through tensor
+cores with fp32 accumulation (fp32 operands under the interpreter, whose bf16 dot is broken); fp32 uses IEEE
+(no TF32). NCHW and channels_last inputs are read in place; the output follows the input's memory format."""
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._train_common import (LIB, check_device, check_tensor, empty, empty_4d, interpreted, merge_stats, next_pow2,
+                            silu_fwd, silu_fwd_bwd, stat_dtype, target_programs, tile_stats_merge, tl_acc)
+
+Tensor = torch.Tensor
+
+_TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+# ---------------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _prologue(x_ptr, row, ci, m, sxc, s_ptr, t_ptr, kmask, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
+              ACC: tl.constexpr):
+    """(raw x, activation a, d a / d u) for a [BLOCK_M, BLOCK_K] tile; a is 0 outside the mask."""
+    xv = tl.load(x_ptr + row[:, None] + ci[None, :].to(tl.int64) * sxc, mask=m, other=0.0).to(ACC)
+    u = xv
+    if IN_AFFINE:
+        s = tl.load(s_ptr + ci, mask=kmask, other=0.0).to(ACC)
+        t = tl.load(t_ptr + ci, mask=kmask, other=0.0).to(ACC)
+        u = xv * s[None, :] + t[None, :]
+    a = u
+    da = tl.zeros_like(u) + 1.0
+    if IN_ACT:
+        a, da = silu_fwd_bwd(u)
+    a = tl.where(m, a, 0.0)
+    return xv, a, da
+
+
+@triton.jit
+def _dot(a, b, DOT_DT: tl.constexpr, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a.to(DOT_DT), b.to(DOT_DT), input_precision="ieee")
+    return tl.dot(a.to(DOT_DT), b.to(DOT_DT))
+
+
+@triton.jit
+def _grad_y(gy_ptr, y_ptr, row_g, row_y, co, m, sgc, syc, mu, gm, gv2, HAS_GY: tl.constexpr, STATS: tl.constexpr,
+            ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """g = dL/dy + dL/dmean / M + dL/dvar * 2 (y - mean) / M on a [BLOCK_M, BLOCK_N] tile (0 outside the mask)."""
+    g = tl.zeros([BLOCK_M, BLOCK_N], ACC)
+    if HAS_GY:
+        g = tl.load(gy_ptr + row_g[:, None] + co[None, :].to(tl.int64) * sgc, mask=m, other=0.0).to(ACC)
+    if STATS:
+        y = tl.load(y_ptr + row_y[:, None] + co[None, :].to(tl.int64) * syc, mask=m, other=0.0).to(ACC)
+        g += gm[None, :] + gv2[None, :] * (y - mu[None, :])
+    return tl.where(m, g, 0.0)
+
+
+@triton.jit
+def _pw_fwd_kernel(x_ptr, w_ptr, s_ptr, t_ptr, b_ptr, y_ptr, pcnt_ptr, pmean_ptr, pm2_ptr,
+                   M, HW, CI, CO, sxn, sxc, sxp, syn, syc, syp, swo, swi,
+                   IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STATS: tl.constexpr,
+                   ACC: tl.constexpr, DOT_DT: tl.constexpr, IEEE: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mmask = rm < M
+    img = (rm // HW).to(tl.int64)
+    hw = (rm % HW).to(tl.int64)
+    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    comask = co < CO
+    acc = tl.zeros([BLOCK_M, BLOCK_N], ACC)
+    for k0 in range(0, CI, BLOCK_K):
+        ci = k0 + tl.arange(0, BLOCK_K)
+        kmask = ci < CI
+        _, a, _ = _prologue(x_ptr, img * sxn + hw * sxp, ci, mmask[:, None] & kmask[None, :], sxc, s_ptr, t_ptr,
+                            kmask, IN_AFFINE, IN_ACT, ACC)
+        wt = tl.load(w_ptr + co[None, :] * swo + ci[:, None] * swi, mask=kmask[:, None] & comask[None, :], other=0.0)
+        acc += _dot(a, wt, DOT_DT, IEEE).to(ACC)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + co, mask=comask, other=0.0).to(ACC)[None, :]
+    m2d = mmask[:, None] & comask[None, :]
+    tl.store(y_ptr + (img * syn + hw * syp)[:, None] + co[None, :].to(tl.int64) * syc,
+             acc.to(y_ptr.dtype.element_ty), mask=m2d)
+    if STATS:
+        z = tl.zeros([BLOCK_N], ACC)
+        nb = tl.sum(mmask.to(ACC), axis=0)
+        n_t, mean_t, m2_t = tile_stats_merge(z, z, z, acc, m2d, nb)
+        tl.store(pcnt_ptr + pid_m + tl.arange(0, BLOCK_N) * 0, n_t, mask=tl.arange(0, BLOCK_N) == 0)
+        tl.store(pmean_ptr + pid_m * CO + co, mean_t, mask=comask)
+        tl.store(pm2_ptr + pid_m * CO + co, m2_t, mask=comask)
+
+
+@triton.jit
+def _pw_dgrad_kernel(gy_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m, w_ptr, x_ptr, s_ptr, t_ptr,
+                     gx_ptr, pgs_ptr, pgt_ptr,
+                     M, HW, CI, CO, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp, sdn, sdc, sdp, swo, swi,
+                     HAS_GY: tl.constexpr, STATS: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
+                     ACC: tl.constexpr, DOT_DT: tl.constexpr, IEEE: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """grad a = g @ W over a [BLOCK_M rows, BLOCK_K input channels] tile, then grad x = grad a * a'(u) * scale."""
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mmask = rm < M
+    img = (rm // HW).to(tl.int64)
+    hw = (rm % HW).to(tl.int64)
+    ci = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    kmask = ci < CI
+    ga = tl.zeros([BLOCK_M, BLOCK_K], ACC)
+    for n0 in range(0, CO, BLOCK_N):
+        co = n0 + tl.arange(0, BLOCK_N)
+        comask = co < CO
+        mu = tl.zeros([BLOCK_N], ACC)
+        gm = tl.zeros([BLOCK_N], ACC)
+        gv2 = tl.zeros([BLOCK_N], ACC)
+        if STATS:
+            mu = tl.load(mean_ptr + co, mask=comask, other=0.0).to(ACC)
+            gm = tl.load(gmean_ptr + co, mask=comask, other=0.0).to(ACC) * inv_m
+            gv2 = tl.load(gvar_ptr + co, mask=comask, other=0.0).to(ACC) * (2.0 * inv_m)
+        g = _grad_y(gy_ptr, y_ptr, img * sgn + hw * sgp, img * syn + hw * syp, co, mmask[:, None] & comask[None, :],
+                    sgc, syc, mu, gm, gv2, HAS_GY, STATS, ACC, BLOCK_M, BLOCK_N)
+        wt = tl.load(w_ptr + co[:, None] * swo + ci[None, :] * swi, mask=comask[:, None] & kmask[None, :], other=0.0)
+        ga += _dot(g, wt, DOT_DT, IEEE).to(ACC)
+    m2d = mmask[:, None] & kmask[None, :]
+    xv, _, da = _prologue(x_ptr, img * sxn + hw * sxp, ci, m2d, sxc, s_ptr, t_ptr, kmask, IN_AFFINE, IN_ACT, ACC)
+    gu = ga
+    if IN_ACT:
+        gu = ga * da
+    if IN_AFFINE:
+        gu = tl.where(m2d, gu, 0.0)
+        tl.store(pgs_ptr + pid_m * CI + ci, tl.sum(gu * xv, axis=0), mask=kmask)
+        tl.store(pgt_ptr + pid_m * CI + ci, tl.sum(gu, axis=0), mask=kmask)
+        s = tl.load(s_ptr + ci, mask=kmask, other=0.0).to(ACC)
+        gu = gu * s[None, :]
+    tl.store(gx_ptr + (img * sdn + hw * sdp)[:, None] + ci[None, :].to(tl.int64) * sdc,
+             gu.to(gx_ptr.dtype.element_ty), mask=m2d)
+
+
+@triton.jit
+def _pw_wgrad_kernel(gy_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m, x_ptr, s_ptr, t_ptr, pgw_ptr, pgb_ptr,
+                     M, HW, CI, CO, rows_per_split, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp,
+                     HAS_GY: tl.constexpr, STATS: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, DOT_DT: tl.constexpr, IEEE: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Partial grad W [BLOCK_N, BLOCK_K] = sum over this split's rows of g^T a (fp32), and partial grad bias."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    split = tl.program_id(2)
+    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    comask = co < CO
+    ci = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    kmask = ci < CI
+    mu = tl.zeros([BLOCK_N], ACC)
+    gm = tl.zeros([BLOCK_N], ACC)
+    gv2 = tl.zeros([BLOCK_N], ACC)
+    if STATS:
+        mu = tl.load(mean_ptr + co, mask=comask, other=0.0).to(ACC)
+        gm = tl.load(gmean_ptr + co, mask=comask, other=0.0).to(ACC) * inv_m
+        gv2 = tl.load(gvar_ptr + co, mask=comask, other=0.0).to(ACC) * (2.0 * inv_m)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], ACC)
+    gb = tl.zeros([BLOCK_N], ACC)
+    for r0 in range(0, rows_per_split, BLOCK_M):
+        rm = split * rows_per_split + r0 + tl.arange(0, BLOCK_M)
+        mmask = rm < M
+        img = (rm // HW).to(tl.int64)
+        hw = (rm % HW).to(tl.int64)
+        g = _grad_y(gy_ptr, y_ptr, img * sgn + hw * sgp, img * syn + hw * syp, co, mmask[:, None] & comask[None, :],
+                    sgc, syc, mu, gm, gv2, HAS_GY, STATS, ACC, BLOCK_M, BLOCK_N)
+        _, a, _ = _prologue(x_ptr, img * sxn + hw * sxp, ci, mmask[:, None] & kmask[None, :], sxc, s_ptr, t_ptr,
+                            kmask, IN_AFFINE, IN_ACT, ACC)
+        acc += _dot(tl.trans(g), a, DOT_DT, IEEE).to(ACC)
+        if HAS_BIAS:
+            gb += tl.sum(g, axis=0)
+    tl.store(pgw_ptr + split * (CO * CI) + co[:, None] * CI + ci[None, :], acc,
+             mask=comask[:, None] & kmask[None, :])
+    if HAS_BIAS:
+        tl.store(pgb_ptr + split * CO + co, gb, mask=comask & (pid_k == 0))
+
+
+# ---------------------------------------------------------------------------------------------------- launchers
+def _flat(t):
+    """t (4-D) with rows (n, h, w) addressable as n * s_n + (h * W + w) * s_hw: returns (t, (s_n, s_c, s_hw)).
+    NCHW- and channels_last-contiguous tensors qualify as they are; anything else is copied to NCHW."""
+    N, C, H, W = t.shape
+    sn, sc, sh, sw = t.stride()
+    if W == 1:
+        sw = sh
+    if (H == 1 or sh == W * sw) and (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+                                     or t.numel() == 0):
+        return t, (sn, sc, sw)
+    t = t.contiguous()
+    return t, (t.stride(0), t.stride(1), t.stride(3) if W > 1 else t.stride(2))
+
+
+def _dot_cfg(x):
+    """(dot operand dtype, IEEE fp32?) : fp16/bf16 on tensor cores; fp32/fp64 exact; interpreter: no bf16 dot."""
+    if x.dtype in (torch.float16, torch.bfloat16) and not interpreted() and x.device.type == "cuda":
+        return _TL[x.dtype], False
+    return tl_acc(x.dtype), True
+
+
+def _blocks(M, CI, CO, x):
+    if interpreted() or x.device.type != "cuda":
+        return (min(max(next_pow2(M), 16), 256), min(max(next_pow2(CO), 16), 64), min(max(next_pow2(CI), 16), 64), 4)
+    bm = 128 if M >= 4096 else 64
+    bn = min(max(next_pow2(CO), 16), 128)
+    bk = min(max(next_pow2(CI), 16), 64 if x.element_size() <= 2 else 32)
+    return bm, bn, bk, (8 if bm * bn >= 128 * 128 else 4)
+
+
+def _check_args(x, weight, in_scale, in_shift, bias):
+    check_tensor("x", x, dim=4)
+    check_device(x)
+    check_tensor("weight", weight, device=x.device)
+    CI = x.shape[1]
+    if not (weight.dim() == 2 or (weight.dim() == 4 and weight.shape[2] == weight.shape[3] == 1)) \
+            or weight.shape[1] != CI:
+        raise ValueError(f"pointwise weight must be (C_out, C_in, 1, 1) or (C_out, C_in) with C_in = x's {CI} "
+                         f"channels; got weight {tuple(weight.shape)} for x {tuple(x.shape)}")
+    for name, t in (("in_scale", in_scale), ("in_shift", in_shift)):
+        if t is not None:
+            check_tensor(name, t, device=x.device)
+            if t.numel() != CI:
+                raise ValueError(f"{name} must have {CI} elements (one per input channel), got {t.numel()}")
+    if (in_scale is None) != (in_shift is None):
+        raise ValueError("in_scale and in_shift must be given together")
+    if bias is not None:
+        check_tensor("bias", bias, device=x.device)
+        if bias.numel() != weight.shape[0]:
+            raise ValueError(f"bias must have {weight.shape[0]} elements (one per output channel), got {bias.numel()}")
+
+
+def _vec(t, dtype):
+    return None if t is None else t.detach().reshape(-1).to(dtype).contiguous()
+
+
+def _pw_forward(x, weight, in_scale, in_shift, bias, in_act, stats):
+    N, CI, H, W = x.shape
+    CO = weight.shape[0]
+    sd = stat_dtype(x)
+    y = empty_4d((N, CO, H, W), x)
+    M, HW = N * H * W, H * W
+    if M == 0 or CO == 0:
+        return y, x.new_zeros(CO if stats else 0, dtype=sd), x.new_zeros(CO if stats else 0, dtype=sd)
+    x, (sxn, sxc, sxp) = _flat(x)
+    _, (syn, syc, syp) = _flat(y)
+    w = weight.detach().reshape(CO, CI)
+    BM, BN, BK, nw = _blocks(M, CI, CO, x)
+    mblk = triton.cdiv(M, BM)
+    if stats:
+        pcnt = empty(mblk, x, sd)
+        pmean = empty((mblk, CO), x, sd)
+        pm2 = empty((mblk, CO), x, sd)
+    else:
+        pcnt = pmean = pm2 = x.new_empty(1, dtype=sd)
+    s, t, b = _vec(in_scale, sd), _vec(in_shift, sd), _vec(bias, sd)
+    dummy = pcnt
+    dot_dt, ieee = _dot_cfg(x)
+    _pw_fwd_kernel[(mblk, triton.cdiv(CO, BN))](
+        x, w, s if s is not None else dummy, t if t is not None else dummy, b if b is not None else dummy, y,
+        pcnt, pmean, pm2, M, HW, CI, CO, sxn, sxc, sxp, syn, syc, syp, w.stride(0), w.stride(1),
+        IN_AFFINE=s is not None, IN_ACT=bool(in_act), HAS_BIAS=b is not None, STATS=bool(stats),
+        ACC=tl_acc(x.dtype), DOT_DT=dot_dt, IEEE=ieee, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw)
+    if stats:
+        mean, var = merge_stats(pcnt, pmean, pm2)
+    else:
+        mean, var = x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
+    return y, mean, var
+
+
+def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, mean, in_act, has_bias, stats):
+    N, CI, H, W = x.shape
+    CO = weight.shape[0]
+    sd = stat_dtype(x)
+    M, HW = N * H * W, H * W
+    has_gy = grad_y is not None and grad_y.numel() > 0
+    stats = bool(stats) and grad_mean is not None and grad_var is not None and grad_mean.numel() > 0 \
+        and y is not None and y.numel() > 0
+    gx = empty_4d((N, CI, H, W), x)
+    gw = torch.zeros(CO, CI, dtype=sd, device=x.device)
+
+    def zeros_or_empty(present, n):  # distinct tensors: a custom op's outputs may not alias each other
+        return torch.zeros(n if present else 0, dtype=sd, device=x.device)
+    g_s, g_t = zeros_or_empty(in_scale is not None, CI), zeros_or_empty(in_shift is not None, CI)
+    g_b = zeros_or_empty(has_bias, CO)
+    if (not has_gy and not stats) or M == 0 or CO == 0 or CI == 0:
+        return gx.zero_(), gw.to(weight.dtype).reshape(weight.shape), g_s, g_t, g_b
+    x, (sxn, sxc, sxp) = _flat(x)
+    _, (sdn, sdc, sdp) = _flat(gx)
+    dummy = x.new_empty(1, dtype=sd)
+    if has_gy:
+        grad_y, (sgn, sgc, sgp) = _flat(grad_y)
+    else:
+        grad_y, (sgn, sgc, sgp) = dummy, (0, 0, 0)
+    if stats:
+        y, (syn, syc, syp) = _flat(y)
+        mu, gm, gv = _vec(mean, sd), _vec(grad_mean, sd), _vec(grad_var, sd)
+    else:
+        y, (syn, syc, syp) = dummy, (0, 0, 0)
+        mu = gm = gv = dummy
+    w = weight.detach().reshape(CO, CI)
+    s, t = _vec(in_scale, sd), _vec(in_shift, sd)
+    acc = tl_acc(x.dtype)
+    dot_dt, ieee = _dot_cfg(x)
+    inv_m = 1.0 / M
+    flags = dict(HAS_GY=has_gy, STATS=stats, IN_AFFINE=s is not None, IN_ACT=bool(in_act), ACC=acc,
+                 DOT_DT=dot_dt, IEEE=ieee)
+    # grad x: rows x input channels, looping over output channels
+    BM, b_ci, b_co, nw = _blocks(M, CO, CI, x)  # a matmul (M x CO) @ (CO x CI): CO is the reduced dim
+    mblk = triton.cdiv(M, BM)
+    pgs = empty((mblk, CI), x, sd) if s is not None else dummy
+    pgt = empty((mblk, CI), x, sd) if s is not None else dummy
+    _pw_dgrad_kernel[(mblk, triton.cdiv(CI, b_ci))](
+        grad_y, y, mu, gm, gv, inv_m, w, x, s if s is not None else dummy, t if t is not None else dummy,
+        gx, pgs, pgt, M, HW, CI, CO, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp, sdn, sdc, sdp,
+        w.stride(0), w.stride(1), BLOCK_M=BM, BLOCK_N=b_co, BLOCK_K=b_ci, num_warps=nw, **flags)
+    if s is not None:
+        g_s, g_t = pgs.sum(0), pgt.sum(0)
+    # grad W (and bias): output x input channels, the rows split across programs, fp32 partials
+    BM, BN, BK, nw = _blocks(M, CI, CO, x)
+    tiles = triton.cdiv(CO, BN) * triton.cdiv(CI, BK)
+    want = max(1, min(triton.cdiv(M, BM), triton.cdiv(target_programs(x.device), tiles)))
+    rows = triton.cdiv(triton.cdiv(M, want), BM) * BM
+    splits = triton.cdiv(M, rows)
+    pgw = empty((splits, CO, CI), x, sd)
+    pgb = empty((splits, CO), x, sd) if has_bias else dummy
+    _pw_wgrad_kernel[(triton.cdiv(CO, BN), triton.cdiv(CI, BK), splits)](
+        grad_y, y, mu, gm, gv, inv_m, x, s if s is not None else dummy, t if t is not None else dummy, pgw, pgb,
+        M, HW, CI, CO, rows, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp, HAS_BIAS=bool(has_bias),
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw, **flags)
+    gw = pgw.sum(0).to(weight.dtype).reshape(weight.shape)
+    if has_bias:
+        g_b = pgb.sum(0)
+    return gx, gw, g_s, g_t, g_b
+
+
+# ---------------------------------------------------------------------------------------------------- ops
+@torch.library.custom_op(f"{LIB}::pw_conv_bn", mutates_args=())
+def pw_conv_bn(x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
+               bias: Optional[Tensor], in_act: bool, stats: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """See the module docstring. Returns (y, mean, biased var); mean/var empty when stats is False."""
+    _check_args(x, weight, in_scale, in_shift, bias)
+    return _pw_forward(x, weight, in_scale, in_shift, bias, in_act, stats)
+
+
+@pw_conv_bn.register_fake
+def _pw_conv_bn_fake(x, weight, in_scale, in_shift, bias, in_act, stats):
+    _check_args(x, weight, in_scale, in_shift, bias)
+    N, _, H, W = x.shape
+    CO = weight.shape[0]
+    sd = stat_dtype(x)
+    return (empty_4d((N, CO, H, W), x), x.new_empty(CO if stats else 0, dtype=sd),
+            x.new_empty(CO if stats else 0, dtype=sd))
+
+
+@torch.library.custom_op(f"{LIB}::pw_conv_bn_backward", mutates_args=())
+def pw_conv_bn_backward(grad_y: Optional[Tensor], grad_mean: Optional[Tensor], grad_var: Optional[Tensor],
+                        x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
+                        y: Optional[Tensor], mean: Optional[Tensor], in_act: bool, has_bias: bool, stats: bool
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(grad x, grad weight, grad in_scale, grad in_shift, grad bias); vector gradients fp32 (fp64 for fp64 x),
+    empty where not applicable."""
+    return _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, mean, in_act, has_bias, stats)
+
+
+@pw_conv_bn_backward.register_fake
+def _pw_conv_bn_backward_fake(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, mean, in_act,
+                              has_bias, stats):
+    CI, CO = x.shape[1], weight.shape[0]
+    sd = stat_dtype(x)
+    return (empty_4d(tuple(x.shape), x), torch.empty_like(weight, memory_format=torch.contiguous_format),
+            x.new_empty(CI if in_scale is not None else 0, dtype=sd),
+            x.new_empty(CI if in_shift is not None else 0, dtype=sd), x.new_empty(CO if has_bias else 0, dtype=sd))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, in_scale, in_shift, bias, in_act, stats = inputs
+    y, mean, _ = output
+    # the raw output is kept only when its statistics feed a BN (in a chain it is the next conv's saved input)
+    ctx.save_for_backward(x, weight, in_scale, in_shift, y if stats else None, mean if stats else None)
+    ctx.cfg = (in_act, bias is not None, stats, None if bias is None else bias.dtype)
+
+
+def _backward(ctx, grad_y, grad_mean, grad_var):
+    x, weight, in_scale, in_shift, y, mean = ctx.saved_tensors
+    in_act, has_bias, stats, bias_dtype = ctx.cfg
+    gx, gw, g_s, g_t, g_b = pw_conv_bn_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, mean,
+                                                in_act, has_bias, stats)
+
+    def cast(g, t):
+        return None if t is None else g.to(t.dtype).reshape(t.shape)
+    return (gx, gw, cast(g_s, in_scale), cast(g_t, in_shift), g_b.to(bias_dtype) if has_bias else None, None, None)
+
+
+pw_conv_bn.register_autograd(_backward, setup_context=_setup_context)
