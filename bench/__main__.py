@@ -1,0 +1,186 @@
+"""python -m bench: the benchmark suite (per-op rows, assignment rows, end to end), CPU or CUDA.
+
+Writes bench/results/<device>-<date>.json and .md (or under --out) and prints the short ratio table last."""
+import argparse
+import datetime as _dt
+import os
+import sys
+import time
+
+SECTIONS = ("cib", "scdown", "cls_head", "psa", "assign", "e2e")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="yolov10-kernels benchmarks: every op (CIB block, SCDown, cls head, PSA, assignment o2m/o2o) "
+                    "per mode (infer; train fwd, bwd, fwd+bwd) for eager PyTorch, torch.compile and ours, side "
+                    "by side, plus end-to-end training images/s and fused-model inference. CUDA: bf16 + "
+                    "channels_last, triton do_bench (median/p20/p80), CUDA graphs for batch-1 latency rows, "
+                    "peak memory and GB/s against the copy bandwidth measured in the same run. CPU: fp32, host "
+                    "timer. The full GPU suite is budgeted to finish in under 8 minutes on an H100, --quick in "
+                    "3; rows that would overrun are skipped with the reason.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
+    p.add_argument("--quick", action="store_true",
+                   help="yolov10s target shapes only (GPU: infer b1 + train b64; CPU: 320 px, small batches), "
+                        "torch.compile mode 'default', e2e yolov10n only; fits in ~3 min on an H100")
+    p.add_argument("--ops", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run, from {','.join(SECTIONS)}")
+    p.add_argument("--out", default=None, help="directory for <device>-<date>.json/.md (default bench/results)")
+    p.add_argument("--scales", default=None, help="restrict per-op and e2e rows to these scales, e.g. 's' or 'n,s'")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode for the per-op baselines (default: max-autotune on CUDA, "
+                        "'default' with --quick or on the CPU)")
+    p.add_argument("--compile-scope", default="targets", choices=("targets", "all", "none"),
+                   help="which per-op cases get torch.compile rows: the target shapes (yolov10s; PSA s and m), "
+                        "every case, or none")
+    p.add_argument("--e2e-compile-mode", default="default",
+                   help="torch.compile mode for the end-to-end training rows (max-autotune on a whole model "
+                        "takes minutes, beyond the budget)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="wall-clock budget in seconds (default: 440 full / 160 quick)")
+    p.add_argument("--rep-ms", type=float, default=None, help="timing window per row in ms")
+    p.add_argument("--smoke", action="store_true",
+                   help="set-up check: tiny shapes (yolov10n at 64 px), every row's callable run once on the "
+                        "device, nothing timed; torch.compile rows use the dynamo-only 'eager' backend")
+    p.add_argument("--no-write", action="store_true", help="do not write result files")
+    args = p.parse_args(argv)
+    bad = [s for s in args.ops.split(",") if s and s not in SECTIONS]
+    if bad:
+        p.error(f"unknown --ops {bad}; choose from {','.join(SECTIONS)}")
+    return args
+
+
+def _configure_dynamo():
+    import torch._dynamo
+    cfg = torch._dynamo.config
+    # every compiled module here is a fresh instance of a few module classes: without this, dynamo's
+    # per-code-object recompile limit would silently fall back to eager after a handful of rows
+    for name, value in (("cache_size_limit", 512), ("recompile_limit", 512), ("accumulated_cache_size_limit", 4096),
+                        ("accumulated_recompile_limit", 4096)):
+        if hasattr(cfg, name):
+            setattr(cfg, name, value)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    t_start = time.monotonic()
+    import torch
+    from . import common, compare, e2e, ops
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+            return 2
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    _configure_dynamo()
+    sections = [s for s in args.ops.split(",") if s]
+    op_sections = [s for s in sections if s in ops.OPS]
+    scales = tuple(args.scales.split(",")) if args.scales else None
+    compile_mode = args.compile_mode or ("max-autotune" if cuda and not args.quick else "default")
+    budget = common.Budget(args.budget or (440.0 if not args.quick else 160.0))
+    if args.smoke:
+        budget = common.Budget(args.budget or 10**9)
+
+    env = common.environment(device)
+    common.log(f"[bench] {env['device_name']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} "
+               f"| cuDNN {env['cudnn']} | commit {env['git_commit']}")
+    common.log(f"[bench] sections {sections}; {'smoke' if args.smoke else 'quick' if args.quick else 'full'}; "
+               f"compile mode {compile_mode} (scope {args.compile_scope}); budget {budget.total_s:.0f}s")
+    copy_bw = None
+    if not args.smoke:
+        copy_bw = common.measure_copy_bandwidth(device)
+        common.log(f"[bench] copy bandwidth {copy_bw:.0f} GB/s (read + write)")
+
+    dtype = torch.bfloat16 if cuda else torch.float32
+    rows = []
+    first, rest = [], []
+    if op_sections:
+        if args.smoke:
+            first = ops.default_cases(device, smoke=True, ops=op_sections)
+        else:
+            first, rest = ops.default_cases(device, quick=args.quick, compile_scope=args.compile_scope,
+                                            scales=scales, ops=op_sections)
+    common_kw = dict(dtype=dtype, channels_last=cuda, rep_ms=args.rep_ms, smoke=args.smoke,
+                     compile_request=compile_mode, compile_backend="eager" if args.smoke else "inductor",
+                     copy_bw=copy_bw)
+    total = budget.total_s
+    if first:
+        budget.section("ops (target shapes)", 0.55 * total)
+        rows += ops.run(device, budget, first, **common_kw)
+    if "assign" in sections and not args.smoke:
+        budget.section("assign", 0.68 * total)
+        rows += run_assign(device, args.quick, budget)
+    if rest:
+        budget.section("ops (other scales and batches)", 0.78 * total)
+        rows += ops.run(device, budget, rest, **common_kw)
+    if "e2e" in sections:
+        budget.section("e2e", total)
+        e2e_scales = ("tiny",) if args.smoke else scales or (("n",) if args.quick else ("n", "s"))
+        rows += e2e.run(device, budget, scales=e2e_scales, quick=args.quick, smoke=args.smoke,
+                        compile_mode=args.e2e_compile_mode, rep_ms=args.rep_ms)
+
+    result = {
+        "schema": common.SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "env": env,
+        "args": {"device": str(device), "quick": args.quick, "smoke": args.smoke, "sections": sections,
+                 "scales": scales, "compile_mode": compile_mode, "compile_scope": args.compile_scope,
+                 "e2e_compile_mode": args.e2e_compile_mode, "budget_s": budget.total_s,
+                 "dtype": str(dtype).replace("torch.", ""),
+                 "memory_format": "channels_last" if cuda else "contiguous", "rep_ms": args.rep_ms},
+        "copy_bandwidth_gbs": copy_bw,
+        "budget_log": budget.log,
+        "wall_s": time.monotonic() - t_start,
+        "rows": rows,
+    }
+    if not args.no_write:
+        out = args.out or os.environ.get("BENCH_OUT") or common.RESULTS_DIR
+        jpath, mpath = common.write_results(result, out)
+        common.log(f"[bench] wrote {jpath} and {mpath}")
+    n_ok = len(compare.ok_rows(rows))
+    common.log(f"[bench] {n_ok} timed rows, {len(rows) - n_ok} not timed (see status); "
+               f"wall {time.monotonic() - t_start:.0f}s\n")
+    print(compare.header(result))
+    print(compare.short_tables(result), flush=True)  # last: the short ratio table
+    return 0
+
+
+def run_assign(device, quick, budget):
+    from .common import log, make_row
+    ok, why = budget.fits(5.0)
+    if not ok:
+        log(f"[assign] {why}")
+        return [make_row(op="assign", mode="-", impl="-", status=why)]
+    try:
+        from . import assign
+    except ImportError as e:
+        msg = f"not available: bench/assign.py is not importable ({type(e).__name__}: {e})"
+        log(f"[assign] {msg}")
+        return [make_row(op="assign", mode=m, impl="ours", status=msg) for m in ("o2m", "o2o")]
+    try:
+        rows = assign.run(device, quick=quick)
+    except Exception as e:
+        msg = f"error: bench.assign.run raised {type(e).__name__}: {e}"
+        log(f"[assign] {msg}")
+        return [make_row(op="assign", mode="-", impl="-", status=msg)]
+    out = []
+    for r in rows:
+        r = dict(r)
+        r.setdefault("op", "assign")
+        r.setdefault("mode", "-")
+        r.setdefault("impl", "-")
+        r.setdefault("status", "ok")
+        out.append(r)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
