@@ -188,8 +188,9 @@ def extension_status():
     if not _state["attempted"] and not op_registered():
         spec = _prebuilt_spec()
         if spec is None or _prebuilt_is_stale(spec):
-            return {"cpp": (False, "not built yet: JIT-builds on first use of FusedTaskAlignedAssigner "
-                                   "(or prebuild with `pip install --no-build-isolation -e .`)"),
+            how = ("JIT build disabled (YOLOV10_KERNELS_NO_JIT=1)" if os.environ.get("YOLOV10_KERNELS_NO_JIT") == "1"
+                   else "JIT-builds on first use of FusedTaskAlignedAssigner")
+            return {"cpp": (False, f"not built yet: {how} (or prebuild with `pip install --no-build-isolation -e .`)"),
                     "cuda": (False, "not built yet (builds on first use when a CUDA device and nvcc are there)")}
     ok, how = load()
     if not ok:
