@@ -115,6 +115,18 @@ def test_chain_matches_reference_fp32(kind, c, shape, cl):
             assert _rel(b, r) <= 1e-5, name
 
 
+@pytest.mark.parametrize("kind,c,shape", [("cib_lk", 4, (2, 4, 5, 7)), ("scdown", 6, (1, 6, 7, 5))])
+def test_gpu_tap_loop_path_under_interpreter(monkeypatch, kind, c, shape):
+    """On the CPU the depthwise kernels take a vectorised-taps path (fast under the interpreter); the unrolled
+    tap loops that the GPU runs are checked here too (7x7 and 3x3, stride 1 and 2)."""
+    from yolov10_kernels.ops import dwconv
+    monkeypatch.setattr(dwconv, "TAP_LOOP_ON_CPU", True)
+    ref, mine, out_ref, out, xr, xm = run_pair(kind, c, shape, torch.float32, channels_last=kind == "scdown")
+    assert _rel(out, out_ref) <= 1e-4 and _rel(xm.grad, xr.grad) <= 1e-4
+    for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
+        assert _rel(p.grad, q.grad) <= 1e-4, name
+
+
 @pytest.mark.parametrize("kind", ["cib", "cib_lk"])
 def test_chain_matches_reference_fp64(kind):
     ref, mine, out_ref, out, xr, xm = run_pair(kind, 4, (2, 4, 5, 7), torch.float64)
@@ -174,8 +186,8 @@ def saved_bytes(fn):
 @pytest.mark.parametrize("lk", [False, True], ids=["cib", "cib_lk"])
 def test_cib_saved_memory_at_most_40_percent(lk):
     torch.manual_seed(3)
-    m = _randomize(CIB(8, 8, shortcut=True, e=1.0, lk=lk)).train()
-    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    m = _randomize(CIB(8, 8, shortcut=True, e=1.0, lk=lk)).to(DEV).train()
+    x = torch.randn(2, 8, 16, 16, device=DEV, requires_grad=True)
     ref_bytes, _ = saved_bytes(lambda: m(x))
     mine_bytes, _ = saved_bytes(lambda: conv_chain_train(x, list(m.cv1), True))
     ratio = mine_bytes / ref_bytes

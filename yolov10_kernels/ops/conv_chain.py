@@ -12,8 +12,8 @@ light cls head), on the ops in dwconv.py and pwconv.py.
 
 Semantics equal the reference modules in train mode: each BN normalises with the batch mean and biased variance
 and its eps; running_mean/running_var (unbiased) and num_batches_tracked are updated in place exactly as
-nn.BatchNorm2d does (momentum, or the cumulative average when momentum is None). A BN in eval mode (or without
-running-stat tracking... in eval) uses its running statistics, as the reference does.
+nn.BatchNorm2d does (momentum, or the cumulative average when momentum is None). A BN in eval mode that tracks
+running statistics normalises with them, as the reference does (a frozen BN inside a training model).
 
 How it runs: every conv writes its raw output and per-channel batch statistics (merged partial Welford
 statistics); BN scale/shift are per-channel torch ops on those statistics, and the next conv applies BN + act to

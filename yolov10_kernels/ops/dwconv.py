@@ -35,10 +35,30 @@ Tensor = torch.Tensor
 @triton.jit
 def _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
                   K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-                  ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                  ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
+                  BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """Raw depthwise conv outputs at output positions (oh, ow) [BLOCK_P] x channels c [BLOCK_C], the prologue
-    applied to every input tap on the fly (recomputed per tap instead of staged)."""
+    applied to every input tap on the fly (recomputed per tap instead of staged). TAPS_VEC: the k*k taps as a
+    third tile dimension (the interpreter's fast path: few, large ops); else an unrolled loop over taps (GPU)."""
     PAD: tl.constexpr = K // 2
+    if TAPS_VEC:
+        tap = tl.arange(0, KK_PAD)
+        ih = oh[:, None] * STRIDE - PAD + (tap // K)[None, :]
+        iw = ow[:, None] * STRIDE - PAD + (tap % K)[None, :]
+        ok = pmask[:, None] & (tap < K * K)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        m3 = ok[:, :, None] & cmask[None, None, :]
+        xp = x_ptr + n.to(tl.int64)[:, None, None] * sxn + c[None, None, :].to(tl.int64) * sxc \
+            + ih[:, :, None] * sxh + iw[:, :, None] * sxw
+        xv = tl.load(xp, mask=m3, other=0.0).to(ACC)
+        if IN_AFFINE:
+            xv = xv * s_in[None, None, :] + t_in[None, None, :]
+        if IN_ACT:
+            xv = silu_fwd(xv)
+        if IN_AFFINE or IN_ACT:
+            xv = tl.where(m3, xv, 0.0)
+        wv = tl.load(w_ptr + c[None, :] * (K * K) + tap[:, None], mask=(tap < K * K)[:, None] & cmask[None, :],
+                     other=0.0).to(ACC)
+        return tl.sum(xv * wv[None, :, :], axis=1)
     acc = tl.zeros([BLOCK_P, BLOCK_C], ACC)
     xb = x_ptr + n.to(tl.int64)[:, None] * sxn + c[None, :].to(tl.int64) * sxc
     for kh in tl.static_range(K):
@@ -66,7 +86,7 @@ def _dw_fwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, r_ptr, y_ptr, p
                    K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
                    OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr, HAS_RES: tl.constexpr,
                    WRITE_OUT: tl.constexpr, STATS: tl.constexpr, ACC: tl.constexpr,
-                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                   TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
@@ -93,7 +113,7 @@ def _dw_fwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, r_ptr, y_ptr, p
         ow = p % OW
         m2d = pmask[:, None] & cmask[None, :]
         acc = _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
-                            K, STRIDE, IN_AFFINE, IN_ACT, ACC, BLOCK_P, BLOCK_C)
+                            K, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD, BLOCK_P, BLOCK_C)
         if STATS:
             nb = tl.sum(pmask.to(ACC), axis=0)
             n_run, mean_run, m2_run = tile_stats_merge(n_run, mean_run, m2_run, acc, m2d, nb)
@@ -121,7 +141,8 @@ def _dw_grad_y_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, go_ptr, mean
                       sxn, sxc, sxh, sxw, son, soc, soh, sow, sgn, sgc, sgh, sgw,
                       K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
                       OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr, HAS_GO: tl.constexpr, STATS: tl.constexpr,
-                      ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                      ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
+                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """g = d loss / d y with y recomputed: through the epilogue (affine + act) and the batch statistics."""
     pid = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -155,7 +176,7 @@ def _dw_grad_y_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, go_ptr, mean
         ow = p % OW
         m2d = pmask[:, None] & cmask[None, :]
         y = _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
-                          K, STRIDE, IN_AFFINE, IN_ACT, ACC, BLOCK_P, BLOCK_C)
+                          K, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD, BLOCK_P, BLOCK_C)
         gy = tl.zeros([BLOCK_P, BLOCK_C], ACC)
         if HAS_GO:
             gp = go_ptr + n.to(tl.int64)[:, None] * son + c[None, :].to(tl.int64) * soc + oh[:, None] * soh + ow[:, None] * sow
@@ -181,11 +202,46 @@ def _dw_grad_y_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, go_ptr, mean
 
 
 @triton.jit
+def _dw_bwd_taps_loop(g_ptr, w_ptr, n, ih, iw, qmask, c, cmask, kk, a, dw_acc, OH, OW, sgn, sgc, sgh, sgw,
+                      K: tl.constexpr, STRIDE: tl.constexpr, ACC: tl.constexpr, KK_PAD: tl.constexpr,
+                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """GPU path of the backward tap loop: grad a at input positions (ih, iw) = sum over the taps that read them of
+    g(out) * w(tap), and dw_acc[tap] += sum over positions of g(out) * a(in)."""
+    PAD: tl.constexpr = K // 2
+    ga = tl.zeros([BLOCK_P, BLOCK_C], ACC)
+    gb = g_ptr + n.to(tl.int64)[:, None] * sgn + c[None, :].to(tl.int64) * sgc
+    for kh in tl.static_range(K):
+        th = ih + PAD - kh
+        if STRIDE == 1:
+            oh = th
+            hok = qmask & (th >= 0) & (th < OH)
+        else:
+            oh = th // STRIDE
+            hok = qmask & (th >= 0) & ((th % STRIDE) == 0) & (oh < OH)
+        for kw in tl.static_range(K):
+            tw = iw + PAD - kw
+            if STRIDE == 1:
+                ow = tw
+                wok = (tw >= 0) & (tw < OW)
+            else:
+                ow = tw // STRIDE
+                wok = (tw >= 0) & ((tw % STRIDE) == 0) & (ow < OW)
+            m = (hok & wok)[:, None] & cmask[None, :]
+            gv = tl.load(gb + oh[:, None] * sgh + ow[:, None] * sgw, mask=m, other=0.0).to(ACC)
+            wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=cmask, other=0.0).to(ACC)
+            ga += gv * wv[None, :]
+            contrib = tl.sum(gv * a, axis=0)
+            dw_acc += tl.where(kk[:, None] == (kh * K + kw), contrib[None, :], 0.0)
+    return ga, dw_acc
+
+
+@triton.jit
 def _dw_bwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, g_ptr, gx_ptr, pdw_ptr, pgs_ptr, pgt_ptr,
                    C, H, W, OH, OW, NP, tiles_per_prog,
                    sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, sdn, sdc, sdh, sdw,
                    K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-                   ACC: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                   ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
+                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """Over input positions: grad x = prologue'(x) * sum_taps g(out of tap) * w(tap), and per-program partial
     weight gradients sum g(out) * a(in) (a recomputed from x) and prologue-parameter gradients."""
     PAD: tl.constexpr = K // 2
@@ -220,30 +276,29 @@ def _dw_bwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, g_ptr, gx_ptr, pdw_ptr, pgs_ptr
         if IN_ACT:
             a, da = silu_fwd_bwd(u)
         a = tl.where(m2d, a, 0.0)
-        ga = tl.zeros([BLOCK_P, BLOCK_C], ACC)
-        gb = g_ptr + n.to(tl.int64)[:, None] * sgn + c[None, :].to(tl.int64) * sgc
-        for kh in tl.static_range(K):
-            th = ih + PAD - kh
+        if TAPS_VEC:
+            th = ih[:, None] + PAD - (kk // K)[None, :]
+            tw = iw[:, None] + PAD - (kk % K)[None, :]
             if STRIDE == 1:
                 oh = th
-                hok = qmask & (th >= 0) & (th < OH)
+                ow = tw
+                ok = (th >= 0) & (th < OH) & (tw >= 0) & (tw < OW)
             else:
                 oh = th // STRIDE
-                hok = qmask & (th >= 0) & ((th % STRIDE) == 0) & (oh < OH)
-            for kw in tl.static_range(K):
-                tw = iw + PAD - kw
-                if STRIDE == 1:
-                    ow = tw
-                    wok = (tw >= 0) & (tw < OW)
-                else:
-                    ow = tw // STRIDE
-                    wok = (tw >= 0) & ((tw % STRIDE) == 0) & (ow < OW)
-                m = (hok & wok)[:, None] & cmask[None, :]
-                gv = tl.load(gb + oh[:, None] * sgh + ow[:, None] * sgw, mask=m, other=0.0).to(ACC)
-                wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=cmask, other=0.0).to(ACC)
-                ga += gv * wv[None, :]
-                contrib = tl.sum(gv * a, axis=0)
-                dw_acc += tl.where(kk[:, None] == (kh * K + kw), contrib[None, :], 0.0)
+                ow = tw // STRIDE
+                ok = (th >= 0) & ((th % STRIDE) == 0) & (oh < OH) & (tw >= 0) & ((tw % STRIDE) == 0) & (ow < OW)
+            ok = ok & qmask[:, None] & (kk < K * K)[None, :]
+            m3 = ok[:, :, None] & cmask[None, None, :]
+            gp = g_ptr + n.to(tl.int64)[:, None, None] * sgn + c[None, None, :].to(tl.int64) * sgc \
+                + oh[:, :, None] * sgh + ow[:, :, None] * sgw
+            gv = tl.load(gp, mask=m3, other=0.0).to(ACC)
+            wv = tl.load(w_ptr + c[None, :] * (K * K) + kk[:, None], mask=(kk < K * K)[:, None] & cmask[None, :],
+                         other=0.0).to(ACC)
+            ga = tl.sum(gv * wv[None, :, :], axis=1)
+            dw_acc += tl.sum(gv * a[:, None, :], axis=0)
+        else:
+            ga, dw_acc = _dw_bwd_taps_loop(g_ptr, w_ptr, n, ih, iw, qmask, c, cmask, kk, a, dw_acc, OH, OW, sgn, sgc,
+                                           sgh, sgw, K, STRIDE, ACC, KK_PAD, BLOCK_P, BLOCK_C)
         gu = ga
         if IN_ACT:
             gu = ga * da
@@ -263,11 +318,22 @@ def _dw_bwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, g_ptr, gx_ptr, pdw_ptr, pgs_ptr
 
 
 # ---------------------------------------------------------------------------------------------------- launchers
-def _blocks(C, spatial, x):
+# Tests set this to run the GPU kernels' unrolled tap loops under the interpreter too (by default the interpreter
+# takes the vectorised-taps path, which is many times faster there).
+TAP_LOOP_ON_CPU = False
+
+
+def _taps_vec(x):
+    return x.device.type != "cuda" and not TAP_LOOP_ON_CPU
+
+
+def _blocks(C, spatial, x, K=3):
     """(BLOCK_P, BLOCK_C, num_warps). channels_last: wide channel blocks (contiguous); NCHW: wide spatial blocks."""
     if interpreted() or x.device.type != "cuda":
         # the interpreter pays per program and per op, not per element: few, large tiles
-        return min(max(next_pow2(spatial), 16), 256), min(max(next_pow2(C), 2), 64), 4
+        bc = min(max(next_pow2(C), 2), 64)
+        cap = 256 if not _taps_vec(x) else max(16, (1 << 18) // (next_pow2(K * K) * bc))
+        return min(max(next_pow2(spatial), 16), cap), bc, 4
     if is_channels_last(x):
         bc = min(max(next_pow2(C), 8), 64)
         return (64 if bc == 64 else 128), bc, 4
@@ -321,7 +387,7 @@ def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
         return out, x.new_zeros(C if stats else 0, dtype=sd), x.new_zeros(C if stats else 0, dtype=sd)
     w = weight.detach().reshape(C, K * K).contiguous()
     NP = N * OH * OW
-    BP, BC, nw = _blocks(C, NP, x)
+    BP, BC, nw = _blocks(C, NP, x, K)
     cblk = triton.cdiv(C, BC)
     splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
     if stats:
@@ -340,7 +406,7 @@ def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
         *x.stride(), *_strides(out), *_strides(residual),
         K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
         OUT_ACT=bool(out_act), HAS_RES=residual is not None, WRITE_OUT=bool(write_out), STATS=bool(stats),
-        ACC=tl_acc(x.dtype), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
+        ACC=tl_acc(x.dtype), TAPS_VEC=_taps_vec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
     if stats:
         mean, var = merge_stats(pcnt, pmean, pm2)
     else:
@@ -371,7 +437,7 @@ def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, o
         # d loss / d y, recomputing y (never saved): through the epilogue and the batch statistics
         g = empty_4d((N, C, OH, OW), x, dtype=sd)
         NP = N * OH * OW
-        BP, BC, nw = _blocks(C, NP, x)
+        BP, BC, nw = _blocks(C, NP, x, K)
         cblk = triton.cdiv(C, BC)
         splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
         pgos = empty((splits, C), x, sd) if so is not None else dummy
@@ -385,13 +451,14 @@ def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, o
             C, H, W, OH, OW, NP, per,
             *x.stride(), *(grad_out.stride() if has_go else (0, 0, 0, 0)), *g.stride(),
             K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
-            OUT_ACT=bool(out_act), HAS_GO=has_go, STATS=stats, ACC=acc, BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
+            OUT_ACT=bool(out_act), HAS_GO=has_go, STATS=stats, ACC=acc, TAPS_VEC=_taps_vec(x),
+            KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
         if so is not None:
             g_os, g_ot = pgos.sum(0), pgot.sum(0)
     else:
         g = grad_out  # any strides (even expanded ones) are read as they are
     NP = N * H * W
-    BP, BC, nw = _blocks(C, NP, x)
+    BP, BC, nw = _blocks(C, NP, x, K)
     cblk = triton.cdiv(C, BC)
     splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
     pdw = empty((splits, K * K, C), x, sd)
@@ -401,7 +468,7 @@ def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, o
         x, w, si if si is not None else dummy, ti if ti is not None else dummy, g, gx, pdw, pgs, pgt,
         C, H, W, OH, OW, NP, per,
         *x.stride(), *g.stride(), *gx.stride(),
-        K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), ACC=acc,
+        K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), ACC=acc, TAPS_VEC=_taps_vec(x),
         KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
     gw = pdw.sum(0).t().contiguous().reshape(weight.shape).to(weight.dtype)
     if si is not None:
