@@ -95,13 +95,22 @@ def _build_dir(cpp, cu):
     root = os.environ.get("YOLOV10_KERNELS_BUILD_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "yolov10_kernels")
     d = os.path.join(root, f"{'cuda' if cu else 'cpu'}-{key}")
-    os.makedirs(d, exist_ok=True)
     return d, f"yolov10_kernels_jit_{'cuda' if cu else 'cpu'}_{key}"
+
+
+def _jit_cached():
+    """True when a JIT build of the current sources is in the cache (loading it takes a second)."""
+    cpp, cu = _sources(_cuda_wanted())
+    if not cpp:
+        return False
+    d, name = _build_dir(cpp, cu)
+    return os.path.exists(os.path.join(d, f"{name}.so"))
 
 
 def _jit_build(cpp, cu):
     from torch.utils.cpp_extension import load
     build_dir, name = _build_dir(cpp, cu)
+    os.makedirs(build_dir, exist_ok=True)
     lib = os.path.join(build_dir, f"{name}.so")
     if not os.path.exists(lib):
         warnings.warn(
@@ -187,7 +196,8 @@ def extension_status():
         return {"cpp": (False, "YOLOV10_KERNELS=off"), "cuda": (False, "YOLOV10_KERNELS=off")}
     if not _state["attempted"] and not op_registered():
         spec = _prebuilt_spec()
-        if spec is None or _prebuilt_is_stale(spec):
+        if (spec is None or _prebuilt_is_stale(spec)) and not (
+                os.environ.get("YOLOV10_KERNELS_NO_JIT", "0") != "1" and _jit_cached()):
             how = ("JIT build disabled (YOLOV10_KERNELS_NO_JIT=1)" if os.environ.get("YOLOV10_KERNELS_NO_JIT") == "1"
                    else "JIT-builds on first use of FusedTaskAlignedAssigner")
             return {"cpp": (False, f"not built yet: {how} (or prebuild with `pip install --no-build-isolation -e .`)"),
