@@ -23,7 +23,8 @@ inputs exist before the call and are not counted):
    the call and minus the outputs' bytes. The reference allocates its outputs last, so for it this
    underestimates the extra memory (conservative for the ratio).
 Each "ours" row checks its outputs against the reference's where both ran (`flips`: anchors assigned
-differently; `max_score_diff`).
+differently; `max_score_diff`). CPU "ours" rows also give `median_ms_1thread`: with 2 threads on cores shared
+with other work, a parallel region can wait a scheduler slice for its second thread.
 """
 import argparse
 import json
