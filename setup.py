@@ -54,7 +54,8 @@ def extension_config():
     use_cuda = bool(cu) and CUDA_HOME is not None and os.environ.get("YOLOV10_KERNELS_NO_CUDA", "0") != "1" \
         and (torch.cuda.is_available() or os.environ.get("FORCE_CUDA", "0") == "1")
     kind = CUDAExtension if use_cuda else CppExtension
-    args = {"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3", "-std=c++20", "--use_fast_math"]}
+    # no --use_fast_math: the assignment must reproduce the reference's float32 arithmetic exactly
+    args = {"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3", "-std=c++20"]}
     if not use_cuda:
         args.pop("nvcc")
     _note(f"building yolov10_kernels._C with {kind.__name__} ({len(cpp)} C++, {len(cu) if use_cuda else 0} CUDA sources)")
@@ -73,7 +74,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["yolov10", "yolov10.*", "yolov10_kernels", "yolov10_kernels.*", "bench", "bench.*"]),
-    package_data={"yolov10": ["cfg/*.yaml"], "yolov10_kernels": ["csrc/*"]},
+    package_data={"yolov10": ["cfg/*.yaml"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.6,<2.15",
