@@ -39,8 +39,11 @@ def parse_args(argv=None):
                    help="torch.compile mode for the end-to-end training rows (max-autotune on a whole model "
                         "takes minutes, beyond the budget)")
     p.add_argument("--budget", type=float, default=None,
-                   help="wall-clock budget in seconds (default: 440 full / 160 quick)")
+                   help="wall-clock budget in seconds (default: 440 full; quick 160 on CUDA, 240 on the CPU)")
     p.add_argument("--rep-ms", type=float, default=None, help="timing window per row in ms")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for the per-op and e2e rows (default: torch's; the assignment rows "
+                        "use their own 2, as issue 6 states)")
     p.add_argument("--smoke", action="store_true",
                    help="set-up check: tiny shapes (yolov10n at 64 px), every row's callable run once on the "
                         "device, nothing timed; torch.compile rows use the dynamo-only 'eager' backend")
@@ -85,7 +88,9 @@ def main(argv=None):
     op_sections = [s for s in sections if s in ops.OPS]
     scales = tuple(args.scales.split(",")) if args.scales else None
     compile_mode = args.compile_mode or ("max-autotune" if cuda and not args.quick else "default")
-    budget = common.Budget(args.budget or (440.0 if not args.quick else 160.0))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget = common.Budget(args.budget or (440.0 if not args.quick else 160.0 if cuda else 240.0))
     if args.smoke:
         budget = common.Budget(args.budget or 10**9)
 
@@ -101,6 +106,34 @@ def main(argv=None):
 
     dtype = torch.bfloat16 if cuda else torch.float32
     rows = []
+    created = _dt.datetime.now(_dt.timezone.utc)
+    out_dir = args.out or os.environ.get("BENCH_OUT") or common.RESULTS_DIR
+
+    def result():
+        return {
+            "schema": common.SCHEMA,
+            "created": created.strftime("%Y-%m-%d %H:%M UTC"),
+            "env": env,
+            "args": {"device": str(device), "quick": args.quick, "smoke": args.smoke, "sections": sections,
+                     "scales": scales, "compile_mode": compile_mode, "compile_scope": args.compile_scope,
+                     "e2e_compile_mode": args.e2e_compile_mode, "budget_s": budget.total_s,
+                     "dtype": str(dtype).replace("torch.", ""),
+                     "memory_format": "channels_last" if cuda else "contiguous", "rep_ms": args.rep_ms,
+                     "threads": torch.get_num_threads()},
+            "copy_bandwidth_gbs": copy_bw,
+            "budget_log": budget.log,
+            "wall_s": time.monotonic() - t_start,
+            "rows": rows,
+        }
+
+    def save(final=False):
+        """Results are rewritten after every section, so a run killed from outside still leaves them."""
+        if args.no_write:
+            return
+        paths = common.write_results(result(), out_dir, created.strftime("%Y-%m-%d-%H%M"))
+        if final:
+            common.log(f"[bench] wrote {paths[0]} and {paths[1]}")
+
     first, rest = [], []
     if op_sections:
         if args.smoke:
@@ -111,45 +144,30 @@ def main(argv=None):
     common_kw = dict(dtype=dtype, channels_last=cuda, rep_ms=args.rep_ms, smoke=args.smoke,
                      compile_request=compile_mode, compile_backend="eager" if args.smoke else "inductor",
                      copy_bw=copy_bw)
-    total = budget.total_s
     if first:
-        budget.section("ops (target shapes)", 0.55 * total)
+        budget.section("ops (target shapes)", 0.55)
         rows += ops.run(device, budget, first, **common_kw)
+        save()
     if "assign" in sections and not args.smoke:
-        budget.section("assign", 0.68 * total)
+        budget.section("assign", 0.3)
         rows += run_assign(device, args.quick, budget)
+        save()
     if rest:
-        budget.section("ops (other scales and batches)", 0.78 * total)
+        budget.section("ops (other scales and batches)", 0.3)
         rows += ops.run(device, budget, rest, **common_kw)
+        save()
     if "e2e" in sections:
-        budget.section("e2e", total)
+        budget.section("e2e", 1.0)
         e2e_scales = ("tiny",) if args.smoke else scales or (("n",) if args.quick else ("n", "s"))
         rows += e2e.run(device, budget, scales=e2e_scales, quick=args.quick, smoke=args.smoke,
                         compile_mode=args.e2e_compile_mode, rep_ms=args.rep_ms)
-
-    result = {
-        "schema": common.SCHEMA,
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "env": env,
-        "args": {"device": str(device), "quick": args.quick, "smoke": args.smoke, "sections": sections,
-                 "scales": scales, "compile_mode": compile_mode, "compile_scope": args.compile_scope,
-                 "e2e_compile_mode": args.e2e_compile_mode, "budget_s": budget.total_s,
-                 "dtype": str(dtype).replace("torch.", ""),
-                 "memory_format": "channels_last" if cuda else "contiguous", "rep_ms": args.rep_ms},
-        "copy_bandwidth_gbs": copy_bw,
-        "budget_log": budget.log,
-        "wall_s": time.monotonic() - t_start,
-        "rows": rows,
-    }
-    if not args.no_write:
-        out = args.out or os.environ.get("BENCH_OUT") or common.RESULTS_DIR
-        jpath, mpath = common.write_results(result, out)
-        common.log(f"[bench] wrote {jpath} and {mpath}")
+    save(final=True)
     n_ok = len(compare.ok_rows(rows))
     common.log(f"[bench] {n_ok} timed rows, {len(rows) - n_ok} not timed (see status); "
                f"wall {time.monotonic() - t_start:.0f}s\n")
-    print(compare.header(result))
-    print(compare.short_tables(result), flush=True)  # last: the short ratio table
+    res = result()
+    print(compare.header(res))
+    print(compare.short_tables(res), flush=True)  # last: the short ratio table
     return 0
 
 

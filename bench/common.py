@@ -243,6 +243,7 @@ def environment(device):
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
         "yolov10_kernels_env": os.environ.get("YOLOV10_KERNELS", ""),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
     if dev.type == "cuda":
         p = torch.cuda.get_device_properties(dev)
@@ -266,9 +267,10 @@ def device_slug(env):
 
 # ------------------------------------------------------------------------------------------------ budget
 class Budget:
-    """Wall-clock budget of a run, split into ordered sections: section(name, until_s) closes at until_s
-    seconds after the start (or at the total). Rows ask fits(estimate_s) before they start; a row that would
-    not fit is skipped and says why, so the run ends inside its budget and the summary still prints."""
+    """Wall-clock budget of a run, split into ordered sections: section(name, share) may use that share of the
+    time still left when it starts (so a section that overran shrinks the later ones instead of starving
+    them). Rows ask fits(estimate_s) before they start; a row that would not fit is skipped and says why, so
+    the run ends inside its budget and the summary still prints."""
 
     def __init__(self, total_s):
         self.total_s = total_s
@@ -279,9 +281,10 @@ class Budget:
     def elapsed(self):
         return time.monotonic() - self.t0
 
-    def section(self, name, until_s=None):
+    def section(self, name, share=1.0):
         self.section_name = name
-        self.section_end = min(self.total_s, until_s if until_s is not None else self.total_s)
+        now = self.elapsed()
+        self.section_end = min(self.total_s, now + share * max(self.total_s - now, 0.0))
         self.log.append({"section": name, "start_s": round(self.elapsed(), 1), "until_s": round(self.section_end, 1)})
 
     def left(self):
@@ -336,9 +339,10 @@ def _clean(v):
     return v
 
 
-def write_results(result, out_dir):
+def write_results(result, out_dir, stamp=None):
+    """Write <device>-<stamp>.json and .md under out_dir (stamp: UTC date and time, default now)."""
     from .compare import markdown  # compare imports this module
-    jpath, mpath = result_paths(result["env"], out_dir)
+    jpath, mpath = result_paths(result["env"], out_dir, stamp)
     result = _clean(result)
     jpath.write_text(json.dumps(result, indent=1) + "\n")
     mpath.write_text(markdown(result))

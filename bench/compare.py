@@ -179,8 +179,12 @@ def header(result):
     if result.get("copy_bandwidth_gbs"):
         s += f"Copy bandwidth measured in this run: {result['copy_bandwidth_gbs']:.0f} GB/s (read + write).\n"
     a = result.get("args", {})
-    s += (f"Settings: {a.get('dtype')} {a.get('memory_format')}, compile mode {a.get('compile_mode')}, "
-          f"{'quick' if a.get('quick') else 'full'} run, {result.get('wall_s', 0):.0f} s wall.\n")
+    s += (f"Settings: {a.get('dtype')} {a.get('memory_format')}, compile mode {a.get('compile_mode')} "
+          f"(e2e: {a.get('e2e_compile_mode')}), {'quick' if a.get('quick') else 'full'} run, "
+          f"{result.get('wall_s', 0):.0f} s wall.\n")
+    if env.get("device_type") == "cpu":
+        s += (f"CPU: {env.get('cpu_count')} cores, {a.get('threads')} torch threads, load average at start "
+              f"{env.get('load_average')} (a load above the core count makes host timings noisy).\n")
     return s
 
 
