@@ -143,10 +143,16 @@ def _batch_norm(mean, var, bn, count):
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
-            f = (1.0 / float(bn.num_batches_tracked)) if bn.momentum is None else bn.momentum
-            bn.running_mean.mul_(1.0 - f).add_(mean.detach().to(bn.running_mean.dtype), alpha=f)
             unbiased = var.detach() * (count / (count - 1))
-            bn.running_var.mul_(1.0 - f).add_(unbiased.to(bn.running_var.dtype), alpha=f)
+            rm, rv = bn.running_mean, bn.running_var
+            if bn.momentum is None:  # cumulative average; a tensor factor keeps torch.compile graphs whole
+                f = 1.0 / bn.num_batches_tracked.to(sd)
+                rm.copy_((rm.to(sd) * (1.0 - f) + mean.detach() * f).to(rm.dtype))
+                rv.copy_((rv.to(sd) * (1.0 - f) + unbiased * f).to(rv.dtype))
+            else:
+                f = bn.momentum
+                rm.mul_(1.0 - f).add_(mean.detach().to(rm.dtype), alpha=f)
+                rv.mul_(1.0 - f).add_(unbiased.to(rv.dtype), alpha=f)
     return scale, shift
 
 
