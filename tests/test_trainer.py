@@ -209,9 +209,13 @@ def test_kernels_auto_runs(tiny_data, tmp_path, capsys):
 
 
 def _paired_dataset(tiny_data, root):
-    """8 training images ordered A A B B C C D D (and the val split): with no shuffling, the one-process batch
-    [A A B B] and the two DDP shards [A B] / [A B] have identical BatchNorm batch statistics."""
+    """8 training images ordered A A B B C C D D: with no shuffling, the one-process batch [A A B B] and the two
+    DDP shards [A B] / [A B] have identical BatchNorm batch statistics. The boxes are large, so that even an
+    untrained model overlaps them enough for the loss normaliser (sum of soft targets, floored at 1 by the
+    official loss) to exceed 1 on one shard: below that floor per-process and global normalisation differ."""
     src = Path(tiny_data).parent
+    big = ["0.50 0.50 0.95 0.90", "0.45 0.55 0.80 0.85", "0.55 0.45 0.85 0.70", "0.40 0.40 0.75 0.75",
+           "0.60 0.60 0.70 0.75", "0.50 0.45 0.90 0.60"]
     for split in ("train", "val"):
         (root / "images" / split).mkdir(parents=True)
         (root / "labels" / split).mkdir(parents=True)
@@ -219,21 +223,20 @@ def _paired_dataset(tiny_data, root):
     for k in range(8):
         im = ims[k // 2]
         shutil.copy(im, root / "images" / "train" / f"{k:02d}{im.suffix}")
-        shutil.copy(src / "labels" / "train" / f"{im.stem}.txt", root / "labels" / "train" / f"{k:02d}.txt")
-    for im in (src / "images" / "val").iterdir():
-        shutil.copy(im, root / "images" / "val" / im.name)
-        shutil.copy(src / "labels" / "val" / f"{im.stem}.txt", root / "labels" / "val" / f"{im.stem}.txt")
+        rows = [f"{(k // 2 + j) % 8} {b}" for j, b in enumerate(big)]
+        (root / "labels" / "train" / f"{k:02d}.txt").write_text("\n".join(rows) + "\n")
     names = (src / "data.yaml").read_text().split("names:", 1)[1]
-    (root / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames:{names}")
+    (root / "data.yaml").write_text(f"train: images/train\nval: images/train\nnames:{names}")
     return root / "data.yaml"
 
 
 def test_ddp_two_processes_match_one_process(tiny_data, tmp_path):
     """torchrun --nproc_per_node 2 (gloo on CPU) with global batch 4 gives the same weights as one process with
-    batch 4 after 4 SGD steps (no augmentation, fixed order; BN buffers differ by the unbiased-variance factor of
-    the smaller per-process batch, so only parameters are compared)."""
+    batch 4 after 2 SGD steps (no augmentation, fixed order; BN buffers differ by the unbiased-variance factor of
+    the smaller per-process batch, so only parameters are compared). Longer runs drift apart at the 1e-3 level:
+    last-bit differences (BatchNorm over 4 vs 2 images) flip near-ties in the assigner's top-k."""
     data = _paired_dataset(tiny_data, tmp_path / "pairs")
-    common = ["--data", str(data), "--epochs", "2", "--batch", "4", "--imgsz", "64", "--workers", "0", "--kernels",
+    common = ["--data", str(data), "--epochs", "1", "--batch", "4", "--imgsz", "128", "--workers", "0", "--kernels",
               "reference", "--optimizer", "SGD", "--lr0", "0.02", "--warmup-epochs", "0", "--nbs", "4", "--val",
               "false", "--no-augment", "--no-shuffle", "--deterministic", "false"]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -252,7 +255,7 @@ def test_ddp_two_processes_match_one_process(tiny_data, tmp_path):
         torch.set_num_threads(n_threads)
     a = load_train_state(tmp_path / "single" / "weights" / "last.pt")
     b = load_train_state(tmp_path / "ddp" / "weights" / "last.pt")
-    assert a["last_opt_step"] == b["last_opt_step"] == 3  # 2 batches x 2 epochs, a step after each
+    assert a["last_opt_step"] == b["last_opt_step"] == 1  # 2 batches, an optimizer step after each
     torch.manual_seed(0)  # the trainer seeds with --seed (0) right before building the model
     start = YOLOv10("yolov10n", nc=8).state_dict()
     moved = 0
@@ -260,5 +263,5 @@ def test_ddp_two_processes_match_one_process(tiny_data, tmp_path):
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-5, msg=f"{k} differs")
         moved += int(not torch.equal(a["model"][k], start[k]))
     assert moved > 100  # the runs really trained
-    for r_a, r_b in zip(a["results"], b["results"]):  # rank 0's loss items: its half of the same batches
-        assert all(math.isfinite(x) for x in r_b["losses"])
+    for r_a, r_b in zip(a["results"], b["results"]):  # rank 0's shard has the same per-box loss means
+        np.testing.assert_allclose(r_b["losses"], r_a["losses"], rtol=1e-4)
