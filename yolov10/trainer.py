@@ -126,7 +126,7 @@ def resolve_data(data, args=None):
     names = d["names"]
     d["names"] = dict(enumerate(names)) if isinstance(names, (list, tuple)) else {int(k): v for k, v in names.items()}
     d["nc"] = int(d.get("nc") or len(d["names"]))
-    d["yaml"] = str(data)
+    d["yaml"] = d.get("yaml_file", str(data))  # absolute: checkpoints remember it for `yolov10 val`
     return d
 
 
