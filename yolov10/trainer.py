@@ -312,6 +312,8 @@ class Trainer:
     def _build_data(self):
         from .data import build_yolo_dataset
         a = self.args
+        if self.world_size > 1 and self.rank != 0:
+            dist.barrier()  # rank 0 alone generates the synthetic dataset and writes the label caches first
         self.data = resolve_data(a["data"], a)
         if a["data"] in (None, "", "synth"):
             a["data"] = self.data["yaml"]
@@ -327,6 +329,8 @@ class Trainer:
         self.per_rank = self.batch_size // self.world_size
         self.train_set = build_yolo_dataset(self.data, "train", imgsz=a["imgsz"], augment=a["augment"], hyp=hyp,
                                             stride=32, prefix="train: ")
+        if self.world_size > 1 and self.rank == 0:
+            dist.barrier()
         self.val_loader = None
         if is_main(self.rank) and a["val"]:
             if "val" not in self.data:
