@@ -8,7 +8,6 @@ train:  one optimizer step of yolov10n / yolov10s (forward under AMP autocast, t
 infer:  the fused model (model.fuse(): BN folded, one-to-one head only), eval, latency at batch 1 (CUDA graph
         replay on the GPU) and throughput at batch 32; eager vs ours (accelerate, then fuse).
 """
-import copy
 import time
 
 import torch

@@ -9,7 +9,7 @@
 #
 # env: OUT (the device tool sets it; default ./gpu_out), PY (default python3), LIMIT_S (wall limit of the whole
 #      script, default 570: a device command may run 600 s), TEST_TIMEOUT (default 150), BENCH_ARGS (extra args
-#      for python -m bench), SKIP_TESTS=1, QUICK=1.
+#      for python -m bench), SKIP_TESTS=1, SKIP_INSTALL=1, QUICK=1.
 # What comes back (at most 8 files in $OUT): env.txt, install.log, tests.log, bench.log, results json + md.
 # The bench prints its short ratio table last and this script prints it again at the very end, so it is in
 # the tail of the device reply.
@@ -30,11 +30,13 @@ say() { echo "[gpu_session +$(elapsed)s] $*"; }
 } > "$OUT/env.txt"
 cat "$OUT/env.txt"
 
-say "pip install --no-deps --no-build-isolation -e . (builds the C++/CUDA extension)"
-timeout 240 "$PY" -m pip install --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1
-rc=$?
-grep -E "yolov10-kernels\]|Successfully|error" "$OUT/install.log" | tail -5
-[ $rc -ne 0 ] && say "pip install rc $rc: running from the source tree (PYTHONPATH); the extension JIT-builds on first use"
+if [ "${SKIP_INSTALL:-0}" != "1" ]; then
+  say "pip install --no-deps --no-build-isolation -e . (builds the C++/CUDA extension)"
+  timeout 240 "$PY" -m pip install --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1
+  rc=$?
+  grep -E "yolov10-kernels\]|Successfully|error" "$OUT/install.log" | tail -5
+  [ $rc -ne 0 ] && say "pip install rc $rc: running from the source tree (PYTHONPATH); the extension JIT-builds on first use"
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import yolov10_kernels as k; print('available:', k.available())" 2>&1 | tee -a "$OUT/env.txt"
 
@@ -53,11 +55,12 @@ if [ "$budget" -lt 60 ]; then
   budget=60
 fi
 say "python -m bench --device cuda ${QUICK:+--quick} --budget $budget ${BENCH_ARGS:-}"
+stamp=$(mktemp)
 # shellcheck disable=SC2086
 timeout -s INT $(( budget + 40 )) "$PY" -m bench --device cuda ${QUICK:+--quick} --budget "$budget" \
     ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
 rc=$?
-latest_json=$(ls -t bench/results/*.json 2>/dev/null | head -1)
+latest_json=$(find bench/results -name '*.json' -newer "$stamp" 2>/dev/null | sort | tail -1)
 [ -n "$latest_json" ] && cp "$latest_json" "${latest_json%.json}.md" "$OUT/" 2>/dev/null
 say "bench rc $rc; results ${latest_json:-none} (copied to \$OUT)"
 grep -E "^\[bench\]|error|Error" "$OUT/bench.log" | grep -v "^W[0-9]" | tail -15

@@ -401,7 +401,7 @@ class _Runner:
         for md in sorted(modes, key=order.get):
             note = ""
             try:
-                fn, gtn = self._callable(md, fwd, grads, pool, grad_to_none, cudagraph_trees)
+                fn, gtn = self._callable(md, fwd, grads, pool, grad_to_none)
                 if self.smoke:
                     # nothing left to run: the first call above was infer's callable, or train_full's (whose
                     # forward is train_fwd's callable), and train_bwd's set-up ran its callable once
@@ -437,7 +437,7 @@ class _Runner:
                 f"{'  ' + note if note else ''}")
         return rows
 
-    def _callable(self, mode, fwd, grads, pool, grad_to_none, cudagraph_trees):
+    def _callable(self, mode, fwd, grads, pool, grad_to_none):
         if mode == "infer":
             def fn():
                 with torch.no_grad():

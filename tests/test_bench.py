@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bench import common, compare, e2e, ops
+from bench import common, e2e, ops
 from bench.__main__ import parse_args
 
 OURS_OK = ("ok", "not available")  # ours may not be importable yet; it may never error
@@ -15,6 +15,15 @@ OURS_OK = ("ok", "not available")  # ours may not be importable yet; it may neve
 
 def _status(row):
     return str(row.get("status", ""))
+
+
+@pytest.fixture
+def one_thread():
+    """The smoke runs are hundreds of tiny ops: one thread avoids OpenMP start-up and barrier costs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_cli_help(capsys):
@@ -64,7 +73,7 @@ def test_bn_folding_of_the_infer_rows_keeps_the_function():
     torch.testing.assert_close(ops.fold_bn(module)(x), ref, rtol=1e-4, atol=1e-5)
 
 
-def test_smoke_every_op_row_on_cpu():
+def test_smoke_every_op_row_on_cpu(one_thread):
     """Each (op, mode, impl) row: inputs, module, baseline or drop-in built and its callable run once."""
     cases = ops.default_cases("cpu", smoke=True)
     rows = ops.run("cpu", common.Budget(10**9), cases, smoke=True, compile_backend="eager")
@@ -81,7 +90,7 @@ def test_smoke_every_op_row_on_cpu():
                     assert st.startswith("ok"), (case.op, mode, impl, st)
 
 
-def test_smoke_end_to_end_rows_on_cpu():
+def test_smoke_end_to_end_rows_on_cpu(one_thread):
     rows = e2e.run("cpu", common.Budget(10**9), scales=("tiny",), smoke=True)
     by = {(r["op"], r["impl"], r["batch"]): _status(r) for r in rows}
     assert by[("e2e_train", "eager", 2)].startswith("ok")
