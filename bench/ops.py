@@ -336,6 +336,8 @@ class _Runner:
                     log(f"    {impl:13s} {why}")
                     continue
                 rows += self._run_modes(case, modes, impl, shapes, base)
+                if impl.startswith("compile"):
+                    _release_compiled()
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
         return rows
@@ -457,6 +459,17 @@ class _Runner:
             torch.autograd.backward(graphs[next(it) % len(graphs)], grads, retain_graph=True)
         fn()  # raises here if the impl cannot replay a retained graph
         return fn, grad_to_none
+
+
+def _release_compiled():
+    """Drop dynamo's caches and the CUDA-graph-tree pools of the compiled module just measured, so memory does
+    not pile up over a dozen compiled cases (Inductor's on-disk cache stays)."""
+    try:
+        torch._dynamo.reset()
+        from torch._inductor import cudagraph_trees
+        cudagraph_trees.reset_cudagraph_trees()
+    except Exception:  # best effort: older/newer torch may lack one of these
+        pass
 
 
 def run(device, budget, cases, dtype=None, channels_last=None, rep_ms=None, warmup_ms=None, smoke=False,
