@@ -1,0 +1,574 @@
+"""Inference (eval, BN folded) Triton kernels for YOLOv10's depthwise-separable chains.
+
+Three kernels keep every intermediate of a chain on chip (registers, plus one small per-program scratch tile
+that stays in L1/L2):
+
+- `dw_pw`     DW kxk (+SiLU) -> PW 1x1 (+SiLU)                         [CIB first half, cls head first half]
+- `dw_pw_pw`  DW kxk (+SiLU) -> PW (+SiLU) -> PW (+bias, no act)        [cls head second half]
+- `pw_dw`     PW 1x1 (+SiLU) -> DW kxk stride s (no act)                [SCDown]
+- `dw_pw_dw`  DW kxk (+SiLU) -> PW (+SiLU) -> DW 3x3 (+SiLU) (+residual) [CIB second half]
+
+A whole CIB block is 2 launches (dw_pw writes the one intermediate, 2c channels, channels_last; dw_pw_dw
+reads it), the cls head 2 launches (dw_pw, dw_pw_pw), SCDown 1 launch.
+
+Weights come pre-folded (see yolov10_kernels/modules/_fold.py) in kernel-friendly layouts, fp32 (fp64 for
+fp64 inputs): depthwise weights as (k*k, C), pointwise weights transposed as (K_in, N_out), biases as (C,).
+Activations may be fp32/fp16/bf16 (fp64 for tests) in NCHW or channels_last; the accumulators are fp32
+(fp64), the PW matmuls run on tensor cores in the activation dtype.
+
+Each op is a torch.library custom_op with a fake (meta) implementation, so it works under torch.compile and
+torch.export (as an opaque op). custom_op rather than triton_op: under TRITON_INTERPRET=1 (the CPU tests)
+wrap_triton hands back the bare interpreted kernel, which then runs on FakeTensors during AOT tracing.
+These ops have no autograd: training goes through yolov10_kernels.ops.conv_chain.
+"""
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ..backend import triton_interpreted
+
+_INTERPRET = triton_interpreted()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _silu(x):
+    return x * tl.sigmoid(x)
+
+
+@triton.jit
+def _dw_tap(acc, base, h, w, pmask, kk, kmask, H, W, sxh, sxw, dww_ptr, K, t, dy, dx):
+    hh = h + dy
+    ww = w + dx
+    m = pmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+    xv = tl.load(base + (dy * sxh + dx * sxw), mask=m[:, None] & kmask[None, :], other=0.0)
+    wv = tl.load(dww_ptr + t * K + kk, mask=kmask, other=0.0)
+    return acc + xv.to(acc.dtype) * wv[None, :]
+
+
+@triton.jit
+def _dw_tile(x_ptr, pix_off, h, w, pmask, kk, kmask, H, W, sxc, sxh, sxw, dww_ptr, dwb_ptr, K,
+             KS: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Depthwise KSxKS conv (stride 1, zero padding KS//2) + bias (+SiLU) at pixels (h, w) for channels kk:
+    a (BLOCK_P, BLOCK_K) tile in the weights' dtype (fp32/fp64). Rows with pmask False hold garbage.
+    3x3 taps are unrolled; larger kernels (the folded RepVGGDW 7x7) loop, which keeps compile times sane."""
+    PAD: tl.constexpr = KS // 2
+    acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=dww_ptr.dtype.element_ty)
+    base = x_ptr + (pix_off + h * sxh + w * sxw)[:, None] + (kk * sxc)[None, :]
+    if KS <= 3:
+        for t in tl.static_range(KS * KS):
+            acc = _dw_tap(acc, base, h, w, pmask, kk, kmask, H, W, sxh, sxw, dww_ptr, K, t, t // KS - PAD, t % KS - PAD)
+    else:
+        for t in range(KS * KS):
+            acc = _dw_tap(acc, base, h, w, pmask, kk, kmask, H, W, sxh, sxw, dww_ptr, K, t, t // KS - PAD, t % KS - PAD)
+    acc += tl.load(dwb_ptr + kk, mask=kmask, other=0.0)[None, :]
+    if ACT:
+        acc = _silu(acc)
+    return acc
+
+
+@triton.jit
+def _dw_pw_kernel(x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, out_ptr,
+                  NPIX, H, W, K, N,
+                  sxb, sxc, sxh, sxw, sob, soc, soh, sow,
+                  KS: tl.constexpr, ACT_DW: tl.constexpr, ACT_PW: tl.constexpr, DOT_PREC: tl.constexpr,
+                  BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[p, n] = act(b_pw[n] + sum_k Wpw[k, n] * act(DW(x)[p, k])): DW -> PW with the DW tile in registers.
+    Program = (pixel block, output-channel block), channel block fastest so neighbours share the x tile in L2."""
+    pid = tl.program_id(0)
+    num_nb = tl.cdiv(N, BLOCK_N)
+    nb = pid % num_nb
+    pb = pid // num_nb
+    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < NPIX
+    hw = p % (H * W)
+    b = (p // (H * W)).to(tl.int64)
+    h = hw // W
+    w = hw % W
+    nn = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = nn < N
+    dot_t = x_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        kmask = kk < K
+        a = _dw_tile(x_ptr, b * sxb, h, w, pmask, kk, kmask, H, W, sxc, sxh, sxw, dww_ptr, dwb_ptr, K,
+                     KS, ACT_DW, BLOCK_P, BLOCK_K)
+        wt = tl.load(pww_ptr + kk[:, None] * N + nn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
+        acc += tl.dot(a.to(dot_t), wt.to(dot_t), input_precision=DOT_PREC)
+    acc += tl.load(pwb_ptr + nn, mask=nmask, other=0.0)[None, :]
+    if ACT_PW:
+        acc = _silu(acc)
+    optr = out_ptr + (b * sob + h * soh + w * sow)[:, None] + (nn * soc)[None, :]
+    tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _dw_pw_pw_kernel(x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, pw2w_ptr, pw2b_ptr, out_ptr,
+                     NPIX, H, W, K, N1, N2,
+                     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
+                     KS: tl.constexpr, ACT_DW: tl.constexpr, ACT_PW: tl.constexpr, ACT_PW2: tl.constexpr,
+                     DOT_PREC: tl.constexpr, N1P: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N2: tl.constexpr):
+    """DW -> PW (K -> N1, all N1 channels of a pixel block in registers) -> PW (N1 -> N2, + bias)."""
+    pid = tl.program_id(0)
+    p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < NPIX
+    hw = p % (H * W)
+    b = (p // (H * W)).to(tl.int64)
+    h = hw // W
+    w = hw % W
+    n1 = tl.arange(0, N1P)
+    n1mask = n1 < N1
+    dot_t = x_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_P, N1P), dtype=pww_ptr.dtype.element_ty)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        kmask = kk < K
+        a = _dw_tile(x_ptr, b * sxb, h, w, pmask, kk, kmask, H, W, sxc, sxh, sxw, dww_ptr, dwb_ptr, K,
+                     KS, ACT_DW, BLOCK_P, BLOCK_K)
+        wt = tl.load(pww_ptr + kk[:, None] * N1 + n1[None, :], mask=kmask[:, None] & n1mask[None, :], other=0.0)
+        acc += tl.dot(a.to(dot_t), wt.to(dot_t), input_precision=DOT_PREC)
+    acc += tl.load(pwb_ptr + n1, mask=n1mask, other=0.0)[None, :]
+    if ACT_PW:
+        acc = _silu(acc)  # padded channels stay exactly 0 (zero weights, zero bias, silu(0) = 0)
+    hid = acc.to(dot_t)
+    obase = (b * sob + h * soh + w * sow)[:, None]
+    for n0 in range(0, N2, BLOCK_N2):
+        n2 = n0 + tl.arange(0, BLOCK_N2)
+        n2mask = n2 < N2
+        w2 = tl.load(pw2w_ptr + n1[:, None] * N2 + n2[None, :], mask=n1mask[:, None] & n2mask[None, :], other=0.0)
+        o = tl.dot(hid, w2.to(dot_t), input_precision=DOT_PREC).to(acc.dtype)
+        o += tl.load(pw2b_ptr + n2, mask=n2mask, other=0.0)[None, :]
+        if ACT_PW2:
+            o = _silu(o)
+        tl.store(out_ptr + obase + (n2 * soc)[None, :], o.to(out_ptr.dtype.element_ty),
+                 mask=pmask[:, None] & n2mask[None, :])
+
+
+@triton.jit
+def _pw_dw_kernel(x_ptr, pww_ptr, pwb_ptr, dww_ptr, dwb_ptr, out_ptr,
+                  NQ, H, W, HO, WO, K, N,
+                  sxb, sxc, sxh, sxw, sob, soc, soh, sow,
+                  KS: tl.constexpr, STRIDE: tl.constexpr, ACT_PW: tl.constexpr, ACT_DW: tl.constexpr,
+                  DOT_PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[q, n] = act(b_dw[n] + sum_t Wdw[t, n] * act(PW(x)[q*s + t, n])): PW -> DW (stride s). The PW output
+    at each tap's input pixel is recomputed in registers (9 small matmuls per tile; for stride 2 that is 9/4 of
+    the unfused PW work, traded for never writing the PW output, which is 4x the size of the block's output)."""
+    PAD: tl.constexpr = KS // 2
+    pid = tl.program_id(0)
+    num_nb = tl.cdiv(N, BLOCK_N)
+    nb = pid % num_nb
+    qb = pid // num_nb
+    q = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    qmask = q < NQ
+    ohw = q % (HO * WO)
+    b = (q // (HO * WO)).to(tl.int64)
+    oh = ohw // WO
+    ow = ohw % WO
+    nn = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = nn < N
+    dot_t = x_ptr.dtype.element_ty
+    pwb = tl.load(pwb_ptr + nn, mask=nmask, other=0.0)
+    out = tl.zeros((BLOCK_Q, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
+    for t in tl.static_range(KS * KS):
+        ih = oh * STRIDE + (t // KS - PAD)
+        iw = ow * STRIDE + (t % KS - PAD)
+        valid = qmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        xrow = x_ptr + (b * sxb + ih * sxh + iw * sxw)[:, None]
+        acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            kmask = kk < K
+            xv = tl.load(xrow + (kk * sxc)[None, :], mask=valid[:, None] & kmask[None, :], other=0.0)
+            wt = tl.load(pww_ptr + kk[:, None] * N + nn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc += tl.dot(xv.to(dot_t), wt.to(dot_t), input_precision=DOT_PREC)
+        y = acc + pwb[None, :]
+        if ACT_PW:
+            y = _silu(y)
+        y = tl.where(valid[:, None], y, 0.0)  # zero padding of the PW output
+        out += y * tl.load(dww_ptr + t * N + nn, mask=nmask, other=0.0)[None, :]
+    out += tl.load(dwb_ptr + nn, mask=nmask, other=0.0)[None, :]
+    if ACT_DW:
+        out = _silu(out)
+    optr = out_ptr + (b * sob + oh * soh + ow * sow)[:, None] + (nn * soc)[None, :]
+    tl.store(optr, out.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _dw_pw_dw_kernel(x_ptr, dw1w_ptr, dw1b_ptr, pww_ptr, pwb_ptr, dw2w_ptr, dw2b_ptr, res_ptr, out_ptr, scr_ptr,
+                     B, H, W, K, N,
+                     sxb, sxc, sxh, sxw, srb, src, srh, srw, sob, soc, soh, sow,
+                     KS1: tl.constexpr, KS2: tl.constexpr, ACT1: tl.constexpr, ACT_PW: tl.constexpr,
+                     ACT2: tl.constexpr, HAS_RES: tl.constexpr, DOT_PREC: tl.constexpr,
+                     BLOCK_E: tl.constexpr, MAX_EW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """DW KS1 (+SiLU) -> PW (+SiLU) -> DW KS2 (+SiLU) (+ residual), all stride 1.
+
+    Persistent: each program loops over (image, spatial tile, output-channel block) work items. For a tile of
+    TH x TW output pixels it computes the PW output on the tile plus a KS2//2 halo (EH x EW <= BLOCK_E pixels,
+    flattened) for BLOCK_N channels, parks it in its own scratch slot (BLOCK_E x BLOCK_N, reused every
+    iteration, so it stays in L1/L2), then runs the second DW from there."""
+    P2: tl.constexpr = KS2 // 2
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    EW = tl.minimum(W + 2 * P2, MAX_EW)
+    EH = BLOCK_E // EW
+    TW = EW - 2 * P2
+    TH = EH - 2 * P2
+    tiles_w = tl.cdiv(W, TW)
+    tiles_h = tl.cdiv(H, TH)
+    num_nb = tl.cdiv(N, BLOCK_N)
+    total = B * tiles_h * tiles_w * num_nb
+    e = tl.arange(0, BLOCK_E)
+    er = e // EW
+    ec = e % EW
+    in_ext = e < EH * EW
+    orow = e // TW
+    ocol = e % TW
+    in_tile = e < TH * TW
+    nl = tl.arange(0, BLOCK_N)
+    scr = scr_ptr + pid * (BLOCK_E * BLOCK_N)
+    dot_t = x_ptr.dtype.element_ty
+    for work in range(pid, total, nprog):
+        nb = work % num_nb
+        tile = work // num_nb
+        tw_i = tile % tiles_w
+        th_i = (tile // tiles_w) % tiles_h
+        b = (tile // (tiles_w * tiles_h)).to(tl.int64)
+        nn = nb * BLOCK_N + nl
+        nmask = nn < N
+        # stage 1: DW1 -> PW on the tile + halo
+        h = th_i * TH - P2 + er
+        w = tw_i * TW - P2 + ec
+        emask = in_ext & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        acc = tl.zeros((BLOCK_E, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            kmask = kk < K
+            a = _dw_tile(x_ptr, b * sxb, h, w, emask, kk, kmask, H, W, sxc, sxh, sxw, dw1w_ptr, dw1b_ptr, K,
+                         KS1, ACT1, BLOCK_E, BLOCK_K)
+            wt = tl.load(pww_ptr + kk[:, None] * N + nn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc += tl.dot(a.to(dot_t), wt.to(dot_t), input_precision=DOT_PREC)
+        acc += tl.load(pwb_ptr + nn, mask=nmask, other=0.0)[None, :]
+        if ACT_PW:
+            acc = _silu(acc)
+        acc = tl.where(emask[:, None], acc, 0.0)  # zero padding for DW2
+        tl.debug_barrier()  # every thread is done reading the previous work item's scratch
+        tl.store(scr + e[:, None] * BLOCK_N + nl[None, :], acc.to(scr_ptr.dtype.element_ty))
+        tl.debug_barrier()  # the whole tile is in scratch
+        # stage 2: DW2 from scratch
+        oh = th_i * TH + orow
+        ow = tw_i * TW + ocol
+        omask = in_tile & (oh < H) & (ow < W)
+        o = tl.zeros((BLOCK_E, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
+        for t in tl.static_range(KS2 * KS2):
+            se = (orow + t // KS2) * EW + (ocol + t % KS2)
+            v = tl.load(scr + se[:, None] * BLOCK_N + nl[None, :], mask=omask[:, None], other=0.0)
+            o += v.to(o.dtype) * tl.load(dw2w_ptr + t * N + nn, mask=nmask, other=0.0)[None, :]
+        o += tl.load(dw2b_ptr + nn, mask=nmask, other=0.0)[None, :]
+        if ACT2:
+            o = _silu(o)
+        m2 = omask[:, None] & nmask[None, :]
+        if HAS_RES:
+            r = tl.load(res_ptr + (b * srb + oh * srh + ow * srw)[:, None] + (nn * src)[None, :], mask=m2, other=0.0)
+            o += r.to(o.dtype)
+        tl.store(out_ptr + (b * sob + oh * soh + ow * sow)[:, None] + (nn * soc)[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Autotuning on a GPU. The interpreter cannot autotune over several configs: there `_launch` calls the bare
+# kernel with blocks sized to the problem (capped by INTERPRET_MAX_BLOCK) to keep the interpreted programs few.
+# ----------------------------------------------------------------------------------------------------------
+def _cfg(num_warps=4, num_stages=2, **kw):
+    return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
+
+
+_DW_PW_CONFIGS = [
+    _cfg(BLOCK_P=64, BLOCK_N=64, BLOCK_K=32, num_warps=4),
+    _cfg(BLOCK_P=128, BLOCK_N=64, BLOCK_K=32, num_warps=8),
+    _cfg(BLOCK_P=64, BLOCK_N=128, BLOCK_K=32, num_warps=8),
+    _cfg(BLOCK_P=32, BLOCK_N=64, BLOCK_K=64, num_warps=4),
+    _cfg(BLOCK_P=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    _cfg(BLOCK_P=32, BLOCK_N=32, BLOCK_K=32, num_warps=4),
+]
+_DW_PW_PW_CONFIGS = [
+    _cfg(BLOCK_P=16, BLOCK_K=32, BLOCK_N2=64, num_warps=4),
+    _cfg(BLOCK_P=32, BLOCK_K=32, BLOCK_N2=64, num_warps=4),
+    _cfg(BLOCK_P=32, BLOCK_K=32, BLOCK_N2=32, num_warps=8),
+    _cfg(BLOCK_P=64, BLOCK_K=32, BLOCK_N2=64, num_warps=8),
+]
+_PW_DW_CONFIGS = [
+    _cfg(BLOCK_Q=64, BLOCK_N=64, BLOCK_K=32, num_warps=4),
+    _cfg(BLOCK_Q=32, BLOCK_N=64, BLOCK_K=64, num_warps=4),
+    _cfg(BLOCK_Q=128, BLOCK_N=64, BLOCK_K=32, num_warps=8),
+    _cfg(BLOCK_Q=64, BLOCK_N=128, BLOCK_K=32, num_warps=8),
+    _cfg(BLOCK_Q=32, BLOCK_N=32, BLOCK_K=32, num_warps=4),
+]
+_DW_PW_DW_CONFIGS = [  # BLOCK_E // MAX_EW >= 3 (a tile needs >= 1 output row besides the halo)
+    _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=64, BLOCK_K=32, num_warps=4),
+    _cfg(BLOCK_E=128, MAX_EW=16, BLOCK_N=64, BLOCK_K=32, num_warps=8),
+    _cfg(BLOCK_E=128, MAX_EW=32, BLOCK_N=64, BLOCK_K=32, num_warps=8),
+    _cfg(BLOCK_E=256, MAX_EW=32, BLOCK_N=64, BLOCK_K=32, num_warps=8),
+    _cfg(BLOCK_E=128, MAX_EW=16, BLOCK_N=128, BLOCK_K=32, num_warps=8),
+    _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=128, BLOCK_K=32, num_warps=8),
+]
+
+
+def _prune_pw_pw(configs, named_args, **kwargs):
+    n1p = kwargs.get("N1P", named_args.get("N1P", 64))
+    kept = [c for c in configs if c.kwargs["BLOCK_P"] * n1p <= 16384]  # register budget of the hidden tile
+    return kept or configs[:1]
+
+
+_dw_pw = triton.autotune(_DW_PW_CONFIGS, key=["NPIX", "K", "N", "KS"])(_dw_pw_kernel)
+_dw_pw_pw = triton.autotune(_DW_PW_PW_CONFIGS, key=["NPIX", "K", "N1", "N2", "KS"],
+                            prune_configs_by=None if _INTERPRET else {"early_config_prune": _prune_pw_pw}
+                            )(_dw_pw_pw_kernel)
+_pw_dw = triton.autotune(_PW_DW_CONFIGS, key=["NQ", "K", "N", "KS", "STRIDE"])(_pw_dw_kernel)
+_dw_pw_dw = triton.autotune(_DW_PW_DW_CONFIGS, key=["B", "H", "W", "K", "N", "KS1"])(_dw_pw_dw_kernel)
+_SCRATCH_PER_PROGRAM = max(c.kwargs["BLOCK_E"] * c.kwargs["BLOCK_N"] for c in _DW_PW_DW_CONFIGS)
+
+
+INTERPRET_MAX_BLOCK = 256  # channel-block cap under TRITON_INTERPRET=1 (tests lower it to cover multi-block paths)
+
+
+def _iblock(n, lo=16):
+    return max(lo, min(triton.next_power_of_2(max(int(n), 1)), INTERPRET_MAX_BLOCK))
+
+
+def _launch(tuned, grid, interp_meta, args, kwargs):
+    """Autotuned launch on a GPU; under the interpreter, the bare kernel with interp_meta's block sizes."""
+    if _INTERPRET:
+        meta = {**kwargs, **interp_meta}
+        tuned.fn[grid(meta)](*args, **meta)
+    else:
+        tuned[grid](*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# host side
+# ----------------------------------------------------------------------------------------------------------
+def _is_channels_last(x):
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _empty(x, c, h, w, channels_last, dtype=None):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((x.shape[0], c, h, w), dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
+
+
+def _scratch(numel, x):
+    return torch.empty(numel, dtype=x.dtype, device=x.device)
+
+
+def _dot_prec(x):
+    return "ieee" if x.dtype in (torch.float32, torch.float64) else "tf32"  # fp16/bf16: the default
+
+
+def _ks(dw_w, what):
+    ks = math.isqrt(dw_w.shape[0])
+    if ks * ks != dw_w.shape[0] or ks % 2 == 0:
+        raise ValueError(f"{what}: depthwise weights must be laid out as (k*k, C) with odd k, got {tuple(dw_w.shape)}")
+    return ks
+
+
+def _check(x, weights):
+    """weights: {name: (tensor, expected shape)}."""
+    if x.dim() != 4:
+        raise ValueError(f"expected a (B, C, H, W) input, got shape {tuple(x.shape)}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"unsupported input dtype {x.dtype}")
+    for name, (t, shape) in weights.items():
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device}, the input on {x.device}")
+        if t.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name}: folded weights must be fp32 (fp64), got {t.dtype}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
+
+
+def _strides(t):
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def _num_programs_cap(device):
+    if _INTERPRET or device.type != "cuda":
+        return 3  # small on purpose: the tests then exercise the persistent loop and scratch reuse
+    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# ---- DW -> PW ----
+def _dw_pw_meta(x, dw_w, dw_b, pw_w, pw_b, channels_last):
+    return _empty(x, pw_w.shape[1], x.shape[2], x.shape[3], channels_last)
+
+
+@torch.library.custom_op("yolov10_kernels::dw_pw_infer", mutates_args=())
+def dw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor,
+                act_dw: bool, act_pw: bool, channels_last: bool) -> torch.Tensor:
+    """act(PW(act(DW(x)))) with folded weights: dw_w (k*k, C), dw_b (C,), pw_w (C, N), pw_b (N,)."""
+    B, C, H, W = x.shape
+    ks = _ks(dw_w, "dw_pw_infer")
+    N = pw_w.shape[1]
+    _check(x, {"dw_w": (dw_w, (ks * ks, C)), "dw_b": (dw_b, (C,)), "pw_w": (pw_w, (C, N)), "pw_b": (pw_b, (N,))})
+    out = _dw_pw_meta(x, dw_w, dw_b, pw_w, pw_b, channels_last)
+    npix = B * H * W
+    if npix == 0 or N == 0:
+        return out
+
+    def grid(meta):
+        return (triton.cdiv(npix, meta["BLOCK_P"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    _launch(_dw_pw, grid, dict(BLOCK_P=min(64, _iblock(npix)), BLOCK_N=_iblock(N), BLOCK_K=_iblock(C)),
+            (x, dw_w, dw_b, pw_w, pw_b, out, npix, H, W, C, N, *_strides(x), *_strides(out)),
+            dict(KS=ks, ACT_DW=act_dw, ACT_PW=act_pw, DOT_PREC=_dot_prec(x)))
+    return out
+
+
+@dw_pw_infer.register_fake
+def _(x, dw_w, dw_b, pw_w, pw_b, act_dw, act_pw, channels_last):
+    return _dw_pw_meta(x, dw_w, dw_b, pw_w, pw_b, channels_last)
+
+
+# ---- DW -> PW -> PW ----
+@torch.library.custom_op("yolov10_kernels::dw_pw_pw_infer", mutates_args=())
+def dw_pw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor,
+                   pw2_w: torch.Tensor, pw2_b: torch.Tensor, act_dw: bool, act_pw: bool, act_pw2: bool,
+                   channels_last: bool) -> torch.Tensor:
+    """act(PW2(act(PW(act(DW(x)))))): pw_w (C, N1), pw2_w (N1, N2); the N1 hidden channels never leave the chip."""
+    B, C, H, W = x.shape
+    ks = _ks(dw_w, "dw_pw_pw_infer")
+    N1, N2 = pw_w.shape[1], pw2_w.shape[1]
+    _check(x, {"dw_w": (dw_w, (ks * ks, C)), "dw_b": (dw_b, (C,)), "pw_w": (pw_w, (C, N1)),
+                   "pw_b": (pw_b, (N1,)), "pw2_w": (pw2_w, (N1, N2)), "pw2_b": (pw2_b, (N2,))})
+    out = _empty(x, N2, H, W, channels_last)
+    npix = B * H * W
+    if npix == 0 or N2 == 0:
+        return out
+    n1p = max(16, triton.next_power_of_2(N1))
+
+    def grid(meta):
+        return (triton.cdiv(npix, meta["BLOCK_P"]),)
+
+    _launch(_dw_pw_pw, grid, dict(BLOCK_P=min(64, _iblock(npix)), BLOCK_K=_iblock(C), BLOCK_N2=_iblock(N2)),
+            (x, dw_w, dw_b, pw_w, pw_b, pw2_w, pw2_b, out, npix, H, W, C, N1, N2, *_strides(x), *_strides(out)),
+            dict(KS=ks, ACT_DW=act_dw, ACT_PW=act_pw, ACT_PW2=act_pw2, DOT_PREC=_dot_prec(x), N1P=n1p))
+    return out
+
+
+@dw_pw_pw_infer.register_fake
+def _(x, dw_w, dw_b, pw_w, pw_b, pw2_w, pw2_b, act_dw, act_pw, act_pw2, channels_last):
+    return _empty(x, pw2_w.shape[1], x.shape[2], x.shape[3], channels_last)
+
+
+# ---- PW -> DW (stride s) ----
+def _out_hw(h, w, ks, stride):
+    pad = ks // 2
+    return (h + 2 * pad - ks) // stride + 1, (w + 2 * pad - ks) // stride + 1
+
+
+@torch.library.custom_op("yolov10_kernels::pw_dw_infer", mutates_args=())
+def pw_dw_infer(x: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor,
+                stride: int, act_pw: bool, act_dw: bool, channels_last: bool) -> torch.Tensor:
+    """act(DW_s(act(PW(x)))) (SCDown): pw_w (C, N), dw_w (k*k, N), DW stride s with padding k//2."""
+    B, C, H, W = x.shape
+    ks = _ks(dw_w, "pw_dw_infer")
+    N = pw_w.shape[1]
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    _check(x, {"pw_w": (pw_w, (C, N)), "pw_b": (pw_b, (N,)), "dw_w": (dw_w, (ks * ks, N)), "dw_b": (dw_b, (N,))})
+    HO, WO = _out_hw(H, W, ks, stride)
+    out = _empty(x, N, HO, WO, channels_last)
+    nq = B * HO * WO
+    if nq == 0 or N == 0:
+        return out
+
+    def grid(meta):
+        return (triton.cdiv(nq, meta["BLOCK_Q"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    _launch(_pw_dw, grid, dict(BLOCK_Q=min(64, _iblock(nq)), BLOCK_N=_iblock(N), BLOCK_K=_iblock(C)),
+            (x, pw_w, pw_b, dw_w, dw_b, out, nq, H, W, HO, WO, C, N, *_strides(x), *_strides(out)),
+            dict(KS=ks, STRIDE=stride, ACT_PW=act_pw, ACT_DW=act_dw, DOT_PREC=_dot_prec(x)))
+    return out
+
+
+@pw_dw_infer.register_fake
+def _(x, pw_w, pw_b, dw_w, dw_b, stride, act_pw, act_dw, channels_last):
+    HO, WO = _out_hw(x.shape[2], x.shape[3], math.isqrt(dw_w.shape[0]), stride)
+    return _empty(x, pw_w.shape[1], HO, WO, channels_last)
+
+
+# ---- DW -> PW -> DW (+ residual) ----
+@torch.library.custom_op("yolov10_kernels::dw_pw_dw_infer", mutates_args=())
+def dw_pw_dw_infer(x: torch.Tensor, dw1_w: torch.Tensor, dw1_b: torch.Tensor, pw_w: torch.Tensor,
+                   pw_b: torch.Tensor, dw2_w: torch.Tensor, dw2_b: torch.Tensor, residual: Optional[torch.Tensor],
+                   act_dw1: bool, act_pw: bool, act_dw2: bool, channels_last: bool) -> torch.Tensor:
+    """act(DW2(act(PW(act(DW1(x)))))) (+ residual): dw1_w (k1*k1, C), pw_w (C, N), dw2_w (k2*k2, N); all
+    stride 1; residual (B, N, H, W) or None. Output dtype: x's."""
+    B, C, H, W = x.shape
+    ks1 = _ks(dw1_w, "dw_pw_dw_infer")
+    ks2 = _ks(dw2_w, "dw_pw_dw_infer")
+    N = pw_w.shape[1]
+    _check(x, {"dw1_w": (dw1_w, (ks1 * ks1, C)), "dw1_b": (dw1_b, (C,)), "pw_w": (pw_w, (C, N)),
+                   "pw_b": (pw_b, (N,)), "dw2_w": (dw2_w, (ks2 * ks2, N)), "dw2_b": (dw2_b, (N,))})
+    if residual is not None and (tuple(residual.shape) != (B, N, H, W) or residual.device != x.device):
+        raise ValueError(f"residual must be ({B}, {N}, {H}, {W}) on {x.device}, got {tuple(residual.shape)}")
+    out = _empty(x, N, H, W, channels_last)
+    if B * H * W == 0 or N == 0:
+        return out
+    cap = _num_programs_cap(x.device)
+    interp_meta = dict(BLOCK_E=64, MAX_EW=16, BLOCK_N=_iblock(N), BLOCK_K=_iblock(C))
+    per_program = interp_meta["BLOCK_E"] * interp_meta["BLOCK_N"] if _INTERPRET else _SCRATCH_PER_PROGRAM
+    scratch = _scratch(cap * per_program, x)
+
+    def grid(meta):
+        ew = min(W + 2 * (ks2 // 2), meta["MAX_EW"])
+        eh = meta["BLOCK_E"] // ew
+        th, tw = eh - 2 * (ks2 // 2), ew - 2 * (ks2 // 2)
+        work = B * triton.cdiv(H, th) * triton.cdiv(W, tw) * triton.cdiv(N, meta["BLOCK_N"])
+        return (min(work, cap),)
+
+    res = residual if residual is not None else out
+    _launch(_dw_pw_dw, grid, interp_meta,
+            (x, dw1_w, dw1_b, pw_w, pw_b, dw2_w, dw2_b, res, out, scratch, B, H, W, C, N,
+             *_strides(x), *_strides(res), *_strides(out)),
+            dict(KS1=ks1, KS2=ks2, ACT1=act_dw1, ACT_PW=act_pw, ACT2=act_dw2, HAS_RES=residual is not None,
+                 DOT_PREC=_dot_prec(x)))
+    return out
+
+
+@dw_pw_dw_infer.register_fake
+def _(x, dw1_w, dw1_b, pw_w, pw_b, dw2_w, dw2_b, residual, act_dw1, act_pw, act_dw2, channels_last):
+    return _empty(x, pw_w.shape[1], x.shape[2], x.shape[3], channels_last)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# whole blocks (composites of the ops above; `p` = the folded weights from modules/_fold.py)
+# ----------------------------------------------------------------------------------------------------------
+def cib_infer(x, p):
+    """CIB in 2 launches. p = FoldedChain of 5 layers [DW, PW, DW(3x3 or folded 7x7), PW, DW] + residual flag.
+    The one intermediate (after layer 2, 2c channels) is channels_last."""
+    l1, l2, l3, l4, l5 = p.layers
+    t = dw_pw_infer(x, l1.w, l1.b, l2.w, l2.b, l1.act, l2.act, True)
+    return dw_pw_dw_infer(t, l3.w, l3.b, l4.w, l4.b, l5.w, l5.b, x if p.residual else None,
+                          l3.act, l4.act, l5.act, _is_channels_last(x))
+
+
+def scdown_infer(x, p):
+    """SCDown in 1 launch. p.layers = [PW, DW stride s]."""
+    l1, l2 = p.layers
+    return pw_dw_infer(x, l1.w, l1.b, l2.w, l2.b, l2.stride, l1.act, l2.act, _is_channels_last(x))
+
+
+def cls_head_infer(x, p):
+    """v10Detect light cls branch in 2 launches. p.layers = [DW, PW, DW, PW, PW(1x1 conv, bias)]."""
+    l1, l2, l3, l4, l5 = p.layers
+    t = dw_pw_infer(x, l1.w, l1.b, l2.w, l2.b, l1.act, l2.act, True)
+    return dw_pw_pw_infer(t, l3.w, l3.b, l4.w, l4.b, l5.w, l5.b, l3.act, l4.act, l5.act, _is_channels_last(x))
