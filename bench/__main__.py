@@ -145,15 +145,15 @@ def main(argv=None):
                      compile_request=compile_mode, compile_backend="eager" if args.smoke else "inductor",
                      copy_bw=copy_bw)
     if first:
-        budget.section("ops (target shapes)", 0.55)
+        budget.section("ops (target shapes)", 0.5)
         rows += ops.run(device, budget, first, **common_kw)
         save()
     if "assign" in sections and not args.smoke:
-        budget.section("assign", 0.3)
+        budget.section("assign", 0.2)
         rows += run_assign(device, args.quick, budget)
         save()
     if rest:
-        budget.section("ops (other scales and batches)", 0.3)
+        budget.section("ops (other scales and batches)", 0.2)
         rows += ops.run(device, budget, rest, **common_kw)
         save()
     if "e2e" in sections:

@@ -479,7 +479,7 @@ def run(device, budget, cases, dtype=None, channels_last=None, rep_ms=None, warm
     cuda = device.type == "cuda"
     dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
     channels_last = cuda if channels_last is None else channels_last
-    rep_ms = rep_ms or (100.0 if cuda else 200.0)
+    rep_ms = rep_ms or (60.0 if cuda else 200.0)
     warmup_ms = warmup_ms or 25.0
     if copy_bw is None and not smoke:
         copy_bw = measure_copy_bandwidth(device)
