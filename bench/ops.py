@@ -351,6 +351,9 @@ class _Runner:
         except Exception as e:  # a broken set-up is reported, not fatal for the suite
             log(f"    {impl:13s} error in set-up: {type(e).__name__}: {e}")
             return [make_row(mode=md, status=f"error: set-up {type(e).__name__}: {e}", **base) for md in modes]
+        if impl == "ours":  # which drop-ins run: recorded with every row
+            base = dict(base, ours_modules=sorted({type(x).__name__ for x in m.modules()
+                                                   if type(x).__module__.startswith("yolov10_kernels")}))
         train = modes[0] != "infer"
         per_set = sum(nbytes(torch.empty(s, dtype=self.dtype, device="meta")) for s in shapes)
         n_sets = 1 if self.smoke else pool_size(per_set, self.device)

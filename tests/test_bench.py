@@ -86,6 +86,8 @@ def test_smoke_every_op_row_on_cpu(one_thread):
                 st = _status(got[0])
                 if impl == "ours":
                     assert st.startswith(OURS_OK), (case.op, mode, st)
+                    if st.startswith("ok"):  # the drop-ins really are in place
+                        assert got[0]["ours_modules"], got[0]
                 else:
                     assert st.startswith("ok"), (case.op, mode, impl, st)
 
