@@ -72,7 +72,7 @@ def _dw_tile(x_ptr, pix_off, h, w, pmask, kk, kmask, H, W, sxc, sxh, sxw, dww_pt
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NPIX", "H", "W"])
 def _dw_pw_kernel(x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, out_ptr,
                   NPIX, H, W, K, N,
                   sxb, sxc, sxh, sxw, sob, soc, soh, sow,
@@ -108,7 +108,7 @@ def _dw_pw_kernel(x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, out_ptr,
     tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & nmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NPIX", "H", "W"])
 def _dw_pw_pw_kernel(x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, pw2w_ptr, pw2b_ptr, out_ptr,
                      NPIX, H, W, K, N1, N2,
                      sxb, sxc, sxh, sxw, sob, soc, soh, sow,
@@ -151,7 +151,7 @@ def _dw_pw_pw_kernel(x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, pw2w_ptr, pw2b_p
                  mask=pmask[:, None] & n2mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NQ", "H", "W", "HO", "WO"])
 def _pw_dw_kernel(x_ptr, pww_ptr, pwb_ptr, dww_ptr, dwb_ptr, out_ptr,
                   NQ, H, W, HO, WO, K, N,
                   sxb, sxc, sxh, sxw, sob, soc, soh, sow,
@@ -200,7 +200,7 @@ def _pw_dw_kernel(x_ptr, pww_ptr, pwb_ptr, dww_ptr, dwb_ptr, out_ptr,
     tl.store(optr, out.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & nmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "H", "W"])
 def _dw_pw_dw_kernel(x_ptr, dw1w_ptr, dw1b_ptr, pww_ptr, pwb_ptr, dw2w_ptr, dw2b_ptr, res_ptr, out_ptr, scr_ptr,
                      B, H, W, K, N,
                      sxb, sxc, sxh, sxw, srb, src, srh, srw, sob, soc, soh, sow,
@@ -289,11 +289,11 @@ def _cfg(num_warps=4, num_stages=2, **kw):
     return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
 
 
+# Spatial sizes are not specialised on (do_not_specialize), so a new image size re-tunes but does not recompile.
 _DW_PW_CONFIGS = [
     _cfg(BLOCK_P=64, BLOCK_N=64, BLOCK_K=32, num_warps=4),
     _cfg(BLOCK_P=128, BLOCK_N=64, BLOCK_K=32, num_warps=8),
     _cfg(BLOCK_P=64, BLOCK_N=128, BLOCK_K=32, num_warps=8),
-    _cfg(BLOCK_P=32, BLOCK_N=64, BLOCK_K=64, num_warps=4),
     _cfg(BLOCK_P=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
     _cfg(BLOCK_P=32, BLOCK_N=32, BLOCK_K=32, num_warps=4),
 ]
@@ -305,18 +305,16 @@ _DW_PW_PW_CONFIGS = [
 ]
 _PW_DW_CONFIGS = [
     _cfg(BLOCK_Q=64, BLOCK_N=64, BLOCK_K=32, num_warps=4),
-    _cfg(BLOCK_Q=32, BLOCK_N=64, BLOCK_K=64, num_warps=4),
     _cfg(BLOCK_Q=128, BLOCK_N=64, BLOCK_K=32, num_warps=8),
     _cfg(BLOCK_Q=64, BLOCK_N=128, BLOCK_K=32, num_warps=8),
     _cfg(BLOCK_Q=32, BLOCK_N=32, BLOCK_K=32, num_warps=4),
 ]
 _DW_PW_DW_CONFIGS = [  # BLOCK_E // MAX_EW >= 3 (a tile needs >= 1 output row besides the halo)
     _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=64, BLOCK_K=32, num_warps=4),
-    _cfg(BLOCK_E=128, MAX_EW=16, BLOCK_N=64, BLOCK_K=32, num_warps=8),
     _cfg(BLOCK_E=128, MAX_EW=32, BLOCK_N=64, BLOCK_K=32, num_warps=8),
     _cfg(BLOCK_E=256, MAX_EW=32, BLOCK_N=64, BLOCK_K=32, num_warps=8),
     _cfg(BLOCK_E=128, MAX_EW=16, BLOCK_N=128, BLOCK_K=32, num_warps=8),
-    _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=128, BLOCK_K=32, num_warps=8),
+    _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=32, BLOCK_K=32, num_warps=4),  # more programs for batch-1 P5 maps
 ]
 
 
@@ -410,8 +408,7 @@ def _dw_pw_meta(x, dw_w, dw_b, pw_w, pw_b, channels_last):
     return _empty(x, pw_w.shape[1], x.shape[2], x.shape[3], channels_last)
 
 
-@torch.library.custom_op("yolov10_kernels::dw_pw_infer", mutates_args=())
-def dw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor,
+def _dw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor,
                 act_dw: bool, act_pw: bool, channels_last: bool) -> torch.Tensor:
     """act(PW(act(DW(x)))) with folded weights: dw_w (k*k, C), dw_b (C,), pw_w (C, N), pw_b (N,)."""
     B, C, H, W = x.shape
@@ -432,14 +429,16 @@ def dw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w: t
     return out
 
 
+dw_pw_infer = torch.library.custom_op("yolov10_kernels::dw_pw_infer", _dw_pw_infer, mutates_args=())
+
+
 @dw_pw_infer.register_fake
 def _(x, dw_w, dw_b, pw_w, pw_b, act_dw, act_pw, channels_last):
     return _dw_pw_meta(x, dw_w, dw_b, pw_w, pw_b, channels_last)
 
 
 # ---- DW -> PW -> PW ----
-@torch.library.custom_op("yolov10_kernels::dw_pw_pw_infer", mutates_args=())
-def dw_pw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor,
+def _dw_pw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor,
                    pw2_w: torch.Tensor, pw2_b: torch.Tensor, act_dw: bool, act_pw: bool, act_pw2: bool,
                    channels_last: bool) -> torch.Tensor:
     """act(PW2(act(PW(act(DW(x)))))): pw_w (C, N1), pw2_w (N1, N2); the N1 hidden channels never leave the chip."""
@@ -463,6 +462,9 @@ def dw_pw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w
     return out
 
 
+dw_pw_pw_infer = torch.library.custom_op("yolov10_kernels::dw_pw_pw_infer", _dw_pw_pw_infer, mutates_args=())
+
+
 @dw_pw_pw_infer.register_fake
 def _(x, dw_w, dw_b, pw_w, pw_b, pw2_w, pw2_b, act_dw, act_pw, act_pw2, channels_last):
     return _empty(x, pw2_w.shape[1], x.shape[2], x.shape[3], channels_last)
@@ -474,8 +476,7 @@ def _out_hw(h, w, ks, stride):
     return (h + 2 * pad - ks) // stride + 1, (w + 2 * pad - ks) // stride + 1
 
 
-@torch.library.custom_op("yolov10_kernels::pw_dw_infer", mutates_args=())
-def pw_dw_infer(x: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor,
+def _pw_dw_infer(x: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor,
                 stride: int, act_pw: bool, act_dw: bool, channels_last: bool) -> torch.Tensor:
     """act(DW_s(act(PW(x)))) (SCDown): pw_w (C, N), dw_w (k*k, N), DW stride s with padding k//2."""
     B, C, H, W = x.shape
@@ -499,6 +500,9 @@ def pw_dw_infer(x: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor, dw_w: t
     return out
 
 
+pw_dw_infer = torch.library.custom_op("yolov10_kernels::pw_dw_infer", _pw_dw_infer, mutates_args=())
+
+
 @pw_dw_infer.register_fake
 def _(x, pw_w, pw_b, dw_w, dw_b, stride, act_pw, act_dw, channels_last):
     HO, WO = _out_hw(x.shape[2], x.shape[3], math.isqrt(dw_w.shape[0]), stride)
@@ -506,8 +510,7 @@ def _(x, pw_w, pw_b, dw_w, dw_b, stride, act_pw, act_dw, channels_last):
 
 
 # ---- DW -> PW -> DW (+ residual) ----
-@torch.library.custom_op("yolov10_kernels::dw_pw_dw_infer", mutates_args=())
-def dw_pw_dw_infer(x: torch.Tensor, dw1_w: torch.Tensor, dw1_b: torch.Tensor, pw_w: torch.Tensor,
+def _dw_pw_dw_infer(x: torch.Tensor, dw1_w: torch.Tensor, dw1_b: torch.Tensor, pw_w: torch.Tensor,
                    pw_b: torch.Tensor, dw2_w: torch.Tensor, dw2_b: torch.Tensor, residual: Optional[torch.Tensor],
                    act_dw1: bool, act_pw: bool, act_dw2: bool, channels_last: bool) -> torch.Tensor:
     """act(DW2(act(PW(act(DW1(x)))))) (+ residual): dw1_w (k1*k1, C), pw_w (C, N), dw2_w (k2*k2, N); all
@@ -544,6 +547,9 @@ def dw_pw_dw_infer(x: torch.Tensor, dw1_w: torch.Tensor, dw1_b: torch.Tensor, pw
     return out
 
 
+dw_pw_dw_infer = torch.library.custom_op("yolov10_kernels::dw_pw_dw_infer", _dw_pw_dw_infer, mutates_args=())
+
+
 @dw_pw_dw_infer.register_fake
 def _(x, dw1_w, dw1_b, pw_w, pw_b, dw2_w, dw2_b, residual, act_dw1, act_pw, act_dw2, channels_last):
     return _empty(x, pw_w.shape[1], x.shape[2], x.shape[3], channels_last)
@@ -552,23 +558,35 @@ def _(x, dw1_w, dw1_b, pw_w, pw_b, dw2_w, dw2_b, residual, act_dw1, act_pw, act_
 # ----------------------------------------------------------------------------------------------------------
 # whole blocks (composites of the ops above; `p` = the folded weights from modules/_fold.py)
 # ----------------------------------------------------------------------------------------------------------
+def _plain_eager(x):
+    """Plain eager call on a real tensor: the implementation can be called directly, skipping the ~10-20 us of
+    custom-op dispatch (tracing, torch.compile, fake tensors and dispatch modes go through the registered op)."""
+    return (type(x) is torch.Tensor and not torch.compiler.is_compiling()
+            and torch._C._len_torch_dispatch_stack() == 0)
+
+
 def cib_infer(x, p):
     """CIB in 2 launches. p = FoldedChain of 5 layers [DW, PW, DW(3x3 or folded 7x7), PW, DW] + residual flag.
     The one intermediate (after layer 2, 2c channels) is channels_last."""
     l1, l2, l3, l4, l5 = p.layers
-    t = dw_pw_infer(x, l1.w, l1.b, l2.w, l2.b, l1.act, l2.act, True)
-    return dw_pw_dw_infer(t, l3.w, l3.b, l4.w, l4.b, l5.w, l5.b, x if p.residual else None,
-                          l3.act, l4.act, l5.act, _is_channels_last(x))
+    fast = _plain_eager(x)
+    t = (_dw_pw_infer if fast else dw_pw_infer)(x, l1.w, l1.b, l2.w, l2.b, l1.act, l2.act, True)
+    return (_dw_pw_dw_infer if fast else dw_pw_dw_infer)(t, l3.w, l3.b, l4.w, l4.b, l5.w, l5.b,
+                                                         x if p.residual else None, l3.act, l4.act, l5.act,
+                                                         _is_channels_last(x))
 
 
 def scdown_infer(x, p):
     """SCDown in 1 launch. p.layers = [PW, DW stride s]."""
     l1, l2 = p.layers
-    return pw_dw_infer(x, l1.w, l1.b, l2.w, l2.b, l2.stride, l1.act, l2.act, _is_channels_last(x))
+    return (_pw_dw_infer if _plain_eager(x) else pw_dw_infer)(x, l1.w, l1.b, l2.w, l2.b, l2.stride, l1.act, l2.act,
+                                                               _is_channels_last(x))
 
 
 def cls_head_infer(x, p):
     """v10Detect light cls branch in 2 launches. p.layers = [DW, PW, DW, PW, PW(1x1 conv, bias)]."""
     l1, l2, l3, l4, l5 = p.layers
-    t = dw_pw_infer(x, l1.w, l1.b, l2.w, l2.b, l1.act, l2.act, True)
-    return dw_pw_pw_infer(t, l3.w, l3.b, l4.w, l4.b, l5.w, l5.b, l3.act, l4.act, l5.act, _is_channels_last(x))
+    fast = _plain_eager(x)
+    t = (_dw_pw_infer if fast else dw_pw_infer)(x, l1.w, l1.b, l2.w, l2.b, l1.act, l2.act, True)
+    return (_dw_pw_pw_infer if fast else dw_pw_pw_infer)(t, l3.w, l3.b, l4.w, l4.b, l5.w, l5.b, l3.act, l4.act,
+                                                         l5.act, _is_channels_last(x))
