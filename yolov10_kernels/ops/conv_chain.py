@@ -192,10 +192,10 @@ def conv_chain_train(x, layers, residual=False):
         raise ValueError(f"x has {x.shape[1]} channels but layers[{specs[0].index}] expects {specs[0].cin}")
     N, _, H, W = x.shape
     for s in specs:
+        H, W = _out_hw(H, W, s)
         if s.bn is not None and _uses_batch_stats(s.bn) and N * H * W <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)} "
-                             f"at layers[{s.index}]")
-        H, W = _out_hw(H, W, s)
+                             f"(batch statistics over {N * H * W} value at layers[{s.index}])")
     if residual and (specs[-1].cout != x.shape[1] or (H, W) != tuple(x.shape[2:])):
         raise ValueError(f"residual=True needs the chain's output shape {(x.shape[0], specs[-1].cout, H, W)} to equal "
                          f"x's {tuple(x.shape)}")

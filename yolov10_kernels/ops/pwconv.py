@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ._train_common import (LIB, check_device, check_tensor, empty, empty_4d, interpreted, merge_stats, next_pow2,
-                            silu_fwd, silu_fwd_bwd, stat_dtype, target_programs, tile_stats_merge, tl_acc)
+                            silu_fwd_bwd, stat_dtype, target_programs, tile_stats_merge, tl_acc)
 
 Tensor = torch.Tensor
 
