@@ -6,6 +6,8 @@ import types
 import torch
 import torch.nn as nn
 
+from yolov10.modules import RepVGGDW
+
 from ..backend import BACKENDS, use_triton, warn_once
 from ._fold import FoldCache
 
@@ -86,12 +88,18 @@ class DropIn:
         return self._fold_cache.get(tensors, build, extra=[bn.eps for bn in self._bns()])
 
     def _trainable_chain(self):
-        """Every conv still has its BN (the training kernels need batch statistics) and is in train mode."""
+        """Every conv still has its BN in train mode (the training kernels need batch statistics) and no
+        RepVGGDW has been re-parameterised; a plain nn.Conv2d (the cls head's last layer) needs no BN."""
         for layer in self._layers():
-            convs = [layer.conv, layer.conv1] if hasattr(layer, "conv1") else [layer]
+            if isinstance(layer, nn.Conv2d):
+                continue
+            if isinstance(layer, RepVGGDW):
+                if not hasattr(layer, "conv1"):
+                    return False
+                convs = (layer.conv, layer.conv1)
+            else:
+                convs = (layer,)
             for c in convs:
-                if isinstance(c, nn.Conv2d):
-                    continue  # the final biased 1x1 conv of the cls head
                 bn = getattr(c, "bn", None)
                 if bn is None or not bn.training:
                     return False

@@ -1,7 +1,7 @@
 """Inference (eval, BN folded) Triton kernels for YOLOv10's depthwise-separable chains.
 
-Three kernels keep every intermediate of a chain on chip (registers, plus one small per-program scratch tile
-that stays in L1/L2):
+Four kernels keep every intermediate of a chain on chip (registers, plus in dw_pw_dw one small per-program
+scratch tile, reused by a persistent loop, so it stays in L1/L2):
 
 - `dw_pw`     DW kxk (+SiLU) -> PW 1x1 (+SiLU)                         [CIB first half, cls head first half]
 - `dw_pw_pw`  DW kxk (+SiLU) -> PW (+SiLU) -> PW (+bias, no act)        [cls head second half]
@@ -14,7 +14,9 @@ reads it), the cls head 2 launches (dw_pw, dw_pw_pw), SCDown 1 launch.
 Weights come pre-folded (see yolov10_kernels/modules/_fold.py) in kernel-friendly layouts, fp32 (fp64 for
 fp64 inputs): depthwise weights as (k*k, C), pointwise weights transposed as (K_in, N_out), biases as (C,).
 Activations may be fp32/fp16/bf16 (fp64 for tests) in NCHW or channels_last; the accumulators are fp32
-(fp64), the PW matmuls run on tensor cores in the activation dtype.
+(fp64), the PW matmuls run on tensor cores in the activation dtype (fp32: IEEE, no TF32).
+The eager composites (cib_infer, scdown_infer, cls_head_infer) call the implementations directly; traced and
+compiled code goes through the registered ops.
 
 Each op is a torch.library custom_op with a fake (meta) implementation, so it works under torch.compile and
 torch.export (as an opaque op). custom_op rather than triton_op: under TRITON_INTERPRET=1 (the CPU tests)
@@ -356,9 +358,9 @@ def _is_channels_last(x):
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def _empty(x, c, h, w, channels_last, dtype=None):
+def _empty(x, c, h, w, channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty((x.shape[0], c, h, w), dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
+    return torch.empty((x.shape[0], c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 def _scratch(numel, x):
@@ -404,10 +406,6 @@ def _num_programs_cap(device):
 
 
 # ---- DW -> PW ----
-def _dw_pw_meta(x, dw_w, dw_b, pw_w, pw_b, channels_last):
-    return _empty(x, pw_w.shape[1], x.shape[2], x.shape[3], channels_last)
-
-
 def _dw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor,
                 act_dw: bool, act_pw: bool, channels_last: bool) -> torch.Tensor:
     """act(PW(act(DW(x)))) with folded weights: dw_w (k*k, C), dw_b (C,), pw_w (C, N), pw_b (N,)."""
@@ -415,7 +413,7 @@ def _dw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w: 
     ks = _ks(dw_w, "dw_pw_infer")
     N = pw_w.shape[1]
     _check(x, {"dw_w": (dw_w, (ks * ks, C)), "dw_b": (dw_b, (C,)), "pw_w": (pw_w, (C, N)), "pw_b": (pw_b, (N,))})
-    out = _dw_pw_meta(x, dw_w, dw_b, pw_w, pw_b, channels_last)
+    out = _empty(x, N, H, W, channels_last)
     npix = B * H * W
     if npix == 0 or N == 0:
         return out
@@ -434,7 +432,7 @@ dw_pw_infer = torch.library.custom_op("yolov10_kernels::dw_pw_infer", _dw_pw_inf
 
 @dw_pw_infer.register_fake
 def _(x, dw_w, dw_b, pw_w, pw_b, act_dw, act_pw, channels_last):
-    return _dw_pw_meta(x, dw_w, dw_b, pw_w, pw_b, channels_last)
+    return _empty(x, pw_w.shape[1], x.shape[2], x.shape[3], channels_last)
 
 
 # ---- DW -> PW -> PW ----
@@ -518,6 +516,8 @@ def _dw_pw_dw_infer(x: torch.Tensor, dw1_w: torch.Tensor, dw1_b: torch.Tensor, p
     B, C, H, W = x.shape
     ks1 = _ks(dw1_w, "dw_pw_dw_infer")
     ks2 = _ks(dw2_w, "dw_pw_dw_infer")
+    if ks2 > 3:
+        raise ValueError(f"dw_pw_dw_infer: the second depthwise conv must be 1x1 or 3x3 (its halo tile), got {ks2}x{ks2}")
     N = pw_w.shape[1]
     _check(x, {"dw1_w": (dw1_w, (ks1 * ks1, C)), "dw1_b": (dw1_b, (C,)), "pw_w": (pw_w, (C, N)),
                    "pw_b": (pw_b, (N,)), "dw2_w": (dw2_w, (ks2 * ks2, N)), "dw2_b": (dw2_b, (N,))})
