@@ -66,7 +66,7 @@ OFFICIAL = {"epochs": 100, "batch": 16, "imgsz": 640, "workers": 8, "nbs": 64, "
 # ... and with the embedded synthetic dataset: sized so that `yolov10 train` with no flags finishes within
 # 15 minutes on a 2-core CPU and reaches mAP50-95 >= 0.3 on the synthetic validation split.
 # Short CPU runs need many optimizer steps: no gradient accumulation (nbs = batch), mosaic closed for the last 4.
-SYNTH_PRESET = {"epochs": 12, "batch": 16, "imgsz": 256, "workers": 2, "nbs": 16, "close_mosaic": 4}
+SYNTH_PRESET = {"epochs": 10, "batch": 16, "imgsz": 256, "workers": 2, "nbs": 16, "close_mosaic": 4}
 SYNTH_DATASET = {"n_train": 1500, "n_val": 200, "imgsz": 256, "seed": 0}
 
 LOSS_NAMES = ("box_om", "cls_om", "dfl_om", "box_oo", "cls_oo", "dfl_oo")
@@ -633,7 +633,7 @@ def build_parser():
     D = DEFAULTS
     p.add_argument("--model", default=D["model"], help="yolov10n/s/m/b/l/x or a model YAML")
     p.add_argument("--data", default=None, help="data YAML (path/train/val/names); default: the synthetic dataset")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: official 100 / synthetic 12)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: official 100 / synthetic 10)")
     p.add_argument("--batch", type=int, default=None, help="global batch size (default: 16)")
     p.add_argument("--imgsz", type=int, default=None, help="train/val image size (default: official 640 / synthetic 256)")
     p.add_argument("--device", default=D["device"], help="cpu, 0, cuda:0 (default: cuda if available, else cpu)")
