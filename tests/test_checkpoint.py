@@ -18,7 +18,7 @@ from test_model import randomize_bn
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
     """A checkpoint written the way the official trainer writes it, and the oracle's eval output."""
-    tasks = pytest.importorskip("ultralytics.nn.tasks")
+    import ultralytics.nn.tasks as tasks
     torch.manual_seed(0)
     model = randomize_bn(tasks.DetectionModel("yolov10n.yaml", nc=5, verbose=False))
     model.names = {i: f"class{i}" for i in range(5)}

@@ -282,12 +282,9 @@ def test_opcheck():
 
 
 def test_cuda_source_compiles():
-    """nvcc compile-check of csrc/cuda/*.cu (headers downloaded once into a cache; ~30 s of CPU time, more on a
-    loaded machine): opt-in with YOLOV10_KERNELS_TEST_NVCC=1 to keep the default suite inside its budget."""
+    """nvcc compile-check of csrc/cuda/*.cu (headers downloaded once into a cache; ~30 s of CPU time)."""
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc is not installed")
-    if os.environ.get("YOLOV10_KERNELS_TEST_NVCC", "0") != "1":
-        pytest.skip("set YOLOV10_KERNELS_TEST_NVCC=1 to run the nvcc compile-check (about 30-80 s)")
     r = subprocess.run(["bash", str(ROOT / "csrc" / "check_cuda_compile.sh")], capture_output=True, text=True)
     if r.returncode == 77:
         pytest.skip(f"compile-check impossible here: {r.stderr.strip()[-300:]}")

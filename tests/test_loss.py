@@ -7,7 +7,6 @@ from yolov10 import YOLOv10
 from yolov10.assign import TaskAlignedAssigner
 from yolov10.loss import DEFAULT_HYP, DetectionLoss, V10DetectLoss
 
-pytest.importorskip("ultralytics")
 from ultralytics.cfg import get_cfg  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG  # noqa: E402
