@@ -1,4 +1,4 @@
-"""Depthwise kxk conv (k = 3 or 7, stride 1 or 2, padding k // 2) for training, with a BN prologue and epilogue.
+"""Depthwise kxk conv (k = 3, 5 or 7, stride 1 or 2, padding k // 2) for training, with a BN prologue and epilogue.
 
     a   = in_act(x * in_scale + in_shift)                   prologue, per input channel, on the fly
     y   = depthwise_conv(a, weight, stride, padding=k // 2)   (zero padding applies to a)
@@ -10,14 +10,16 @@ in_act, out_act, write_out, stats) -> (out, mean, var)`; `out` is empty when wri
 pass), mean/var are empty when stats is False. Differentiable in x, weight, the four affine vectors and residual.
 Acts are SiLU (True) or identity (False).
 
-Forward: one kernel; each program walks a run of (image, spatial block) tiles for one channel block and merges
-per-tile statistics (count, mean, M2) with the parallel-variance formula; the host merges the per-program
-partials the same way. Backward: (1) if y is needed (statistics or an epilogue), a kernel recomputes y and writes
+Forward: one kernel; each program walks a run of tiles of flattened (n, oh, ow) positions for one channel block
+and merges per-tile statistics (count, mean, M2) with the parallel-variance formula; the host merges the
+per-program partials the same way. Backward: (1) if y is needed (statistics or an epilogue), a kernel recomputes y and writes
 the fp32 gradient w.r.t. y, g = dout/dy + dmean/M + dvar * 2 (y - mean) / M (y is never saved); (2) one kernel
 over input positions computes grad x (transposed depthwise conv, the prologue derivative applied on the fly, a
 recomputed from x) and, for the weight, per-program fp32 partial sums over its run of N x H x W tiles, summed on
 the host (a second reduction; no atomics). Inputs may be NCHW, channels_last or any strided layout; outputs
-follow channels_last when the input is channels_last, else NCHW. fp32/fp16/bf16 compute in fp32, fp64 in fp64."""
+follow channels_last when the input is channels_last, else NCHW. fp32/fp16/bf16 compute in fp32, fp64 in fp64.
+On the GPU the k*k taps are an unrolled loop over [positions x channels] tiles (the prologue recomputed per tap);
+under the interpreter they are a third tile dimension (TAPS_VEC), many times faster there; tests run both."""
 from typing import Optional
 
 import torch
