@@ -19,6 +19,7 @@ from yolov10_kernels.modules.cib import FusedCIB
 from yolov10_kernels.modules.cls_head import FusedClsHead
 from yolov10_kernels.modules.scdown import FusedSCDown
 from yolov10_kernels.ops import dw_chain_infer as D
+from helpers import randomize_bn
 
 DW_OPS = ("cib", "scdown", "cls_head")
 needs_triton_cpu = pytest.mark.skipif(not backend.triton_status("cpu")[0], reason="needs TRITON_INTERPRET=1 and triton")
@@ -26,14 +27,7 @@ needs_triton_cpu = pytest.mark.skipif(not backend.triton_status("cpu")[0], reaso
 
 def build(cfg="yolov10n", seed=0):
     torch.manual_seed(seed)
-    model = YOLOv10(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # non-trivial running statistics, so eval differs from "BN = identity"
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
+    return randomize_bn(YOLOv10(cfg), seed)
 
 
 @pytest.fixture(scope="module")

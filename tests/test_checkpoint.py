@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import yolov10
-from test_model import randomize_bn
+from helpers import assert_same_detections, randomize_bn
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_official_checkpoint_loads_without_ultralytics(official, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
     out = torch.load(tmp_path / "out.pt")
-    assert out.shape == ref.shape and (out - ref).abs().max() <= 1e-4
+    assert_same_detections(out, ref)
 
 
 def test_plain_state_dict(tmp_path):
@@ -69,6 +69,9 @@ def test_own_checkpoint_roundtrip(tmp_path):
     model.names = {0: "cat", 1: "dog"}
     yolov10.save_checkpoint(tmp_path / "ours.pt", model, epoch=4)
     loaded = yolov10.load_checkpoint(tmp_path / "ours.pt")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "ours.pt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert loaded.names == {0: "cat", 1: "dog"}
     x = torch.rand(1, 3, 64, 64)
     assert torch.equal(model.eval()(x), loaded.eval()(x))

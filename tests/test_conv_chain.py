@@ -17,31 +17,13 @@ from yolov10_kernels.ops import _train_common  # noqa: E402
 from yolov10_kernels.ops.conv_chain import conv_chain_train  # noqa: E402
 from yolov10_kernels.ops.dwconv import dw_conv_bn, dw_conv_bn_backward  # noqa: E402
 from yolov10_kernels.ops.pwconv import pw_conv_bn, pw_conv_bn_backward  # noqa: E402
+from helpers import randomize_bn
 
 CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
 DEV = "cuda" if CUDA else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    monkeypatch.setattr(_train_common, "POISON", True)
-
-
 # ------------------------------------------------------------------------------------------------ helpers
-def _randomize(m, seed=0):
-    """Non-trivial BN parameters and running statistics (fresh BNs are the identity)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.weight.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
-                mod.bias.copy_(torch.rand(mod.num_features, generator=g) - 0.5)
-                mod.running_mean.copy_(torch.rand(mod.num_features, generator=g) * 0.4 - 0.2)
-                mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
-                mod.num_batches_tracked.fill_(3)
-    return m
-
-
 def cls_head(c, c3, nc):
     """One v10Detect cv3[i] branch: Seq(Seq(DW3x3, PW), Seq(DW3x3, PW), Conv2d 1x1 with bias)."""
     return nn.Sequential(nn.Sequential(Conv(c, c, 3, g=c), Conv(c, c3, 1)),
@@ -52,16 +34,16 @@ def make_block(kind, c, dtype=torch.float32, device=DEV):
     """(module, layers(module), residual) for one chain kind."""
     if kind == "cib":
         m = CIB(c, c, shortcut=True, e=1.0, lk=False)
-        return _randomize(m).to(device, dtype).train(), (lambda mod: list(mod.cv1)), True
+        return randomize_bn(m).to(device, dtype).train(), (lambda mod: list(mod.cv1)), True
     if kind == "cib_lk":
         m = CIB(c, c, shortcut=True, e=1.0, lk=True)
-        return _randomize(m).to(device, dtype).train(), (lambda mod: list(mod.cv1)), True
+        return randomize_bn(m).to(device, dtype).train(), (lambda mod: list(mod.cv1)), True
     if kind == "scdown":
         m = SCDown(c, c + 4, 3, 2)
-        return _randomize(m).to(device, dtype).train(), (lambda mod: [mod.cv1, mod.cv2]), False
+        return randomize_bn(m).to(device, dtype).train(), (lambda mod: [mod.cv1, mod.cv2]), False
     if kind == "cls":
         m = cls_head(c, 12, 5)
-        return _randomize(m).to(device, dtype).train(), (lambda mod: mod), False
+        return randomize_bn(m).to(device, dtype).train(), (lambda mod: mod), False
     raise ValueError(kind)
 
 
@@ -207,7 +189,7 @@ def saved_bytes(fn):
 @pytest.mark.parametrize("lk", [False, True], ids=["cib", "cib_lk"])
 def test_cib_saved_memory_at_most_40_percent(lk):
     torch.manual_seed(3)
-    m = _randomize(CIB(8, 8, shortcut=True, e=1.0, lk=lk)).to(DEV).train()
+    m = randomize_bn(CIB(8, 8, shortcut=True, e=1.0, lk=lk)).to(DEV).train()
     x = torch.randn(2, 8, 16, 16, device=DEV, requires_grad=True)
     ref_bytes, _ = saved_bytes(lambda: m(x))
     mine_bytes, _ = saved_bytes(lambda: conv_chain_train(x, list(m.cv1), True))
@@ -252,7 +234,7 @@ def test_gradcheck_chain_fp64():
     statistics-only + epilogue passes with the residual (RepVGGDW's weight merge is checked in fp64 above)."""
     torch.manual_seed(6)
     m = nn.Sequential(Conv(2, 3, 1), Conv(3, 3, 3, g=3), Conv(3, 2, 1), Conv(2, 2, 3, g=2))
-    m = _randomize(m).double().train().to(DEV)
+    m = randomize_bn(m).double().train().to(DEV)
     x = torch.randn(1, 2, 3, 3, dtype=torch.float64, device=DEV, requires_grad=True)
     params = list(m.parameters())
 
@@ -350,7 +332,7 @@ def test_torch_export_runs_and_updates_running_stats():
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.b = _randomize(CIB(4, 4, shortcut=True, e=1.0, lk=True))
+            self.b = randomize_bn(CIB(4, 4, shortcut=True, e=1.0, lk=True))
 
         def forward(self, x):
             return conv_chain_train(x, list(self.b.cv1), True)

@@ -19,37 +19,23 @@ from yolov10_kernels.modules.cib import FusedCIB
 from yolov10_kernels.modules.cls_head import FusedClsHead
 from yolov10_kernels.modules.scdown import FusedSCDown
 from yolov10_kernels.ops import dw_chain_infer as D
+from helpers import randomize_bn
 
 CUDA = torch.cuda.is_available()
 needs_triton_cpu = pytest.mark.skipif(not triton_status("cpu")[0], reason="needs TRITON_INTERPRET=1 and triton")
 needs_cuda = pytest.mark.skipif(not (CUDA and triton_status("cuda")[0]), reason="needs a CUDA device and triton")
 
 
-def randomize(module, seed=0):
-    """Non-trivial BN running stats and affine parameters (fresh BNs are the identity in eval)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            elif isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.rand(m.out_channels, generator=g) - 0.5)
-    return module.eval()
-
-
 def make_cib(c=20, lk=False, shortcut=True, c1=None, e=1.0):
-    return randomize(CIB(c1 or c, c, shortcut, e=e, lk=lk))
+    return randomize_bn(CIB(c1 or c, c, shortcut, e=e, lk=lk)).eval()
 
 
 def make_scdown(c1=20, c2=36, k=3, s=2):
-    return randomize(SCDown(c1, c2, k, s))
+    return randomize_bn(SCDown(c1, c2, k, s)).eval()
 
 
 def make_cls(ch=24, nc=20):
-    return randomize(v10Detect(nc=nc, ch=(ch,)).cv3[0])
+    return randomize_bn(v10Detect(nc=nc, ch=(ch,)).cv3[0]).eval()
 
 
 FUSED = {CIB: FusedCIB, SCDown: FusedSCDown, nn.Sequential: FusedClsHead}
@@ -57,20 +43,6 @@ FUSED = {CIB: FusedCIB, SCDown: FusedSCDown, nn.Sequential: FusedClsHead}
 
 def fused(ref, backend="triton"):
     return FUSED[type(ref)].from_module(ref, backend)
-
-
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every buffer the ops allocate (outputs, the CIB intermediate, scratch) starts as NaN: an element a kernel
-    fails to write shows up in the result."""
-    real_empty = D._empty
-
-    def nan_empty(*a, **kw):
-        return real_empty(*a, **kw).fill_(float("nan"))
-
-    real_scratch = D._scratch
-    monkeypatch.setattr(D, "_empty", nan_empty)
-    monkeypatch.setattr(D, "_scratch", lambda *a, **kw: real_scratch(*a, **kw).fill_(float("nan")))
 
 
 def assert_rel_close(out, ref, rel=1e-4):
@@ -96,13 +68,13 @@ def check(ref, x, rel=1e-4):
 @needs_triton_cpu
 @pytest.mark.parametrize("lk", [False, True], ids=["dw3", "repvgg7"])
 @pytest.mark.parametrize("b,h,w,cl", [(1, 9, 13, False), (3, 5, 7, True)], ids=["b1-9x13", "b3-5x7-cl"])
-def test_cib_matches_reference(poisoned, lk, b, h, w, cl):
+def test_cib_matches_reference(lk, b, h, w, cl):
     x = torch.randn(b, 20, h, w)
     check(make_cib(20, lk), x.to(memory_format=torch.channels_last) if cl else x)
 
 
 @needs_triton_cpu
-def test_cib_multiblock_no_shortcut_fp64(poisoned, monkeypatch):
+def test_cib_multiblock_no_shortcut_fp64(monkeypatch):
     """Several channel blocks and K chunks (blocks capped at 16 for 20/40 channels), c1 != c2 (no residual),
     a 1-pixel-wide map, several tiles per image and the persistent loop; fp64 to 1e-10."""
     monkeypatch.setattr(D, "INTERPRET_MAX_BLOCK", 16)
@@ -117,13 +89,13 @@ def test_cib_multiblock_no_shortcut_fp64(poisoned, monkeypatch):
 @needs_triton_cpu
 @pytest.mark.parametrize("b,h,w,cl", [(1, 9, 11, False), (3, 8, 8, True), (1, 1, 2, False)],
                          ids=["b1-9x11", "b3-8x8-cl", "b1-1x2"])
-def test_scdown_matches_reference(poisoned, b, h, w, cl):
+def test_scdown_matches_reference(b, h, w, cl):
     x = torch.randn(b, 20, h, w)
     check(make_scdown(), x.to(memory_format=torch.channels_last) if cl else x)
 
 
 @needs_triton_cpu
-def test_scdown_multiblock_fp64(poisoned, monkeypatch):
+def test_scdown_multiblock_fp64(monkeypatch):
     monkeypatch.setattr(D, "INTERPRET_MAX_BLOCK", 16)
     check(make_scdown(20, 36).double(), torch.randn(2, 20, 7, 5, dtype=torch.float64), rel=1e-10)
     check(make_scdown(20, 18, k=3, s=1).double(), torch.randn(1, 20, 5, 6, dtype=torch.float64), rel=1e-10)
@@ -132,13 +104,13 @@ def test_scdown_multiblock_fp64(poisoned, monkeypatch):
 # ---- cls head ----
 @needs_triton_cpu
 @pytest.mark.parametrize("b,h,w,cl", [(1, 7, 5, False), (3, 4, 6, True)], ids=["b1-7x5", "b3-4x6-cl"])
-def test_cls_head_matches_reference(poisoned, b, h, w, cl):
+def test_cls_head_matches_reference(b, h, w, cl):
     x = torch.randn(b, 24, h, w)
     check(make_cls(24, nc=20), x.to(memory_format=torch.channels_last) if cl else x)
 
 
 @needs_triton_cpu
-def test_cls_head_multiblock_fp64(poisoned, monkeypatch):
+def test_cls_head_multiblock_fp64(monkeypatch):
     monkeypatch.setattr(D, "INTERPRET_MAX_BLOCK", 16)
     ref = make_cls(18, nc=37).double()  # c3 = max(18, min(37, 100)) = 37 hidden channels, 37 classes
     check(ref, torch.randn(2, 18, 5, 3, dtype=torch.float64), rel=1e-10)

@@ -4,25 +4,12 @@ import torch
 
 import yolov10
 from yolov10.head import topk_postprocess
+from helpers import randomize_bn
 
 PARAMS = {  # both heads unfused / fused one2one-only, nc=80 (official counts)
     "n": (2_775_520, 2_299_264), "s": (8_128_272, 7_248_960), "m": (16_576_768, 15_359_488),
     "b": (20_574_384, 19_065_792), "l": (25_888_688, 24_371_008), "x": (31_808_960, 29_473_568)}
 PAPER_GFLOPS = {"n": 6.7, "s": 21.6, "m": 59.1, "b": 92.0, "l": 120.3, "x": 160.4}
-
-
-def randomize_bn(model, seed=0):
-    """Non-trivial BN affine and running stats, so eval-mode comparisons exercise them."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-                m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -18,30 +18,10 @@ if not ok:
 from yolov10_kernels import accelerate  # noqa: E402
 from yolov10_kernels.modules.psa import FusedAttention, FusedPSA, swap  # noqa: E402
 from yolov10_kernels.ops import psa_attention as P  # noqa: E402
+from helpers import randomize_bn
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    """Kernel outputs start as NaN: an element a kernel forgets to write fails the comparison."""
-    monkeypatch.setattr(P, "POISON", True)
-
-
-def randomize(module, seed=0):
-    """Non-trivial BN affine and running stats; BN settings as the YOLOv10 model sets them."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.eps, m.momentum = 1e-3, 0.03
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-                m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return module
 
 
 def run(module, x, grad_seed=1):
@@ -87,7 +67,7 @@ TOL = {torch.float32: (2e-4, 2e-5), torch.float64: (1e-9, 1e-10)}
     (2, 16, 5, 3, torch.float64),
 ])
 def test_attention_matches_reference(heads, hd, H, W, dtype):
-    ref = randomize(Attention(heads * hd, num_heads=heads)).to(DEV, dtype)
+    ref = randomize_bn(Attention(heads * hd, num_heads=heads)).to(DEV, dtype)
     fused = FusedAttention.from_module(copy.deepcopy(ref), backend="triton")
     assert fused.key_dim == hd // 2
     x = torch.randn(2, heads * hd, H, W, generator=torch.Generator().manual_seed(0)).to(DEV, dtype)
@@ -100,7 +80,7 @@ def test_attention_matches_reference(heads, hd, H, W, dtype):
 
 @pytest.mark.parametrize("c1,H,W", [(144, 7, 9), (256, 5, 5)])  # c = 72: 1 head of 72; c = 128: 2 heads of 64
 def test_psa_matches_reference(c1, H, W):
-    ref = randomize(PSA(c1, c1)).to(DEV)
+    ref = randomize_bn(PSA(c1, c1)).to(DEV)
     fused = FusedPSA.from_module(copy.deepcopy(ref), backend="triton")
     x = torch.randn(2, c1, H, W, generator=torch.Generator().manual_seed(0)).to(DEV)
     for train in (True, False):
@@ -113,7 +93,7 @@ def test_psa_matches_reference(c1, H, W):
 
 def test_folded_bn_eval():
     """After model.fuse() (BN folded into biased convs) the fused module runs without BN parameters."""
-    ref = randomize(Attention(64, num_heads=2)).to(DEV).eval()
+    ref = randomize_bn(Attention(64, num_heads=2)).to(DEV).eval()
     for m in (ref.qkv, ref.pe, ref.proj):
         m.fuse_bn()
     ref.requires_grad_(True)  # fuse_bn freezes the folded convs; their weight and bias gradients are compared
@@ -179,7 +159,7 @@ def test_opcheck():
 
 
 def test_compile_fullgraph():
-    ref = randomize(Attention(64, num_heads=2)).to(DEV)
+    ref = randomize_bn(Attention(64, num_heads=2)).to(DEV)
     fused = FusedAttention.from_module(copy.deepcopy(ref), backend="triton")
     x = torch.randn(2, 64, 3, 5).to(DEV)
     # Inductor also passes on the CPU but compiles C++ for ~30 s; aot_eager still traces the whole graph
@@ -190,7 +170,7 @@ def test_compile_fullgraph():
 
 
 def test_sdpa_rewrite_matches_reference():
-    ref = randomize(Attention(144, num_heads=2))
+    ref = randomize_bn(Attention(144, num_heads=2))
     x = torch.randn(2, 144, 5, 7)
     for train in (True, False):
         a, b = copy.deepcopy(ref).train(train), copy.deepcopy(ref).train(train)
@@ -205,7 +185,7 @@ def test_accelerate_swaps_psa_and_keeps_state_dict():
     """The whole model (fp32 outputs; the block-level tests above compare gradients)."""
     import yolov10
     torch.manual_seed(0)
-    ref = randomize(yolov10.YOLOv10("yolov10n")).to(DEV)
+    ref = randomize_bn(yolov10.YOLOv10("yolov10n")).to(DEV)
     model = copy.deepcopy(ref)
     keys = list(model.state_dict())
     accelerate(model, ops=("psa",), backend="triton")
@@ -231,7 +211,7 @@ def test_accelerate_swaps_psa_and_keeps_state_dict():
 
 
 def test_auto_backend_on_cpu_uses_reference(monkeypatch):
-    ref = randomize(PSA(128, 128))
+    ref = randomize_bn(PSA(128, 128))
     fused = FusedPSA.from_module(copy.deepcopy(ref), backend="auto")
     called = []
     monkeypatch.setattr("yolov10_kernels.modules.psa.psa_attention", lambda *a, **k: called.append(1))
@@ -246,7 +226,7 @@ def test_auto_backend_on_cpu_uses_reference(monkeypatch):
 @pytest.mark.parametrize("c1,H,W", [(512, 20, 20), (576, 20, 20), (256, 7, 9)])  # s (4 x 64) and m (4 x 72)
 def test_low_precision_gpu(lowp, c1, H, W):
     """|fused_lowp - ref32| <= 2 |torch_lowp - ref32| + atol, for the output and every gradient."""
-    ref32 = randomize(PSA(c1, c1)).cuda()
+    ref32 = randomize_bn(PSA(c1, c1)).cuda()
     torch_lowp = copy.deepcopy(ref32).to(lowp)
     fused = FusedPSA.from_module(copy.deepcopy(ref32), backend="triton").to(lowp)
     x = torch.randn(4, c1, H, W, device="cuda")

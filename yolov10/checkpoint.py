@@ -196,6 +196,9 @@ def save_checkpoint(path, model, **extra):
     os.close(fd)
     try:
         torch.save(ckpt, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

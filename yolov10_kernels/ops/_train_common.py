@@ -2,17 +2,16 @@
 memory-format handling, launch sizes, SiLU in Triton, and the parallel-variance merge of partial statistics."""
 import functools
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from ..backend import triton_interpreted as interpreted
+from ._alloc import is_fake as _is_fake
+from ._alloc import poison
+
 LIB = "yolov10_kernels"
-
-
-def interpreted():
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -47,11 +46,6 @@ def check_device(x):
     raise RuntimeError(f"yolov10_kernels Triton ops do not support {x.device.type} tensors")
 
 
-def _is_fake(t):
-    from torch._subclasses.fake_tensor import FakeTensor
-    return isinstance(t, FakeTensor)
-
-
 # ------------------------------------------------------------------------------------------ memory format
 def is_channels_last(x):
     """True when x should be treated as NHWC: channels_last-contiguous and not plain contiguous (a tensor that is
@@ -72,22 +66,13 @@ def same_layout(t, like):
     return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
 
 
-# Tests set this to fill every buffer the ops allocate with NaN, so that an element a kernel forgets to write
-# (output, gradient or partial-statistics slot) shows up instead of passing by luck.
-POISON = False
-
-
-def _poison(t):
-    return t.fill_(float("nan")) if POISON and not _is_fake(t) else t
-
-
 def empty_4d(shape, like, dtype=None):
     fmt = torch.channels_last if is_channels_last(like) else torch.contiguous_format
-    return _poison(torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt))
+    return poison(torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt))
 
 
 def empty(shape, like, dtype):
-    return _poison(torch.empty(shape, dtype=dtype, device=like.device))
+    return poison(torch.empty(shape, dtype=dtype, device=like.device))
 
 
 def stat_dtype(x):

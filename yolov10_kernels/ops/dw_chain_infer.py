@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from ..backend import triton_interpreted
+from ._alloc import poison
 
 _INTERPRET = triton_interpreted()
 
@@ -360,11 +361,11 @@ def _is_channels_last(x):
 
 def _empty(x, c, h, w, channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty((x.shape[0], c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+    return poison(torch.empty((x.shape[0], c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt))
 
 
 def _scratch(numel, x):
-    return torch.empty(numel, dtype=x.dtype, device=x.device)
+    return poison(torch.empty(numel, dtype=x.dtype, device=x.device))
 
 
 def _dot_prec(x):

@@ -50,12 +50,12 @@ compiles with fullgraph=True on the CPU and on the GPU alike, and the kernels ar
 Inductor seeing inside them would buy nothing.
 """
 import contextlib
-import os
 
 import torch
 import torch.nn.functional as F
 
 from ..backend import triton_interpreted
+from ._alloc import poison
 
 try:
     import triton
@@ -68,15 +68,8 @@ except Exception:  # no triton (or a broken install): the reference path still w
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
-# Debug switch for the tests: allocate every kernel output filled with NaN instead of torch.empty, so an
-# element a kernel fails to write shows up in the comparison.
-POISON = os.environ.get("YOLOV10_KERNELS_POISON", "0") == "1"
-
-
 def _alloc(shape, dtype, device):
-    if POISON:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+    return poison(torch.empty(shape, dtype=dtype, device=device))
 
 
 def _pow2(n):
