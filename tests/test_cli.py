@@ -47,6 +47,9 @@ def test_detections_are_mapped_back_to_original_pixels():
     np.testing.assert_allclose(dets[0, :4], [0, 0, 200, 100], atol=1e-4)
     dets = detect(_FixedBoxModel([16.0, 24.0, 32.0, 40.0]), img, imgsz=64)
     np.testing.assert_allclose(dets[0, :4], [50, 25, 100, 75], atol=1e-4)
+    # a 3 x 1000 strip: 64 x 1 after resizing, so the two axes' gains differ five-fold (0.064 vs 1/3)
+    dets = detect(_FixedBoxModel([16.0, 31.0, 48.0, 32.0]), np.full((3, 1000, 3), 50, np.uint8), imgsz=64)
+    np.testing.assert_allclose(dets[0, :4], [250, 0, 750, 3], atol=1e-3)
 
 
 def test_predict_writes_annotated_images_and_json(tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
+from .validator import scale_boxes
 
 IMG_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -21,17 +22,6 @@ def list_images(source):
     if source.is_file():
         return [source]
     raise FileNotFoundError(f"source {source} does not exist")
-
-
-def scale_boxes_to_original(boxes, ratio, pad, ori_shape):
-    """Undo letterbox: (N, 4) xyxy in network pixels -> original image pixels, clipped.
-    ratio = (rw, rh) and pad = (left, top) as returned by yolov10.data.letterbox."""
-    boxes = boxes.clone()
-    boxes[:, [0, 2]] = (boxes[:, [0, 2]] - pad[0]) / ratio[0]
-    boxes[:, [1, 3]] = (boxes[:, [1, 3]] - pad[1]) / ratio[1]
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, ori_shape[1])
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, ori_shape[0])
-    return boxes
 
 
 def draw_detections(img, dets, names):
@@ -54,7 +44,7 @@ def detect(model, img_bgr, imgsz=640):
     x = torch.from_numpy(np.ascontiguousarray(lb[..., ::-1].transpose(2, 0, 1))).to(p.device)
     x = (x.float() / 255).unsqueeze(0).to(p.dtype)
     pred = model(x)[0].float().cpu()
-    pred[:, :4] = scale_boxes_to_original(pred[:, :4], ratio, pad, img_bgr.shape[:2])
+    pred[:, :4] = scale_boxes(pred[:, :4], lb.shape[:2], img_bgr.shape[:2], (ratio, pad))
     return pred.numpy()
 
 
