@@ -214,6 +214,17 @@ def test_torch_compile_fullgraph_eval_block():
         assert_rel_close(compiled(x), ref(x))
 
 
+
+@needs_triton_cpu
+def test_torch_export_eval_blocks():
+    """torch.export of an inference block (traced without autograd, as inference export is: with gradients
+    wanted the drop-in runs the reference) captures the registered ops and matches the reference."""
+    for ref, x in ((make_cib(6, lk=True), torch.randn(1, 6, 5, 7)), (make_scdown(8, 12), torch.randn(1, 8, 7, 5))):
+        with torch.no_grad():
+            ep = torch.export.export(fused(ref), (x,))
+            assert any("yolov10_kernels" in str(n.target) for n in ep.graph.nodes)
+            assert_rel_close(ep.module()(x), ref(x))
+
 # ---- the compiled (non-interpreted) path: lower every kernel for sm_90 without a GPU ----
 _LOWER_SCRIPT = textwrap.dedent("""
     import triton

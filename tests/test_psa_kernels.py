@@ -169,6 +169,17 @@ def test_compile_fullgraph():
     assert_same_buffers(fused, ref)
 
 
+
+def test_torch_export_eval():
+    """torch.export captures the registered attention op; the exported program matches the reference."""
+    ref = randomize_bn(Attention(64, num_heads=2)).to(DEV).eval()
+    fused = FusedAttention.from_module(copy.deepcopy(ref), backend="triton").eval()
+    x = torch.randn(2, 64, 3, 5).to(DEV)
+    ep = torch.export.export(fused, (x,))
+    assert any("psa_attn_fwd" in str(n.target) for n in ep.graph.nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), ref(x), rtol=2e-4, atol=2e-5)
+
 def test_sdpa_rewrite_matches_reference():
     ref = randomize_bn(Attention(144, num_heads=2))
     x = torch.randn(2, 144, 5, 7)
