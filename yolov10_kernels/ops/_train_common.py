@@ -123,6 +123,31 @@ def merge_stats(cnt, mean, m2):
 
 # ------------------------------------------------------------------------------------------ Triton helpers
 @triton.jit
+def load_channel_pair(a_ptr, b_ptr, idx, mask, ENABLED: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Two per-channel vectors (a fused BN's scale and shift), or zeros when the layer has none."""
+    a = tl.zeros([BLOCK], ACC)
+    b = tl.zeros([BLOCK], ACC)
+    if ENABLED:
+        a = tl.load(a_ptr + idx, mask=mask, other=0.0).to(ACC)
+        b = tl.load(b_ptr + idx, mask=mask, other=0.0).to(ACC)
+    return a, b
+
+
+@triton.jit
+def load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, idx, mask, inv_m, STATS: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    """Batch mean and the gradients reaching it and the variance, pre-scaled for d stat / d y (1/m, 2/m)."""
+    mu = tl.zeros([BLOCK], ACC)
+    gm = tl.zeros([BLOCK], ACC)
+    gv2 = tl.zeros([BLOCK], ACC)
+    if STATS:
+        mu = tl.load(mean_ptr + idx, mask=mask, other=0.0).to(ACC)
+        gm = tl.load(gmean_ptr + idx, mask=mask, other=0.0).to(ACC) * inv_m
+        gv2 = tl.load(gvar_ptr + idx, mask=mask, other=0.0).to(ACC) * (2.0 * inv_m)
+    return mu, gm, gv2
+
+
+@triton.jit
 def silu_fwd(u):
     return u / (1.0 + tl.exp(-u))
 

@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 
 from ._train_common import (LIB, check_device, check_tensor, empty, empty_4d, interpreted, is_channels_last,
-                            merge_stats, next_pow2, silu_fwd, silu_fwd_bwd, split_tiles, stat_dtype, tile_stats_merge,
-                            tl_acc)
+                            load_channel_pair, load_stat_grads, merge_stats, next_pow2, silu_fwd, silu_fwd_bwd,
+                            split_tiles, stat_dtype, tile_stats_merge, tl_acc)
 
 Tensor = torch.Tensor
 
@@ -92,16 +92,8 @@ def _dw_fwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, r_ptr, y_ptr, p
     pid = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
-    s_in = tl.zeros([BLOCK_C], ACC)
-    t_in = tl.zeros([BLOCK_C], ACC)
-    if IN_AFFINE:
-        s_in = tl.load(is_ptr + c, mask=cmask, other=0.0).to(ACC)
-        t_in = tl.load(it_ptr + c, mask=cmask, other=0.0).to(ACC)
-    s_out = tl.zeros([BLOCK_C], ACC)
-    t_out = tl.zeros([BLOCK_C], ACC)
-    if OUT_AFFINE:
-        s_out = tl.load(os_ptr + c, mask=cmask, other=0.0).to(ACC)
-        t_out = tl.load(ot_ptr + c, mask=cmask, other=0.0).to(ACC)
+    s_in, t_in = load_channel_pair(is_ptr, it_ptr, c, cmask, IN_AFFINE, ACC, BLOCK_C)
+    s_out, t_out = load_channel_pair(os_ptr, ot_ptr, c, cmask, OUT_AFFINE, ACC, BLOCK_C)
     n_run = tl.zeros([BLOCK_C], ACC)
     mean_run = tl.zeros([BLOCK_C], ACC)
     m2_run = tl.zeros([BLOCK_C], ACC)
@@ -149,23 +141,9 @@ def _dw_grad_y_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, go_ptr, mean
     pid = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
-    s_in = tl.zeros([BLOCK_C], ACC)
-    t_in = tl.zeros([BLOCK_C], ACC)
-    if IN_AFFINE:
-        s_in = tl.load(is_ptr + c, mask=cmask, other=0.0).to(ACC)
-        t_in = tl.load(it_ptr + c, mask=cmask, other=0.0).to(ACC)
-    s_out = tl.zeros([BLOCK_C], ACC)
-    t_out = tl.zeros([BLOCK_C], ACC)
-    if OUT_AFFINE:
-        s_out = tl.load(os_ptr + c, mask=cmask, other=0.0).to(ACC)
-        t_out = tl.load(ot_ptr + c, mask=cmask, other=0.0).to(ACC)
-    mu = tl.zeros([BLOCK_C], ACC)
-    gm = tl.zeros([BLOCK_C], ACC)
-    gv2 = tl.zeros([BLOCK_C], ACC)
-    if STATS:
-        mu = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
-        gm = tl.load(gmean_ptr + c, mask=cmask, other=0.0).to(ACC) * inv_m
-        gv2 = tl.load(gvar_ptr + c, mask=cmask, other=0.0).to(ACC) * (2.0 * inv_m)
+    s_in, t_in = load_channel_pair(is_ptr, it_ptr, c, cmask, IN_AFFINE, ACC, BLOCK_C)
+    s_out, t_out = load_channel_pair(os_ptr, ot_ptr, c, cmask, OUT_AFFINE, ACC, BLOCK_C)
+    mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, c, cmask, inv_m, STATS, ACC, BLOCK_C)
     gos = tl.zeros([BLOCK_C], ACC)
     got = tl.zeros([BLOCK_C], ACC)
     OHW = OH * OW
@@ -251,11 +229,7 @@ def _dw_bwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, g_ptr, gx_ptr, pdw_ptr, pgs_ptr
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     kk = tl.arange(0, KK_PAD)
-    s_in = tl.zeros([BLOCK_C], ACC)
-    t_in = tl.zeros([BLOCK_C], ACC)
-    if IN_AFFINE:
-        s_in = tl.load(is_ptr + c, mask=cmask, other=0.0).to(ACC)
-        t_in = tl.load(it_ptr + c, mask=cmask, other=0.0).to(ACC)
+    s_in, t_in = load_channel_pair(is_ptr, it_ptr, c, cmask, IN_AFFINE, ACC, BLOCK_C)
     dw_acc = tl.zeros([KK_PAD, BLOCK_C], ACC)
     gs = tl.zeros([BLOCK_C], ACC)
     gt = tl.zeros([BLOCK_C], ACC)

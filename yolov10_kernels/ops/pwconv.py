@@ -18,8 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._train_common import (LIB, check_device, check_tensor, empty, empty_4d, interpreted, merge_stats, next_pow2,
-                            silu_fwd_bwd, stat_dtype, target_programs, tile_stats_merge, tl_acc)
+from ._train_common import (LIB, check_device, check_tensor, empty, empty_4d, interpreted, load_stat_grads,
+                            merge_stats, next_pow2, silu_fwd_bwd, stat_dtype, target_programs, tile_stats_merge,
+                            tl_acc)
 
 Tensor = torch.Tensor
 
@@ -121,13 +122,7 @@ def _pw_dgrad_kernel(gy_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m, w_ptr,
     for n0 in range(0, CO, BLOCK_N):
         co = n0 + tl.arange(0, BLOCK_N)
         comask = co < CO
-        mu = tl.zeros([BLOCK_N], ACC)
-        gm = tl.zeros([BLOCK_N], ACC)
-        gv2 = tl.zeros([BLOCK_N], ACC)
-        if STATS:
-            mu = tl.load(mean_ptr + co, mask=comask, other=0.0).to(ACC)
-            gm = tl.load(gmean_ptr + co, mask=comask, other=0.0).to(ACC) * inv_m
-            gv2 = tl.load(gvar_ptr + co, mask=comask, other=0.0).to(ACC) * (2.0 * inv_m)
+        mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, co, comask, inv_m, STATS, ACC, BLOCK_N)
         g = _grad_y(gy_ptr, y_ptr, img * sgn + hw * sgp, img * syn + hw * syp, co, mmask[:, None] & comask[None, :],
                     sgc, syc, mu, gm, gv2, HAS_GY, STATS, ACC, BLOCK_M, BLOCK_N)
         wt = tl.load(w_ptr + co[:, None] * swo + ci[None, :] * swi, mask=comask[:, None] & kmask[None, :], other=0.0)
@@ -161,13 +156,7 @@ def _pw_wgrad_kernel(gy_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m, x_ptr,
     comask = co < CO
     ci = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     kmask = ci < CI
-    mu = tl.zeros([BLOCK_N], ACC)
-    gm = tl.zeros([BLOCK_N], ACC)
-    gv2 = tl.zeros([BLOCK_N], ACC)
-    if STATS:
-        mu = tl.load(mean_ptr + co, mask=comask, other=0.0).to(ACC)
-        gm = tl.load(gmean_ptr + co, mask=comask, other=0.0).to(ACC) * inv_m
-        gv2 = tl.load(gvar_ptr + co, mask=comask, other=0.0).to(ACC) * (2.0 * inv_m)
+    mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, co, comask, inv_m, STATS, ACC, BLOCK_N)
     acc = tl.zeros([BLOCK_N, BLOCK_K], ACC)
     gb = tl.zeros([BLOCK_N], ACC)
     for r0 in range(0, rows_per_split, BLOCK_M):
