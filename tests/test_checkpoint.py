@@ -109,3 +109,19 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     with pytest.raises(ValueError, match="not allowed to load"):
         yolov10.load_checkpoint(tmp_path / "evil.pt")
     assert not (pathlib.Path.cwd() / "should_not_exist").exists()
+
+
+def test_checkpoint_without_one2many_head_is_inference_only(tmp_path):
+    model = randomize_bn(yolov10.YOLOv10("yolov10n", nc=2)).eval()
+    x = torch.rand(1, 3, 64, 64)
+    ref = model(x)
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith(("model.23.cv2.", "model.23.cv3."))}
+    torch.save(sd, tmp_path / "o2o_only.pt")
+    loaded = yolov10.load_checkpoint(tmp_path / "o2o_only.pt").eval()
+    assert torch.equal(loaded(x), ref)
+    with pytest.raises(RuntimeError, match="cannot run in train mode"):
+        loaded.train()(x)
+    del sd["model.2.cv2.conv.weight"]  # a backbone conv named cv2 is not part of the one-to-many head
+    torch.save(sd, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="match none of the YOLOv10 scales"):
+        yolov10.load_checkpoint(tmp_path / "broken.pt")

@@ -40,13 +40,12 @@ def _stand_in_class(module, name):
 _SAFE_GLOBALS = {
     ("collections", "OrderedDict"): OrderedDict,
     ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "slice"): slice,
-    ("builtins", "complex"): complex, ("builtins", "getattr"): None,  # rejected below: arbitrary attribute access
+    ("builtins", "complex"): complex,
     ("torch", "Size"): torch.Size,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
     ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
-    ("copyreg", "_reconstructor"): None,  # handled in find_class
     ("types", "SimpleNamespace"): types.SimpleNamespace,
 }
 _STAND_IN_PREFIXES = ("ultralytics.", "torch.nn.modules.", "__main__", "models.", "utils.")
@@ -68,7 +67,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return getattr(torch, name)
         if module == "torch" and name.endswith("Storage"):
             return getattr(torch, name)
-        if _SAFE_GLOBALS.get((module, name)) is not None:
+        if (module, name) in _SAFE_GLOBALS:
             return _SAFE_GLOBALS[(module, name)]
         if module.startswith(_NUMPY_PREFIXES) and name in ("_reconstruct", "scalar", "ndarray", "dtype") \
                 or module.startswith("numpy.dtypes"):
@@ -127,10 +126,17 @@ def _cfg_from_state_dict(sd, path):
     nc = sd[key].shape[0]
     for s in SCALES:
         with torch.device("meta"):
-            ref = YOLOv10(f"yolov10{s}", nc=nc).state_dict()
-        if all(k in sd and sd[k].shape == v.shape for k, v in ref.items() if "one2one" in k or "cv2" not in k):
+            ref = YOLOv10(f"yolov10{s}", nc=nc)
+        o2m = _one2many_prefixes(ref)
+        if all(k in sd and sd[k].shape == v.shape for k, v in ref.state_dict().items() if not k.startswith(o2m)):
             return f"yolov10{s}", nc
     raise ValueError(f"{path}: the state_dict's shapes match none of the YOLOv10 scales {SCALES}")
+
+
+def _one2many_prefixes(model):
+    """State-dict key prefixes of the one-to-many head (absent from checkpoints saved after fuse())."""
+    head = f"model.{len(model.model) - 1}."
+    return head + "cv2.", head + "cv3."
 
 
 def _check_requested(found_cfg, found_nc, cfg, nc, path):
@@ -176,12 +182,12 @@ def load_checkpoint(path, cfg=None, nc=None, map_location="cpu", use_ema=True):
     model = YOLOv10(found_cfg, nc=found_nc)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    only_o2m_missing = all(".cv2." in k or ".cv3." in k for k in missing) and missing
+    only_o2m_missing = bool(missing) and all(k.startswith(_one2many_prefixes(model)) for k in missing)
     if unexpected or (missing and not only_o2m_missing):
         raise ValueError(f"{path}: weights do not fit {model.cfg_name} (nc={found_nc}): "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if only_o2m_missing:  # a fused/exported checkpoint without the one-to-many head: inference only
-        model.fuse_heads_only = True
+    if only_o2m_missing:  # saved without the one-to-many head (after fuse()): inference only
+        del model.head.cv2, model.head.cv3
     if names:
         model.names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else dict(names)
     return model
