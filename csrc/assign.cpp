@@ -570,12 +570,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_alig
   const int64_t B = pd_scores.size(0), A = pd_scores.size(1), C = pd_scores.size(2), M = gt.size(1);
   TORCH_CHECK(M >= 1, "task_aligned_assign needs at least one gt slot (M == 0 is handled in Python)");
   check_labels(lab, C);
-  auto opts = pd_scores.options();
-  at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));
-  at::Tensor bboxes = at::empty({B, A, 4}, opts.dtype(at::kFloat));
-  at::Tensor scores = at::empty({B, A, C}, opts.dtype(at::kFloat));
-  at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
-  at::Tensor idx = at::empty({B, A}, opts.dtype(at::kLong));
+  auto [labels, bboxes, scores, fg, idx] = empty_outputs(pd_scores, B, A, C);
   if (B == 0 || A == 0) return {labels, bboxes, scores, fg, idx};
 
   Problem P{B, A, M, C, topk, alpha, beta, static_cast<float>(eps), anc.data_ptr<float>(), pd.data_ptr<float>(),

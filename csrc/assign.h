@@ -47,4 +47,14 @@ inline void check_labels(const at::Tensor& labels, int64_t C) {
               ") (num_classes=", C, "), got values in [", lo, ", ", hi, "]");
 }
 
+// The five outputs (labels, bboxes, scores, fg_mask, gt index), allocated alike by the CPU and CUDA ops.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_outputs(const at::Tensor& like,
+                                                                                            int64_t B, int64_t A,
+                                                                                            int64_t C) {
+  auto opts = like.options();
+  return {at::empty({B, A}, opts.dtype(at::kLong)), at::empty({B, A, 4}, opts.dtype(at::kFloat)),
+          at::empty({B, A, C}, opts.dtype(at::kFloat)), at::empty({B, A}, opts.dtype(at::kBool)),
+          at::empty({B, A}, opts.dtype(at::kLong))};
+}
+
 }  // namespace yolov10_kernels

@@ -309,11 +309,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_alig
   }
   check_labels(lab, C);
   auto opts = pd_scores.options();
-  at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));
-  at::Tensor bboxes = at::empty({B, A, 4}, opts.dtype(at::kFloat));
-  at::Tensor scores = at::empty({B, A, C}, opts.dtype(at::kFloat));
-  at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
-  at::Tensor idx = at::empty({B, A}, opts.dtype(at::kLong));
+  auto [labels, bboxes, scores, fg, idx] = empty_outputs(pd_scores, B, A, C);
   if (B == 0 || A == 0) return {labels, bboxes, scores, fg, idx};
 
   auto f32 = opts.dtype(at::kFloat);

@@ -75,6 +75,14 @@ def empty(shape, like, dtype):
     return poison(torch.empty(shape, dtype=dtype, device=like.device))
 
 
+def partial_stats(programs, channels, like, dtype, stats):
+    """Per-program (count, mean, M2) buffers of the statistics epilogue; 1-element dummies without it."""
+    if not stats:
+        dummy = like.new_empty(1, dtype=dtype)
+        return dummy, dummy, dummy
+    return empty(programs, like, dtype), empty((programs, channels), like, dtype), empty((programs, channels), like, dtype)
+
+
 def stat_dtype(x):
     """Statistics, partial sums and weight gradients are fp32 (fp64 for fp64 inputs)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32

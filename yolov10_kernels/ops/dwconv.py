@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 
 from ._train_common import (LIB, check_device, check_tensor, empty, empty_4d, interpreted, is_channels_last,
-                            load_channel_pair, load_stat_grads, merge_stats, next_pow2, silu_fwd, silu_fwd_bwd,
-                            split_tiles, stat_dtype, tile_stats_merge, tl_acc)
+                            load_channel_pair, load_stat_grads, merge_stats, next_pow2, partial_stats, silu_fwd,
+                            silu_fwd_bwd, split_tiles, stat_dtype, tile_stats_merge, tl_acc)
 
 Tensor = torch.Tensor
 
@@ -370,12 +370,7 @@ def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
     BP, BC, nw = _blocks(C, NP, x, K)
     cblk = triton.cdiv(C, BC)
     splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
-    if stats:
-        pcnt = empty(splits, x, sd)
-        pmean = empty((splits, C), x, sd)
-        pm2 = empty((splits, C), x, sd)
-    else:
-        pcnt = pmean = pm2 = x.new_empty(1, dtype=sd)
+    pcnt, pmean, pm2 = partial_stats(splits, C, x, sd, stats)
     si, ti, so, to = (_vec(t, sd) for t in (in_scale, in_shift, out_scale, out_shift))
     dummy = pcnt
     _dw_fwd_kernel[(splits, cblk)](

@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from ._train_common import (LIB, check_device, check_tensor, empty, empty_4d, interpreted, load_stat_grads,
-                            merge_stats, next_pow2, silu_fwd_bwd, stat_dtype, target_programs, tile_stats_merge,
-                            tl_acc)
+                            merge_stats, next_pow2, partial_stats, silu_fwd_bwd, stat_dtype, target_programs,
+                            tile_stats_merge, tl_acc)
 
 Tensor = torch.Tensor
 
@@ -247,12 +247,7 @@ def _pw_forward(x, weight, in_scale, in_shift, bias, in_act, stats):
     w = weight.detach().reshape(CO, CI)
     BM, BN, BK, nw = _blocks(M, CI, CO, x)
     mblk = triton.cdiv(M, BM)
-    if stats:
-        pcnt = empty(mblk, x, sd)
-        pmean = empty((mblk, CO), x, sd)
-        pm2 = empty((mblk, CO), x, sd)
-    else:
-        pcnt = pmean = pm2 = x.new_empty(1, dtype=sd)
+    pcnt, pmean, pm2 = partial_stats(mblk, CO, x, sd, stats)
     s, t, b = _vec(in_scale, sd), _vec(in_shift, sd), _vec(bias, sd)
     dummy = pcnt
     dot_dt, ieee = _dot_cfg(x)
