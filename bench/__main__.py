@@ -48,6 +48,8 @@ def parse_args(argv=None):
                    help="set-up check: tiny shapes (yolov10n at 64 px), every row's callable run once on the "
                         "device, nothing timed; torch.compile rows use the dynamo-only 'eager' backend")
     p.add_argument("--no-write", action="store_true", help="do not write result files")
+    p.add_argument("--stem", default=None,
+                   help="result file name without extension (default <device>-<UTC date-time>)")
     args = p.parse_args(argv)
     bad = [s for s in args.ops.split(",") if s and s not in SECTIONS]
     if bad:
@@ -66,106 +68,128 @@ def _configure_dynamo():
             setattr(cfg, name, value)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    t_start = time.monotonic()
+def _pick_device(name):
     import torch
-    from . import common, compare, e2e, ops
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+        raise SystemExit(2)
+    return device
 
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
-            return 2
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    _configure_dynamo()
-    sections = [s for s in args.ops.split(",") if s]
-    op_sections = [s for s in sections if s in ops.OPS]
-    scales = tuple(args.scales.split(",")) if args.scales else None
-    compile_mode = args.compile_mode or ("max-autotune" if cuda and not args.quick else "default")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    budget = common.Budget(args.budget or (440.0 if not args.quick else 160.0 if cuda else 240.0))
-    if args.smoke:
-        budget = common.Budget(args.budget or 10**9)
 
-    env = common.environment(device)
-    common.log(f"[bench] {env['device_name']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} "
-               f"| cuDNN {env['cudnn']} | commit {env['git_commit']}")
-    common.log(f"[bench] sections {sections}; {'smoke' if args.smoke else 'quick' if args.quick else 'full'}; "
-               f"compile mode {compile_mode} (scope {args.compile_scope}); budget {budget.total_s:.0f}s")
-    copy_bw = None
-    if not args.smoke:
-        copy_bw = common.measure_copy_bandwidth(device)
-        common.log(f"[bench] copy bandwidth {copy_bw:.0f} GB/s (read + write)")
+class _Run:
+    """One invocation's settings, rows and result file (rewritten after every section, so a run killed from
+    outside still leaves what it measured)."""
 
-    dtype = torch.bfloat16 if cuda else torch.float32
-    rows = []
-    created = _dt.datetime.now(_dt.timezone.utc)
-    out_dir = args.out or os.environ.get("BENCH_OUT") or common.RESULTS_DIR
+    def __init__(self, args, device):
+        import torch
+        from . import common
+        self.args, self.device, self.t_start = args, device, time.monotonic()
+        self.cuda = device.type == "cuda"
+        self.sections = [s for s in args.ops.split(",") if s]
+        self.scales = tuple(args.scales.split(",")) if args.scales else None
+        self.compile_mode = args.compile_mode or ("max-autotune" if self.cuda and not args.quick else "default")
+        self.budget = common.Budget(args.budget or (10**9 if args.smoke else 440.0 if not args.quick
+                                                    else 160.0 if self.cuda else 240.0))
+        self.env = common.environment(device)
+        self.copy_bw = None
+        self.dtype = torch.bfloat16 if self.cuda else torch.float32
+        self.rows = []
+        self.created = _dt.datetime.now(_dt.timezone.utc)
+        self.out_dir = args.out or os.environ.get("BENCH_OUT") or common.RESULTS_DIR
 
-    def result():
+    def result(self):
+        import torch
+        from . import common
+        a = self.args
         return {
             "schema": common.SCHEMA,
-            "created": created.strftime("%Y-%m-%d %H:%M UTC"),
-            "env": env,
-            "args": {"device": str(device), "quick": args.quick, "smoke": args.smoke, "sections": sections,
-                     "scales": scales, "compile_mode": compile_mode, "compile_scope": args.compile_scope,
-                     "e2e_compile_mode": args.e2e_compile_mode, "budget_s": budget.total_s,
-                     "dtype": str(dtype).replace("torch.", ""),
-                     "memory_format": "channels_last" if cuda else "contiguous", "rep_ms": args.rep_ms,
+            "created": self.created.strftime("%Y-%m-%d %H:%M UTC"),
+            "env": self.env,
+            "args": {"device": str(self.device), "quick": a.quick, "smoke": a.smoke, "sections": self.sections,
+                     "scales": self.scales, "compile_mode": self.compile_mode, "compile_scope": a.compile_scope,
+                     "e2e_compile_mode": a.e2e_compile_mode, "budget_s": self.budget.total_s,
+                     "dtype": str(self.dtype).replace("torch.", ""),
+                     "memory_format": "channels_last" if self.cuda else "contiguous", "rep_ms": a.rep_ms,
                      "threads": torch.get_num_threads()},
-            "copy_bandwidth_gbs": copy_bw,
-            "budget_log": budget.log,
-            "wall_s": time.monotonic() - t_start,
-            "rows": rows,
+            "copy_bandwidth_gbs": self.copy_bw,
+            "budget_log": self.budget.log,
+            "wall_s": time.monotonic() - self.t_start,
+            "rows": self.rows,
         }
 
-    def save(final=False):
-        """Results are rewritten after every section, so a run killed from outside still leaves them."""
-        if args.no_write:
+    def save(self, final=False):
+        from . import common, results
+        if self.args.no_write:
             return
-        paths = common.write_results(result(), out_dir, created.strftime("%Y-%m-%d-%H%M"))
+        paths = results.write_results(self.result(), self.out_dir, self.created.strftime("%Y-%m-%d-%H%M"),
+                                      stem=self.args.stem)
         if final:
             common.log(f"[bench] wrote {paths[0]} and {paths[1]}")
 
-    first, rest = [], []
-    if op_sections:
-        if args.smoke:
-            first = ops.default_cases(device, smoke=True, ops=op_sections)
-        else:
-            first, rest = ops.default_cases(device, quick=args.quick, compile_scope=args.compile_scope,
-                                            scales=scales, ops=op_sections)
-    common_kw = dict(dtype=dtype, channels_last=cuda, rep_ms=args.rep_ms, smoke=args.smoke,
-                     compile_request=compile_mode, compile_backend="eager" if args.smoke else "inductor",
-                     copy_bw=copy_bw)
-    if first:
-        budget.section("ops (target shapes)", 0.5)
-        rows += ops.run(device, budget, first, **common_kw)
-        save()
-    if "assign" in sections and not args.smoke:
-        budget.section("assign", 0.2)
-        rows += run_assign(device, args.quick, budget)
-        save()
-    if rest:
-        budget.section("ops (other scales and batches)", 0.2)
-        rows += ops.run(device, budget, rest, **common_kw)
-        save()
-    if "e2e" in sections:
-        budget.section("e2e", 1.0)
-        e2e_scales = ("tiny",) if args.smoke else scales or (("n",) if args.quick else ("n", "s"))
-        rows += e2e.run(device, budget, scales=e2e_scales, quick=args.quick, smoke=args.smoke,
-                        compile_mode=args.e2e_compile_mode, rep_ms=args.rep_ms)
-    save(final=True)
-    n_ok = len(compare.ok_rows(rows))
-    common.log(f"[bench] {n_ok} timed rows, {len(rows) - n_ok} not timed (see status); "
-               f"wall {time.monotonic() - t_start:.0f}s\n")
-    res = result()
+    def sections_run(self):
+        """Target shapes first (half the budget), then assignment, other shapes and end to end."""
+        from . import e2e, ops
+        a, op_sections = self.args, [s for s in self.sections if s in ops.OPS]
+        first, rest = [], []
+        if op_sections and a.smoke:
+            first = ops.default_cases(self.device, smoke=True, ops=op_sections)
+        elif op_sections:
+            first, rest = ops.default_cases(self.device, quick=a.quick, compile_scope=a.compile_scope,
+                                            scales=self.scales, ops=op_sections)
+        kw = dict(dtype=self.dtype, channels_last=self.cuda, rep_ms=a.rep_ms, smoke=a.smoke,
+                  compile_request=self.compile_mode, compile_backend="eager" if a.smoke else "inductor",
+                  copy_bw=self.copy_bw)
+        if first:
+            self.budget.section("ops (target shapes)", 0.5)
+            self.rows += ops.run(self.device, self.budget, first, **kw)
+            self.save()
+        if "assign" in self.sections and not a.smoke:
+            self.budget.section("assign", 0.2)
+            self.rows += run_assign(self.device, a.quick, self.budget)
+            self.save()
+        if rest:
+            self.budget.section("ops (other scales and batches)", 0.2)
+            self.rows += ops.run(self.device, self.budget, rest, **kw)
+            self.save()
+        if "e2e" in self.sections:
+            self.budget.section("e2e", 1.0)
+            e2e_scales = ("tiny",) if a.smoke else self.scales or (("n",) if a.quick else ("n", "s"))
+            self.rows += e2e.run(self.device, self.budget, scales=e2e_scales, quick=a.quick, smoke=a.smoke,
+                                 compile_mode=a.e2e_compile_mode, rep_ms=a.rep_ms)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    from . import common, compare
+
+    device = _pick_device(args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    _configure_dynamo()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = _Run(args, device)
+    env = run.env
+    common.log(f"[bench] {env['device_name']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} "
+               f"| cuDNN {env['cudnn']} | commit {env['git_commit']}")
+    common.log(f"[bench] sections {run.sections}; {'smoke' if args.smoke else 'quick' if args.quick else 'full'}; "
+               f"compile mode {run.compile_mode} (scope {args.compile_scope}); budget {run.budget.total_s:.0f}s")
+    if not args.smoke:
+        run.copy_bw = common.measure_copy_bandwidth(device)
+        common.log(f"[bench] copy bandwidth {run.copy_bw:.0f} GB/s (read + write)")
+    try:
+        run.sections_run()
+    finally:  # an interrupt (the GPU session's time limit) still leaves every row measured so far
+        run.save(final=True)
+    n_ok = len(compare.ok_rows(run.rows))
+    common.log(f"[bench] {n_ok} timed rows, {len(run.rows) - n_ok} not timed (see status); "
+               f"wall {time.monotonic() - run.t_start:.0f}s\n")
+    res = run.result()
     print(compare.header(res))
     print(compare.short_tables(res), flush=True)  # last: the short ratio table
     return 0

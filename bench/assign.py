@@ -9,8 +9,8 @@ only: the reference would need several GB); CUDA: B = 16, M in {100, 300, 1000}.
 between M/2 and M boxes (padded to M as the loss does), predictions are jittered copies of the gts (a
 mid-training model), scores uniform.
 
-Timing: CPU host timer (perf_counter) over repeated calls, median / p20 / p80; CUDA triton's do_bench (median,
-p20, p80; CUDA events when triton is missing).
+Timing: bench/common.py's timers: on the CPU a host timer (perf_counter) over a fixed number of calls after one
+warm-up call, median / p20 / p80; on CUDA triton's do_bench (CUDA events when triton is missing).
 
 Extra memory = peak of the bytes allocated during the call minus the outputs still alive at that moment (the
 inputs exist before the call and are not counted):
@@ -29,16 +29,17 @@ with other work, a parallel region can wait a scheduler slice for its second thr
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import torch
+
+from .common import NotAvailable, time_cpu, time_cuda
 
 CPU_THREADS = 2
 TARGET_SPEEDUP = {"cpu": 10.0, "cuda": 20.0}
 TARGET_MEM_RATIO = 20.0
+OP_BACKEND = {"cpu": "cpp", "cuda": "cuda"}  # FusedTaskAlignedAssigner backend that runs only the fused op
 M2000_LIMIT_S = 2.0
 
 
@@ -69,43 +70,6 @@ def make_inputs(B, M, nc=80, img=640, seed=0, device="cpu"):
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def _time_cpu(fn, reps, warmup=1):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return _quantiles(ts), "perf_counter"
-
-
-def _quantiles(ts):
-    ts = sorted(ts)
-    q = statistics.quantiles(ts, n=10, method="inclusive") if len(ts) > 1 else [ts[0]] * 9
-    return statistics.median(ts), q[1], q[7]  # median, p20, p80
-
-
-def _time_cuda(fn):
-    try:
-        from triton.testing import do_bench
-        med, p20, p80 = do_bench(fn, quantiles=[0.5, 0.2, 0.8], rep=200, warmup=25)
-        return (med, p20, p80), "triton.do_bench"
-    except ImportError:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(20):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            ts.append(s.elapsed_time(e))
-        return _quantiles(ts), "cuda events"
-
-
 def _storages(outs):
     return {t.untyped_storage().data_ptr() for t in outs if isinstance(t, torch.Tensor) and t.numel()}
 
@@ -164,11 +128,11 @@ def run(device, quick=False):
     "peak_extra_mb", ...}; "ours" rows also carry speedup / mem_ratio / correctness against the reference
     and the issue's target for that row (target, target_measured, target_met)."""
     from yolov10.assign import TaskAlignedAssigner
-    from yolov10_kernels.assign import FusedTaskAlignedAssigner, load_op
+    from yolov10_kernels import FusedTaskAlignedAssigner
 
     device = torch.device(device)
     dev = device.type
-    ok, how = load_op()
+    ok, how = op_status(dev)
     if dev == "cuda":
         B, Ms, extra_ms = 16, ([100, 300] if quick else [100, 300, 1000]), []
     else:
@@ -188,7 +152,7 @@ def run(device, quick=False):
                     base["threads"] = torch.get_num_threads()
                 ref_mod = TaskAlignedAssigner(topk=topk, num_classes=nc, alpha=0.5, beta=6.0)
                 ours_mod = FusedTaskAlignedAssigner(topk=topk, num_classes=nc, alpha=0.5, beta=6.0,
-                                                    backend="fused" if ok else "reference")
+                                                    backend=OP_BACKEND[dev])
                 ref_row, ref_out = None, None
                 if M in Ms:
                     ref_row, ref_out = _measure(lambda: ref_mod(*x), dev, reps=3 if quick else 5)
@@ -203,7 +167,7 @@ def run(device, quick=False):
                 row["backend"] = how
                 if dev == "cpu":  # context: 2 threads on cores shared with other work wait at every barrier
                     torch.set_num_threads(1)
-                    row["median_ms_1thread"] = _time_cpu(lambda: ours_mod(*x), 10 if quick else 20)[0][0]
+                    row["median_ms_1thread"] = _timer(lambda: ours_mod(*x), dev, 10 if quick else 20).median_ms
                     torch.set_num_threads(CPU_THREADS)
                 if ref_out is not None:
                     row["flips"], row["identical"], row["max_score_diff"] = _check(ref_out, out)
@@ -228,14 +192,28 @@ def run(device, quick=False):
     return rows
 
 
-def _measure(fn, dev, reps):
+def op_status(dev):
+    """(usable, how or why) of the fused op for `dev` tensors; the first call loads (or JIT-builds) it."""
+    import yolov10_kernels
+    x = make_inputs(1, 2, nc=4, img=64, seed=0, device=dev)
+    try:
+        yolov10_kernels.FusedTaskAlignedAssigner(topk=1, num_classes=4, backend=OP_BACKEND[dev])(*x)
+    except (RuntimeError, NotAvailable) as e:
+        return False, str(e)
+    return True, yolov10_kernels.available()[OP_BACKEND[dev]][1]
+
+
+def _timer(fn, dev, reps):
     if dev == "cuda":
-        (med, p20, p80), timer = _time_cuda(fn)
-        mem, out = _cuda_peak_extra_mb(fn)
-    else:
-        (med, p20, p80), timer = _time_cpu(fn, reps)
-        mem, out = _cpu_peak_extra_mb(fn)
-    return {"median_ms": med, "p20_ms": p20, "p80_ms": p80, "timer": timer, "peak_extra_mb": mem}, out
+        return time_cuda(fn, rep_ms=200.0, warmup_ms=25.0)
+    return time_cpu(fn, rep_ms=0.0, warmup_ms=0.0, min_reps=reps, max_reps=reps)
+
+
+def _measure(fn, dev, reps):
+    t = _timer(fn, dev, reps)
+    mem, out = (_cuda_peak_extra_mb if dev == "cuda" else _cpu_peak_extra_mb)(fn)
+    return {"median_ms": t.median_ms, "p20_ms": t.p20_ms, "p80_ms": t.p80_ms, "timer": t.timer,
+            "peak_extra_mb": mem}, out
 
 
 def table(rows):

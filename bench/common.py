@@ -1,8 +1,7 @@
 """Shared benchmark machinery: timers (CUDA: triton.testing.do_bench / do_bench_cudagraph; CPU: perf_counter),
 rotating input pools, peak memory, copy bandwidth, environment capture, the time budget, result rows and the
-JSON / markdown writers. Every other bench module builds on these."""
+result-file reader (bench/results.py writes them). Every other bench module builds on these."""
 import dataclasses
-import datetime as _dt
 import gc
 import itertools
 import json
@@ -319,38 +318,6 @@ def row_key(r):
 
 
 # -------------------------------------------------------------------------------------------------- I/O
-def result_paths(env, out_dir, stamp=None):
-    stamp = stamp or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d-%H%M")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base = out_dir / f"{device_slug(env)}-{stamp}"
-    return base.with_suffix(".json"), base.with_suffix(".md")
-
-
-def _clean(v):
-    if isinstance(v, float):
-        return None if math.isnan(v) or math.isinf(v) else round(v, 6)
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, torch.Size):
-        return list(v)
-    if isinstance(v, (torch.dtype, torch.device, Path)):
-        return str(v)
-    return v
-
-
-def write_results(result, out_dir, stamp=None):
-    """Write <device>-<stamp>.json and .md under out_dir (stamp: UTC date and time, default now)."""
-    from .compare import markdown  # compare imports this module
-    jpath, mpath = result_paths(result["env"], out_dir, stamp)
-    result = _clean(result)
-    jpath.write_text(json.dumps(result, indent=1) + "\n")
-    mpath.write_text(markdown(result))
-    return jpath, mpath
-
-
 def load_results(path):
     data = json.loads(Path(path).read_text())
     if "rows" not in data or "env" not in data:

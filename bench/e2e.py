@@ -34,13 +34,13 @@ def _fused_assigner():
 
 
 def _accelerate(model):
-    """accelerate(model) with backend='auto'; returns the ops actually swapped."""
+    """accelerate(model) with backend='auto'; returns the drop-in classes now in the model and the warnings."""
     import warnings
     from yolov10_kernels import accelerate
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         accelerate(model)
-    swapped = {k: v for k, v in (getattr(model, "accelerated", {}) or {}).items() if v}
+    swapped = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("yolov10_kernels")})
     return swapped, [str(x.message) for x in w]
 
 
@@ -164,39 +164,43 @@ def run(device, budget, scales=("n", "s"), quick=False, smoke=False, compile_mod
             rows.append(make_row(status=f"error: set-up {type(e).__name__}: {e}", **base))
             log(f"[e2e] {base['case']} {kind} {impl}: error {type(e).__name__}: {e}")
             continue
-        try:
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            first_s = time.perf_counter() - t0
-            if smoke:
-                rows.append(make_row(status="ok (smoke: ran once, not timed)", note=note, **base))
-                log(f"[e2e] {base['case']} {kind:5s} {impl:8s} ran once in {first_s:.2f}s (smoke)")
-                continue
-            graph = cuda and kind == "infer" and b <= 8
-            try:
-                t = time_fn(fn, device, rep_ms, 200.0, cudagraph=graph)
-            except Exception as e:
-                if not graph:
-                    raise
-                note += f"; CUDA-graph capture failed ({type(e).__name__}: {str(e)[:80]}), timed without"
-                graph = False
-                t = time_fn(fn, device, rep_ms, 200.0)
-            peak = peak_extra_mb(fn, device)
-        except Exception as e:
-            if smoke:
-                raise
-            rows.append(make_row(status=f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}", note=note,
-                                 **base))
-            log(f"[e2e] {base['case']} {kind} {impl}: error {type(e).__name__}: {e}")
-            continue
-        ips = b / (t.median_ms * 1e-3)
-        rows.append(make_row(**base, **timing_fields(t), images_per_s=ips, peak_extra_mb=peak, cudagraph=graph,
-                             compile_s=first_s if impl == "compile" else None,
-                             compile_mode=compile_mode if impl == "compile" else None, note=note))
-        log(f"[e2e] {base['case']} {kind:5s} {impl:8s} {t.median_ms:9.2f} ms  {ips:8.1f} img/s"
-            f"{'  (first call ' + format(first_s, '.1f') + ' s)' if impl == 'compile' else ''}  {note}")
+        rows.append(_measure(fn, note, base, device, smoke, rep_ms, compile_mode))
         del fn
         if cuda:
             torch.cuda.empty_cache()
     return rows
+
+
+def _measure(fn, note, base, device, smoke, rep_ms, compile_mode):
+    """The row of one set-up job: its first call (compilation) apart, then the timing (CUDA-graph replay for
+    the small-batch inference rows on the GPU, falling back to plain timing when capture fails)."""
+    kind, impl, b = base["op"][4:], base["impl"], base["batch"]
+    try:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        first_s = time.perf_counter() - t0
+        if smoke:
+            log(f"[e2e] {base['case']} {kind:5s} {impl:8s} ran once in {first_s:.2f}s (smoke)")
+            return make_row(status="ok (smoke: ran once, not timed)", note=note, **base)
+        graph = device.type == "cuda" and kind == "infer" and b <= 8
+        try:
+            t = time_fn(fn, device, rep_ms, 200.0, cudagraph=graph)
+        except Exception as e:
+            if not graph:
+                raise
+            note += f"; CUDA-graph capture failed ({type(e).__name__}: {str(e)[:80]}), timed without"
+            graph = False
+            t = time_fn(fn, device, rep_ms, 200.0)
+        peak = peak_extra_mb(fn, device)
+    except Exception as e:
+        if smoke:
+            raise
+        log(f"[e2e] {base['case']} {kind} {impl}: error {type(e).__name__}: {e}")
+        return make_row(status=f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}", note=note, **base)
+    ips = b / (t.median_ms * 1e-3)
+    log(f"[e2e] {base['case']} {kind:5s} {impl:8s} {t.median_ms:9.2f} ms  {ips:8.1f} img/s"
+        f"{'  (first call ' + format(first_s, '.1f') + ' s)' if impl == 'compile' else ''}  {note}")
+    return make_row(**base, **timing_fields(t), images_per_s=ips, peak_extra_mb=peak, cudagraph=graph,
+                    compile_s=first_s if impl == "compile" else None,
+                    compile_mode=compile_mode if impl == "compile" else None, note=note)

@@ -122,15 +122,12 @@ def fold_bn(module):
 
 # ------------------------------------------------------------------------------------------ the variants
 def _ops_swap(op):
-    from yolov10_kernels.accelerate import OPS as K_OPS
+    """The op's swap(model, backend), as accelerate() calls it."""
+    from yolov10_kernels import OPS as K_OPS
     from yolov10_kernels.backend import kernels_disabled
-    import importlib
     if kernels_disabled():
         raise NotAvailable("YOLOV10_KERNELS=off")
-    try:
-        return importlib.import_module(K_OPS[op]).swap
-    except ImportError as e:
-        raise NotAvailable(f"{K_OPS[op]} is not importable yet ({type(e).__name__}: {e})") from None
+    return K_OPS[op]
 
 
 def ours_backend(device):
@@ -367,80 +364,80 @@ class _Runner:
             out = m(*pool.next())
             return out if isinstance(out, (list, tuple)) else [out]
 
-        rows = []
-        compile_s = None
         try:
-            # first call(s): compilation / autotuning / lazy init, outside the timing
-            t0 = time.perf_counter()
-            if train:
-                outs = fwd()
-                grads = [torch.randn_like(o) for o in outs]
-                torch.autograd.backward(outs, grads)
-            else:
-                with torch.no_grad():
-                    outs = fwd()
-                grads = None
-            sync(self.device)
-            first_s = time.perf_counter() - t0
-            if self.smoke:
-                log(f"    {impl:13s} first call {first_s:.2f}s")
-            if impl.startswith("compile"):
-                compile_s = first_s
-                self.compile_times.append(first_s)
-            out_bytes = nbytes(outs)
-            del outs
+            out_bytes, grads, compile_s = self._first_call(impl, train, fwd)
         except Exception as e:
             msg = f"error: first call {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             log(f"    {impl:13s} {msg}")
             log(traceback.format_exc(limit=-4))
             return [make_row(mode=md, status=msg, **base) for md in modes]
-
-        in_bytes = per_set
-        fwd_bytes = in_bytes + out_bytes + w_bytes
-        bwd_bytes = out_bytes + 2 * in_bytes + 2 * w_bytes
-        bytes_by_mode = {"infer": fwd_bytes, "train_fwd": fwd_bytes, "train_bwd": bwd_bytes,
-                         "train_full": fwd_bytes + bwd_bytes}
-        grad_to_none = params + [t for s in pool.items for t in s]
-        timed = {}
+        fwd_bytes = per_set + out_bytes + w_bytes
+        bwd_bytes = out_bytes + 2 * per_set + 2 * w_bytes
+        ctx = dict(fwd=fwd, grads=grads, pool=pool, grad_to_none=params + [t for s in pool.items for t in s],
+                   cudagraph=cudagraph, base=dict(base, compile_s=compile_s, compile_mode=cmode),
+                   bytes_by_mode={"infer": fwd_bytes, "train_fwd": fwd_bytes, "train_bwd": bwd_bytes,
+                                  "train_full": fwd_bytes + bwd_bytes})
+        rows, timed = [], {}
         order = {"infer": 0, "train_fwd": 1, "train_full": 2, "train_bwd": 3}  # bwd last: it may be derived
         for md in sorted(modes, key=order.get):
-            note = ""
-            try:
-                fn, gtn = self._callable(md, fwd, grads, pool, grad_to_none)
-                if self.smoke:
-                    # nothing left to run: the first call above was infer's callable, or train_full's (whose
-                    # forward is train_fwd's callable), and train_bwd's set-up ran its callable once
-                    rows.append(make_row(mode=md, status="ok (smoke: ran once, not timed)", compile_s=compile_s,
-                                         compile_mode=cmode, **base))
-                    continue
-                t = time_fn(fn, self.device, self.rep_ms, self.warmup_ms, cudagraph=cudagraph and md == "infer",
-                            grad_to_none=gtn)
-                peak = peak_extra_mb(fn, self.device)
-                timed[md] = t.median_ms
-                fields = timing_fields(t)
-            except Exception as e:
-                if md == "train_bwd" and {"train_fwd", "train_full"} <= set(timed):
-                    fields = {"median_ms": max(timed["train_full"] - timed["train_fwd"], 0.0), "p20_ms": None,
-                              "p80_ms": None, "timer": "derived"}
-                    peak = None
-                    note = (f"derived as train_full - train_fwd: a retained graph cannot be replayed here "
-                            f"({type(e).__name__})")
-                else:
-                    msg = f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                    log(f"    {impl:13s} {md:10s} {msg}")
-                    rows.append(make_row(mode=md, status=msg, **base))
-                    log(traceback.format_exc(limit=-4))
-                    continue
-            gbs = bytes_by_mode[md] / (fields["median_ms"] * 1e-3) / 1e9 if fields["median_ms"] else None
-            row = make_row(mode=md, **base, **fields, peak_extra_mb=peak, bytes_moved=bytes_by_mode[md], gbps=gbs,
-                           pct_copy_bw=(100 * gbs / self.copy_bw) if (gbs and self.copy_bw) else None,
-                           cudagraph=bool(cudagraph and md == "infer"), pool=len(pool), compile_s=compile_s,
-                           compile_mode=cmode, note=note)
-            rows.append(row)
-            log(f"    {impl:13s} {md:10s} {fields['median_ms']:9.4f} ms  (p20 {fields['p20_ms'] or 0:.4f}, "
-                f"p80 {fields['p80_ms'] or 0:.4f})  {gbs or 0:7.1f} GB/s  peak {peak if peak is not None else '-'}"
-                f"{'  ' + note if note else ''}")
+            rows += self._time_mode(md, impl, ctx, timed)
         return rows
+
+    def _first_call(self, impl, train, fwd):
+        """Compilation / autotuning / lazy initialisation, outside the timing. Returns (output bytes, the
+        backward's grad-outputs or None, compile seconds for compile rows)."""
+        t0 = time.perf_counter()
+        if train:
+            outs = fwd()
+            grads = [torch.randn_like(o) for o in outs]
+            torch.autograd.backward(outs, grads)
+        else:
+            with torch.no_grad():
+                outs = fwd()
+            grads = None
+        sync(self.device)
+        first_s = time.perf_counter() - t0
+        if self.smoke:
+            log(f"    {impl:13s} first call {first_s:.2f}s")
+        compile_s = None
+        if impl.startswith("compile"):
+            compile_s = first_s
+            self.compile_times.append(first_s)
+        return nbytes(outs), grads, compile_s
+
+    def _time_mode(self, md, impl, ctx, timed):
+        """The row of one mode (a list of one row); `timed` collects medians so train_bwd can be derived."""
+        base, note = ctx["base"], ""
+        try:
+            fn, gtn = self._callable(md, ctx["fwd"], ctx["grads"], ctx["pool"], ctx["grad_to_none"])
+            if self.smoke:
+                # nothing left to run: the first call was infer's callable, or train_full's (whose forward is
+                # train_fwd's callable), and train_bwd's set-up ran its callable once
+                return [make_row(mode=md, status="ok (smoke: ran once, not timed)", **base)]
+            graph = ctx["cudagraph"] and md == "infer"
+            t = time_fn(fn, self.device, self.rep_ms, self.warmup_ms, cudagraph=graph, grad_to_none=gtn)
+            peak = peak_extra_mb(fn, self.device)
+            timed[md] = t.median_ms
+            fields = timing_fields(t)
+        except Exception as e:
+            if not (md == "train_bwd" and {"train_fwd", "train_full"} <= set(timed)):
+                msg = f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                log(f"    {impl:13s} {md:10s} {msg}")
+                log(traceback.format_exc(limit=-4))
+                return [make_row(mode=md, status=msg, **base)]
+            fields = {"median_ms": max(timed["train_full"] - timed["train_fwd"], 0.0), "p20_ms": None,
+                      "p80_ms": None, "timer": "derived"}
+            peak = None
+            note = f"derived as train_full - train_fwd: a retained graph cannot be replayed here ({type(e).__name__})"
+        moved = ctx["bytes_by_mode"][md]
+        gbs = moved / (fields["median_ms"] * 1e-3) / 1e9 if fields["median_ms"] else None
+        row = make_row(mode=md, **base, **fields, peak_extra_mb=peak, bytes_moved=moved, gbps=gbs,
+                       pct_copy_bw=(100 * gbs / self.copy_bw) if (gbs and self.copy_bw) else None,
+                       cudagraph=bool(ctx["cudagraph"] and md == "infer"), pool=len(ctx["pool"]), note=note)
+        log(f"    {impl:13s} {md:10s} {fields['median_ms']:9.4f} ms  (p20 {fields['p20_ms'] or 0:.4f}, "
+            f"p80 {fields['p80_ms'] or 0:.4f})  {gbs or 0:7.1f} GB/s  peak {peak if peak is not None else '-'}"
+            f"{'  ' + note if note else ''}")
+        return [row]
 
     def _callable(self, mode, fwd, grads, pool, grad_to_none):
         if mode == "infer":

@@ -4,6 +4,8 @@
 // Semantics: exactly those of yolov10.assign.TaskAlignedAssigner (= ultralytics 8.3.253
 // utils/tal.py TaskAlignedAssigner), for M > 0 (the Python wrapper handles M == 0):
 //   in(m,a)   = min(ax - x1, ay - y1, x2 - ax, y2 - ay) > 1e-9      (anchor strictly inside the gt)
+//               with stride_val > 0 (ultralytics 8.4): inside the gt sent through xyxy -> xywh -> xyxy
+//               whose sides below stride_val are raised to it (valid gts only); CIoU still uses the gt
 //   pair(m,a) = in(m,a) && mask_gt(m)
 //   ov(m,a)   = pair ? clamp(CIoU(gt_m, pd_a), 0) : 0
 //   am(m,a)   = pair ? score(a, label_m)^alpha * ov^beta : 0
@@ -11,6 +13,9 @@
 //   pos(m,a)  = a in topk(m) && pair(m,a)
 //   anchors claimed by >= 2 gts go to argmax_m ov(m,a) over ALL gts (first max; may be a gt that did not
 //   claim the anchor, or gt 0 if every overlap is 0), target_gt_idx = that gt (0 for background),
+//   with topk2 > 0 and != topk (ultralytics 8.4): each gt keeps only the anchors it won that are in the
+//   top-topk2 of its row am(m, .) * won(m, .) (torch.topk over all A, ties as above); the others become
+//   background,
 //   target_scores[a, label] = am(w,a) * max_pos ov(w,.) / (max_pos am(w,.) + eps).
 // Nothing of shape (B, M, A) is materialised: per (image, gt) only the anchors inside the gt are visited
 // (found through an anchor index sorted by (y, x)), their CIoU and metric are computed and a top-k is
@@ -231,6 +236,24 @@ inline float ciou_clamped(const float* g, const float* p, float atan_g, float at
   return t_clamp0(iou - (rho2 / c2 + v * alpha));
 }
 
+// The box of the inside test: the gt itself, or with stride_val > 0 (ultralytics 8.4 select_candidates_in_gts)
+// the gt through xyxy2xywh -> sides below stride_val raised to it (valid gts) -> xywh2xyxy, in that float32 order.
+inline void inside_box(const float* g, bool valid, float stride_val, float* out) {
+  if (!(stride_val > 0.f)) {
+    std::memcpy(out, g, 4 * sizeof(float));
+    return;
+  }
+  const float xc = (g[0] + g[2]) / 2.f, yc = (g[1] + g[3]) / 2.f;
+  float w = g[2] - g[0], h = g[3] - g[1];
+  if (valid && w < stride_val) w = stride_val;
+  if (valid && h < stride_val) h = stride_val;
+  const float hw = w / 2.f, hh = h / 2.f;
+  out[0] = xc - hw;
+  out[1] = yc - hh;
+  out[2] = xc + hw;
+  out[3] = yc + hh;
+}
+
 inline bool inside(const float* g, float ax, float ay) {
   // (anc - lt, rb - anc).amin(-1) > eps; NaN anywhere -> false, as amin propagates NaN
   const float d0 = ax - g[0], d1 = ay - g[1], d2 = g[2] - ax, d3 = g[3] - ay;
@@ -252,6 +275,8 @@ inline float score_at(const scalar_t* s, int64_t sA, int64_t sC, int64_t a, int6
 
 struct Problem {
   int64_t B, A, M, C, K;
+  int64_t K2;          // second top-k (ultralytics 8.4 topk2); 0 = none
+  float stride_val;    // minimum gt side of the inside test (ultralytics 8.4); 0 = the gt as is
   double alpha, beta;
   float eps;
   const float* anc;   // (A, 2)
@@ -345,6 +370,9 @@ struct Workspace {
   float* amw;       // (A) align metric of (winner, anchor)
   float* ovw;       // (A) overlap of (winner, anchor)
   float* atan_gt;   // (M) atan(w/h) of the image's gts
+  float* ibox;      // (4M) boxes of the inside test
+  int32_t* grp;     // (M+1) offsets of each gt's won anchors (topk2)
+  int32_t* sel;     // (max(K, K2)) anchors selected by a top-k
   float* pal;       // (M) per-gt max align metric over its positives
   float* pov;       // (M) per-gt max overlap over its positives
   int32_t* pos_a;   // (M*K) positives of each gt: anchor, metric, overlap
@@ -352,7 +380,9 @@ struct Workspace {
   float* pos_ov;    // (M*K)
   int32_t* pos_n;   // (M)
   Elem* queue;      // (A) full topk queue, only for the nth_element path
-  static int64_t words(int64_t A, int64_t M, int64_t K) { return 9 * A + 4 * M + 3 * M * K; }
+  static int64_t words(int64_t A, int64_t M, int64_t K, int64_t Kmax) {
+    return 9 * A + 4 * M + 3 * M * K + 5 * M + 1 + Kmax;
+  }
   Workspace(float* base, int64_t A, int64_t M, int64_t K, Elem* q) {
     cand = reinterpret_cast<int32_t*>(base);
     cov = base + A;
@@ -371,24 +401,17 @@ struct Workspace {
     pos_a = reinterpret_cast<int32_t*>(g + 4 * M);
     pos_am = g + 4 * M + M * K;
     pos_ov = g + 4 * M + 2 * M * K;
+    ibox = g + 4 * M + 3 * M * K;
+    grp = reinterpret_cast<int32_t*>(ibox + 4 * M);
+    sel = grp + M + 1;
     queue = q;
   }
 };
 
-// top-k of one gt's metric row (zeros for every anchor outside the gt) exactly as ATen's topk_impl_loop
-// selects it; appends the selected anchors that are inside the gt (candidates) to my_*; returns their count.
-int64_t select_topk(const int32_t* cand, const float* cam, const float* cov, int64_t n, int64_t A, int64_t K,
-                    Elem* queue, Elem* heap, int32_t* my_a, float* my_am, float* my_ov) {
-  int64_t npos = 0;
-  auto emit = [&](int64_t a) {
-    const int32_t* it = std::lower_bound(cand, cand + n, static_cast<int32_t>(a));
-    if (it == cand + n || *it != a) return;  // outside the gt: not a positive
-    const int64_t j = it - cand;
-    my_a[npos] = static_cast<int32_t>(a);
-    my_am[npos] = cam[j];
-    my_ov[npos] = cov[j];
-    npos++;
-  };
+// top-k of a metric row that is v[j] at anchors cand[j] (ascending) and 0 at every other anchor, selected
+// exactly as ATen's topk_impl_loop does on the CPU; writes the K selected anchors to sel (in no useful order).
+void topk_row(const int32_t* cand, const float* v, int64_t n, int64_t A, int64_t K, Elem* queue, Elem* heap,
+              int32_t* sel) {
   TopkGreater comp;
   if (K * 64 <= A) {
     // partial_sort = heap_select: a heap of elements 0..K-1, then every later element that compares greater
@@ -396,26 +419,64 @@ int64_t select_topk(const int32_t* cand, const float* cam, const float* cov, int
     // index order.
     int64_t j = 0;
     for (int64_t e = 0; e < K; e++) {
-      float v = 0.f;
-      if (j < n && cand[j] == e) v = cam[j++];
-      heap[e] = Elem(v, e);
+      float x = 0.f;
+      if (j < n && cand[j] == e) x = v[j++];
+      heap[e] = Elem(x, e);
     }
     std::make_heap(heap, heap + K, comp);
     for (; j < n; j++) {
-      const Elem x(cam[j], cand[j]);
+      const Elem x(v[j], cand[j]);
       if (comp(x, heap[0])) {
         heap[K] = x;
         std::pop_heap(heap, heap + K + 1, comp);
       }
     }
-    for (int64_t e = 0; e < K; e++) emit(heap[e].second);
+    for (int64_t e = 0; e < K; e++) sel[e] = static_cast<int32_t>(heap[e].second);
   } else {  // nth_element over the whole row
     for (int64_t a = 0; a < A; a++) queue[a] = Elem(0.f, a);
-    for (int64_t j = 0; j < n; j++) queue[cand[j]].first = cam[j];
+    for (int64_t j = 0; j < n; j++) queue[cand[j]].first = v[j];
     std::nth_element(queue, queue + K - 1, queue + A, comp);
-    for (int64_t e = 0; e < K; e++) emit(queue[e].second);
+    for (int64_t e = 0; e < K; e++) sel[e] = static_cast<int32_t>(queue[e].second);
   }
-  return npos;
+}
+
+// position of anchor a in the ascending list cand[0..n), or -1
+inline int64_t find_anchor(const int32_t* cand, int64_t n, int64_t a) {
+  const int32_t* it = std::lower_bound(cand, cand + n, static_cast<int32_t>(a));
+  return (it == cand + n || *it != a) ? -1 : it - cand;
+}
+
+// ultralytics 8.4's topk2 filter: each gt keeps the anchors it won (cnt > 0, win == m) only if they are in the
+// top-K2 of its row am(m, .) * won(m, .); the others become background (cnt = 0). Uses cand/cam/cov as scratch.
+void second_topk(const Problem& P, Workspace& w, Elem* heap) {
+  const int64_t A = P.A, M = P.M;
+  std::fill(w.grp, w.grp + M + 1, 0);
+  for (int64_t a = 0; a < A; a++) {
+    if (w.cnt[a] > 0) w.grp[w.win[a] + 1]++;
+  }
+  for (int64_t m = 0; m < M; m++) w.grp[m + 1] += w.grp[m];
+  int32_t* fill = w.pos_n;  // next free slot of each gt's group (pos_n is spent by now)
+  std::copy(w.grp, w.grp + M, fill);
+  for (int64_t a = 0; a < A; a++) {
+    if (w.cnt[a] == 0) continue;
+    const int32_t slot = fill[w.win[a]]++;
+    w.cand[slot] = static_cast<int32_t>(a);
+    w.cam[slot] = w.amw[a];
+  }
+  int32_t* keep = reinterpret_cast<int32_t*>(w.cov);
+  for (int64_t m = 0; m < M; m++) {
+    const int64_t off = w.grp[m], n = w.grp[m + 1] - off;
+    if (n == 0) continue;
+    topk_row(w.cand + off, w.cam + off, n, A, P.K2, w.queue, heap, w.sel);
+    std::fill(keep, keep + n, 0);
+    for (int64_t e = 0; e < P.K2; e++) {
+      const int64_t j = find_anchor(w.cand + off, n, w.sel[e]);
+      if (j >= 0) keep[j] = 1;
+    }
+    for (int64_t j = 0; j < n; j++) {
+      if (!keep[j]) w.cnt[w.cand[off + j]] = 0;
+    }
+  }
 }
 
 template <typename scalar_t>
@@ -437,13 +498,14 @@ void assign_image(const Problem& P, const AnchorIndex& ix, const scalar_t* sc, i
   atan_array(w.atan_pd, w.atan_pd, A);
   for (int64_t m = 0; m < M; m++) w.atan_gt[m] = wh_ratio(gtb + 4 * m);
   atan_array(w.atan_gt, w.atan_gt, M);
+  for (int64_t m = 0; m < M; m++) inside_box(gtb + 4 * m, valb[m], P.stride_val, w.ibox + 4 * m);
 
   // 1. per gt: the anchors inside it, their CIoU and metric, the top-k; padded gts get nothing
   for (int64_t m = 0; m < M; m++) {
     w.pos_n[m] = 0;
     if (!valb[m]) continue;
     const float* g = gtb + 4 * m;
-    const int64_t n = gather_inside(P, ix, g, w.cand);
+    const int64_t n = gather_inside(P, ix, w.ibox + 4 * m, w.cand);
     if (n == 0) continue;
     const int64_t c = label_col(m);
     for (int64_t j = 0; j < n; j++) {
@@ -454,8 +516,17 @@ void assign_image(const Problem& P, const AnchorIndex& ix, const scalar_t* sc, i
     pow_scalar(w.cam, w.cam, n, P.alpha);  // bbox_scores.pow(alpha)
     pow_scalar(w.cov, w.tmp, n, P.beta);   // overlaps.pow(beta)
     for (int64_t j = 0; j < n; j++) w.cam[j] = w.cam[j] * w.tmp[j];
-    w.pos_n[m] = static_cast<int32_t>(select_topk(w.cand, w.cam, w.cov, n, A, K, w.queue, heap, w.pos_a + m * K,
-                                                  w.pos_am + m * K, w.pos_ov + m * K));
+    topk_row(w.cand, w.cam, n, A, K, w.queue, heap, w.sel);
+    int32_t npos = 0;
+    for (int64_t e = 0; e < K; e++) {  // the selected anchors outside the gt are no positives
+      const int64_t j = find_anchor(w.cand, n, w.sel[e]);
+      if (j < 0) continue;
+      w.pos_a[m * K + npos] = w.cand[j];
+      w.pos_am[m * K + npos] = w.cam[j];
+      w.pos_ov[m * K + npos] = w.cov[j];
+      npos++;
+    }
+    w.pos_n[m] = npos;
   }
 
   // 2. claims per anchor (the first claimer's metric/overlap kept for singly claimed anchors)
@@ -478,9 +549,8 @@ void assign_image(const Problem& P, const AnchorIndex& ix, const scalar_t* sc, i
     const float ax = P.anc[2 * a], ay = P.anc[2 * a + 1];
     const float* p = pdb + 4 * a;
     auto ov_of = [&](int64_t m) -> float {
-      const float* g = gtb + 4 * m;
-      if (!valb[m] || !inside(g, ax, ay)) return 0.f;
-      return ciou_clamped(g, p, w.atan_gt[m], w.atan_pd[a]);
+      if (!valb[m] || !inside(w.ibox + 4 * m, ax, ay)) return 0.f;
+      return ciou_clamped(gtb + 4 * m, p, w.atan_gt[m], w.atan_pd[a]);
     };
     int64_t best = 0;
     float bv = ov_of(0);
@@ -492,7 +562,7 @@ void assign_image(const Problem& P, const AnchorIndex& ix, const scalar_t* sc, i
       }
     }
     float am = 0.f;
-    if (valb[best] && inside(gtb + 4 * best, ax, ay)) {
+    if (valb[best] && inside(w.ibox + 4 * best, ax, ay)) {
       float s = score_at(sc, sA, sC, a, label_col(best)), pw = bv;
       pow_scalar(&s, &s, 1, P.alpha);
       pow_scalar(&pw, &pw, 1, P.beta);
@@ -502,6 +572,8 @@ void assign_image(const Problem& P, const AnchorIndex& ix, const scalar_t* sc, i
     w.amw[a] = am;
     w.ovw[a] = bv;
   }
+
+  if (P.K2 > 0 && P.K2 != K) second_topk(P, w, heap);
 
   // 4. per gt: max metric and max overlap over its positives (amax over anchors includes the zeros)
   std::fill(w.pal, w.pal + M, 0.f);
@@ -537,24 +609,25 @@ void assign_image(const Problem& P, const AnchorIndex& ix, const scalar_t* sc, i
 template <typename scalar_t>
 void assign_cpu_impl(const Problem& P, const scalar_t* scores, int64_t sB, int64_t sA, int64_t sC,
                      int64_t* out_labels, float* out_bboxes, float* out_scores, bool* out_fg, int64_t* out_idx) {
-  const int64_t B = P.B, A = P.A, M = P.M, K = P.K;
+  const int64_t B = P.B, A = P.A, M = P.M, K = P.K, Kmax = std::max(P.K, P.K2);
   // One parallel region over the images (a region per phase costs a lot when the cores are shared).
   const int nthreads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B)));
   // Scratch through the c10 CPU allocator (visible to torch's memory profiler): per thread O(A + M*K).
-  at::Tensor ws_t = at::empty({nthreads, Workspace::words(A, M, K)}, at::TensorOptions().dtype(at::kFloat));
-  const bool full_queue = !(K * 64 <= A);
+  const int64_t words = Workspace::words(A, M, K, Kmax);
+  at::Tensor ws_t = at::empty({nthreads, words}, at::TensorOptions().dtype(at::kFloat));
+  const bool full_queue = !(Kmax * 64 <= A);
   at::Tensor queue_t = full_queue ? at::empty({nthreads, A * static_cast<int64_t>(sizeof(Elem))}, at::kByte)
                                   : at::Tensor();
-  at::Tensor heap_t = at::empty({nthreads, (K + 1) * static_cast<int64_t>(sizeof(Elem))}, at::kByte);
+  at::Tensor heap_t = at::empty({nthreads, (Kmax + 1) * static_cast<int64_t>(sizeof(Elem))}, at::kByte);
   AnchorIndex ix;
   build_anchor_index(P.anc, A, ix);
 
   at::parallel_for(0, B, (B + nthreads - 1) / nthreads, [&](int64_t lo, int64_t hi) {
     const int tid = at::get_thread_num();
     TORCH_CHECK(tid >= 0 && tid < nthreads, "task_aligned_assign: unexpected thread id ", tid);
-    Workspace w(ws_t.data_ptr<float>() + tid * Workspace::words(A, M, K), A, M, K,
+    Workspace w(ws_t.data_ptr<float>() + tid * words, A, M, K,
                 full_queue ? reinterpret_cast<Elem*>(queue_t.data_ptr<uint8_t>()) + tid * A : nullptr);
-    Elem* heap = reinterpret_cast<Elem*>(heap_t.data_ptr<uint8_t>()) + tid * (K + 1);
+    Elem* heap = reinterpret_cast<Elem*>(heap_t.data_ptr<uint8_t>()) + tid * (Kmax + 1);
     for (int64_t b = lo; b < hi; b++) {
       assign_image(P, ix, scores + b * sB, sA, sC, b, w, heap, out_labels, out_bboxes, out_scores, out_fg, out_idx);
     }
@@ -564,17 +637,18 @@ void assign_cpu_impl(const Problem& P, const scalar_t* scores, int64_t sB, int64
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_aligned_assign_cpu(
     const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
     const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
-    int64_t num_classes, double alpha, double beta, double eps) {
-  auto [pd, anc, gt, lab, valid] =
-      check_and_prepare(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, num_classes);
+    int64_t num_classes, double alpha, double beta, double eps, double stride_val, int64_t topk2) {
+  auto [pd, anc, gt, lab, valid] = check_and_prepare(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                                                     topk, num_classes, stride_val, topk2);
   const int64_t B = pd_scores.size(0), A = pd_scores.size(1), C = pd_scores.size(2), M = gt.size(1);
   TORCH_CHECK(M >= 1, "task_aligned_assign needs at least one gt slot (M == 0 is handled in Python)");
   check_labels(lab, C);
   auto [labels, bboxes, scores, fg, idx] = empty_outputs(pd_scores, B, A, C);
   if (B == 0 || A == 0) return {labels, bboxes, scores, fg, idx};
 
-  Problem P{B, A, M, C, topk, alpha, beta, static_cast<float>(eps), anc.data_ptr<float>(), pd.data_ptr<float>(),
-            gt.data_ptr<float>(), lab.data_ptr<int64_t>(), valid.data_ptr<bool>()};
+  Problem P{B, A, M, C, topk, topk2, static_cast<float>(stride_val), alpha, beta, static_cast<float>(eps),
+            anc.data_ptr<float>(), pd.data_ptr<float>(), gt.data_ptr<float>(), lab.data_ptr<int64_t>(),
+            valid.data_ptr<bool>()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pd_scores.scalar_type(), "task_aligned_assign_cpu", [&] {
     assign_cpu_impl<scalar_t>(P, pd_scores.data_ptr<scalar_t>(), pd_scores.stride(0), pd_scores.stride(1),
                               pd_scores.stride(2), labels.data_ptr<int64_t>(), bboxes.data_ptr<float>(),
@@ -589,7 +663,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_alig
 TORCH_LIBRARY_FRAGMENT(yolov10_kernels, m) {
   m.def(
       "task_aligned_assign(Tensor pd_scores, Tensor pd_bboxes, Tensor anc_points, Tensor gt_labels, "
-      "Tensor gt_bboxes, Tensor mask_gt, int topk, int num_classes, float alpha, float beta, float eps) -> "
+      "Tensor gt_bboxes, Tensor mask_gt, int topk, int num_classes, float alpha, float beta, float eps, "
+      "float stride_val=0., int topk2=0) -> "
       "(Tensor target_labels, Tensor target_bboxes, Tensor target_scores, Tensor fg_mask, Tensor target_gt_idx)");
 }
 

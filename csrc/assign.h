@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
 #include <tuple>
 
 namespace yolov10_kernels {
@@ -12,7 +14,7 @@ namespace yolov10_kernels {
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> check_and_prepare(
     const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
     const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
-    int64_t num_classes) {
+    int64_t num_classes, double stride_val, int64_t topk2) {
   TORCH_CHECK(pd_scores.dim() == 3, "pd_scores must be (B, A, num_classes), got ", pd_scores.sizes());
   const int64_t B = pd_scores.size(0), A = pd_scores.size(1), C = pd_scores.size(2);
   TORCH_CHECK(C == num_classes, "pd_scores has ", C, " classes but num_classes=", num_classes);
@@ -31,6 +33,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ch
               "mask_gt must be a bool (B, M) tensor, got ", mask_gt.sizes(), " ", mask_gt.scalar_type());
   TORCH_CHECK(topk >= 1, "topk must be >= 1, got ", topk);
   TORCH_CHECK(topk <= A, "topk (", topk, ") must not exceed the number of anchors (", A, ")");
+  TORCH_CHECK(topk2 >= 0 && topk2 <= A, "topk2 must lie in [0, ", A, "] (0 = no second top-k), got ", topk2);
+  TORCH_CHECK(std::isfinite(stride_val) && stride_val >= 0,
+              "stride_val must be a finite number >= 0 (0 = no minimum gt side), got ", stride_val);
   TORCH_CHECK(at::isFloatingType(pd_scores.scalar_type()) && at::isFloatingType(pd_bboxes.scalar_type()) &&
                   at::isFloatingType(gt_bboxes.scalar_type()) && at::isFloatingType(anc_points.scalar_type()),
               "task_aligned_assign: scores and boxes must be floating point");
@@ -39,12 +44,20 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ch
 }
 
 // Labels index pd_scores[..., label] (Python-style, negatives from the end) and the one-hot targets after
-// clamp(0): the reference fails on anything outside [-C, C), so does this op, with a clear message.
+// clamp(0): the reference fails on anything outside [-C, C), so does this op, with a clear message. On the CPU
+// the values are read directly; on CUDA an asynchronous device assert does the check, so that the op makes no
+// host sync and can be captured in a CUDA graph (the kernels also clamp the label they index with).
 inline void check_labels(const at::Tensor& labels, int64_t C) {
   if (labels.numel() == 0) return;
-  const int64_t lo = labels.min().item<int64_t>(), hi = labels.max().item<int64_t>();
-  TORCH_CHECK(lo >= -C && hi < C, "task_aligned_assign: gt_labels must lie in [", -C, ", ", C,
-              ") (num_classes=", C, "), got values in [", lo, ", ", hi, "]");
+  if (labels.is_cuda()) {
+    at::_assert_async(at::logical_and(labels >= -C, labels < C).all(),
+                      "task_aligned_assign: gt_labels must lie in [-num_classes, num_classes)");
+    return;
+  }
+  const int64_t* p = labels.const_data_ptr<int64_t>();
+  const auto [lo, hi] = std::minmax_element(p, p + labels.numel());
+  TORCH_CHECK(*lo >= -C && *hi < C, "task_aligned_assign: gt_labels must lie in [", -C, ", ", C,
+              ") (num_classes=", C, "), got values in [", *lo, ", ", *hi, "]");
 }
 
 // The five outputs (labels, bboxes, scores, fg_mask, gt index), allocated alike by the CPU and CUDA ops.

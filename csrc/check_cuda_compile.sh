@@ -10,6 +10,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${1:-${PYTHON:-.venv/bin/python}}
 command -v nvcc >/dev/null || { echo "check_cuda_compile: nvcc not found" >&2; exit 77; }
 CACHE=${YOLOV10_KERNELS_CUDA_HEADERS:-${XDG_CACHE_HOME:-$HOME/.cache}/yolov10_kernels/cuda-headers}
+# A CUDA build of torch next to a CUDA toolkit (the GPU machine, which has no network) has every header:
+# compile against those and download nothing.
+CUDA_INC=$(dirname "$(command -v nvcc)")/../include
+if "$PY" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null && [ -f "$CUDA_INC/cublas_v2.h" ]; then
+  CACHE=$(mktemp -d)
+  mkdir -p "$CACHE/include" "$CACHE/stub"
+  touch "$CACHE/.complete"
+fi
 mkdir -p "$CACHE"
 if [ ! -f "$CACHE/.complete" ]; then
   tmp=$(mktemp -d)

@@ -14,10 +14,10 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 import pytest  # noqa: E402
 
-from yolov10_kernels.ops import _alloc  # noqa: E402
+from yolov10_kernels.ops import utils  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def poison_kernel_buffers(monkeypatch):
     """Every buffer a kernel launcher allocates starts as NaN, so an unwritten element fails the comparison."""
-    monkeypatch.setattr(_alloc, "POISON", True)
+    monkeypatch.setattr(utils, "POISON", True)

@@ -29,3 +29,19 @@ def assert_same_detections(out, ref, atol=1e-4):
         diff = (o[:, None, :] - r[None, :, :]).abs()
         diff[..., :4] /= scale  # boxes compared relative to the image scale, score/class absolutely
         assert diff.amax(-1).amin(1).max() <= atol
+
+
+def max_rel_err(got, want):
+    """max |got - want| / max |want| (in float64), the closeness measure of the kernel tests."""
+    got, want = got.double(), want.double()
+    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def assert_close(got, want, rel=1e-4, what="output"):
+    """got equals want up to rel * max|want| everywhere (same shape and dtype, every element finite, so an
+    element a kernel never wrote, NaN under the poison switch, fails)."""
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} vs {tuple(want.shape)}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} vs {want.dtype}"
+    assert torch.isfinite(got).all(), f"{what}: non-finite values (an unwritten element?)"
+    err = max_rel_err(got, want)
+    assert err <= rel, f"{what}: relative error {err:.3g} > {rel}"

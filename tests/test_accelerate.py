@@ -14,12 +14,13 @@ from yolov10.loss import V10DetectLoss
 from yolov10.model import YOLOv10
 from yolov10.modules import CIB, SCDown
 from yolov10_kernels import accelerate, backend
-from yolov10_kernels.modules import _dropin
+from yolov10_kernels.modules import dropin
+from yolov10_kernels.ops import chain_eval as D
+from yolov10_kernels.ops import utils
 from yolov10_kernels.modules.cib import FusedCIB
 from yolov10_kernels.modules.cls_head import FusedClsHead
 from yolov10_kernels.modules.scdown import FusedSCDown
-from yolov10_kernels.ops import dw_chain_infer as D
-from helpers import randomize_bn
+from helpers import assert_close, max_rel_err, randomize_bn
 
 DW_OPS = ("cib", "scdown", "cls_head")
 needs_triton_cpu = pytest.mark.skipif(not backend.triton_status("cpu")[0], reason="needs TRITON_INTERPRET=1 and triton")
@@ -45,15 +46,10 @@ def count(model, cls):
     return sum(isinstance(m, cls) for m in model.modules())
 
 
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
-
-
 def assert_maps_close(got, want, rel=1e-4, what="map"):
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
-        assert g.shape == w.shape, f"{what}[{i}]: shape {tuple(g.shape)} vs {tuple(w.shape)}"
-        assert rel_err(g, w) <= rel, f"{what}[{i}]: relative error {rel_err(g, w):.3g}"
+        assert_close(g, w, rel, what=f"{what}[{i}]")
 
 
 def targets(batch_size, nc):
@@ -78,9 +74,9 @@ def assert_eval_close(acc, ref, x):
     maps_a, dec_a, out_a = eval_outputs(acc, x)
     maps_r, dec_r, out_r = eval_outputs(ref, x)
     assert_maps_close(maps_a, maps_r, what="eval one2one map")
-    assert rel_err(dec_a, dec_r) <= 1e-4
+    assert max_rel_err(dec_a, dec_r) <= 1e-4
     assert out_a.shape == out_r.shape
-    assert rel_err(out_a[..., 4], out_r[..., 4]) <= 1e-4
+    assert max_rel_err(out_a[..., 4], out_r[..., 4]) <= 1e-4
 
 
 # ---------------------------------------------------------------------------------------------- whole model
@@ -90,10 +86,10 @@ def test_accelerated_model_matches_reference(cfg, n_cib):
     """float64, 32x64 input: at these tiny maps (P5 is 1x2, so 4 values per BN channel) the train-mode BN
     backward is a cancellation that amplifies rounding about a million times (fp32 gives ~1e-2 relative gradient
     differences between two equally valid evaluation orders; with 2 values per channel, fp64 still gives 1e-4).
-    fp32 accuracy is tested block by block (tests/test_dw_infer.py, tests/test_conv_chain.py)."""
+    fp32 accuracy is tested block by block (tests/test_chain_eval.py, tests/test_chain_train.py)."""
     ref = build(cfg).double()
     acc = accelerate(copy.deepcopy(ref), ops=DW_OPS, backend="triton")
-    assert acc.accelerated == {"cib": n_cib, "scdown": 3, "cls_head": 6}
+    assert yolov10_kernels.swapped(acc) == {"cib": n_cib, "scdown": 3, "cls_head": 6}
     assert (count(acc, FusedCIB), count(acc, FusedSCDown), count(acc, FusedClsHead)) == (n_cib, 3, 6)
     assert count(acc, CIB) == n_cib and count(acc, SCDown) == 3  # drop-ins are still the reference types
     assert list(acc.state_dict().keys()) == list(ref.state_dict().keys())
@@ -113,7 +109,7 @@ def test_accelerated_model_matches_reference(cfg, n_cib):
     batch = targets(x.shape[0], ref.nc)
     loss_r, items_r = V10DetectLoss(ref)(out_r, batch)
     loss_a, items_a = V10DetectLoss(acc)(out_a, batch)
-    assert rel_err(loss_a, loss_r) <= 1e-4 and rel_err(items_a, items_r) <= 1e-4
+    assert max_rel_err(loss_a, loss_r) <= 1e-4 and max_rel_err(items_a, items_r) <= 1e-4
     loss_r.backward()
     loss_a.backward()
     params_a = dict(acc.named_parameters())
@@ -121,7 +117,7 @@ def test_accelerated_model_matches_reference(cfg, n_cib):
         g_r, g_a = p.grad, params_a[name].grad
         assert (g_r is None) == (g_a is None), name
         if g_r is not None:
-            assert (g_a - g_r).abs().max() <= 1e-4 * g_r.abs().max() + 1e-12, f"grad of {name}: rel {rel_err(g_a, g_r):.3g}"
+            assert (g_a - g_r).abs().max() <= 1e-4 * g_r.abs().max() + 1e-12, f"grad of {name}: rel {max_rel_err(g_a, g_r):.3g}"
     bufs_a = dict(acc.named_buffers())
     for name, b in ref.named_buffers():
         if b.dtype.is_floating_point:
@@ -154,10 +150,10 @@ def test_state_dict_keys_and_loading_either_way(nano):
 # ---------------------------------------------------------------------------------------------- selection
 def test_ops_subset_and_reaccelerate(nano):
     m = accelerate(nano, ops="scdown", backend="reference")
-    assert m.accelerated == {"scdown": 3}
+    assert yolov10_kernels.swapped(m) == {"scdown": 3}
     assert (count(m, FusedSCDown), count(m, FusedCIB), count(m, FusedClsHead)) == (3, 0, 0)
     m = accelerate(m, ops=["cls_head", "cib"], backend="auto")
-    assert m.accelerated == {"cls_head": 6, "cib": 1}
+    assert yolov10_kernels.swapped(m) == {"cls_head": 6, "cib": 1}
     assert (count(m, FusedSCDown), count(m, FusedCIB), count(m, FusedClsHead)) == (3, 1, 6)
     assert all(f.backend == "auto" for f in m.modules() if isinstance(f, FusedCIB))
     assert all(f.backend == "reference" for f in m.modules() if isinstance(f, FusedSCDown))
@@ -171,7 +167,7 @@ def test_unknown_op_and_backend(nano):
         accelerate(nano, ops=["cib", "dwconv"])
     with pytest.raises(ValueError, match="backend must be one of"):
         accelerate(nano, ops=DW_OPS, backend="cuda")
-    assert count(nano, _dropin.DropIn) == 0
+    assert count(nano, dropin.DropIn) == 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
@@ -182,7 +178,7 @@ def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(monkeypatch,
         accelerate(nano, ops=DW_OPS, backend="triton")
     # a model accelerated earlier with backend="triton" fails the same way on its first call
     for f in acc.modules():
-        if isinstance(f, _dropin.DropIn):
+        if isinstance(f, dropin.DropIn):
             f.set_backend("triton")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         acc.eval()(torch.randn(1, 3, 32, 32))
@@ -190,7 +186,7 @@ def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(monkeypatch,
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(RuntimeError, match="triton is broken here"):
         accelerate(nano, ops=DW_OPS, backend="triton")
-    assert count(nano, _dropin.DropIn) == 0
+    assert count(nano, dropin.DropIn) == 0
 
 
 @pytest.fixture
@@ -199,7 +195,7 @@ def no_launch(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a Triton kernel was launched")
     monkeypatch.setattr(D, "_launch", boom)
-    monkeypatch.setattr(_dropin, "_train_fn", lambda: boom)
+    monkeypatch.setattr(dropin, "chain_train", boom)
 
 
 def _same_as_reference(acc, ref, x):
@@ -217,24 +213,24 @@ def _same_as_reference(acc, ref, x):
 def test_auto_backend_on_cpu_keeps_reference_path(no_launch, nano):
     ref = nano
     acc = accelerate(copy.deepcopy(ref), ops=DW_OPS, backend="auto")
-    assert acc.accelerated == {"cib": 1, "scdown": 3, "cls_head": 6}
+    assert yolov10_kernels.swapped(acc) == {"cib": 1, "scdown": 3, "cls_head": 6}
     _same_as_reference(acc, ref, torch.randn(2, 3, 32, 32))
 
 
 def test_kernels_off_switch(monkeypatch, no_launch, nano):
     ref = nano
     monkeypatch.setenv("YOLOV10_KERNELS", "off")
-    monkeypatch.setattr(backend, "_warned", set())
+    monkeypatch.setattr(utils, "_warned", set())
     with pytest.warns(RuntimeWarning, match="YOLOV10_KERNELS=off"):
         m = accelerate(copy.deepcopy(ref), backend="triton")
-    assert not hasattr(m, "accelerated")
-    assert count(m, _dropin.DropIn) == 0 and [type(a) for a in m.modules()] == [type(b) for b in ref.modules()]
+    assert yolov10_kernels.swapped(m) == {}
+    assert count(m, dropin.DropIn) == 0 and [type(a) for a in m.modules()] == [type(b) for b in ref.modules()]
     # a model accelerated before the switch was flipped runs the reference path
     monkeypatch.delenv("YOLOV10_KERNELS")
     acc = accelerate(copy.deepcopy(ref), ops=DW_OPS, backend="auto")
     monkeypatch.setenv("YOLOV10_KERNELS", "off")
     for f in acc.modules():
-        if isinstance(f, _dropin.DropIn):
+        if isinstance(f, dropin.DropIn):
             f.set_backend("triton")
     _same_as_reference(acc, ref, torch.randn(2, 3, 32, 32))
     assert backend.triton_status() == (False, "YOLOV10_KERNELS=off")
@@ -257,13 +253,13 @@ def test_unsupported_layouts_are_left_alone(nano):
     model = nano
     odd = model.model[5]
     odd.cv2.conv.dilation = (2, 2)  # not a YOLOv10 layout
-    monkey = backend._warned.copy()
+    monkey = utils._warned.copy()
     try:
         with pytest.warns(RuntimeWarning, match="do not implement"):
             accelerate(model, ops="scdown", backend="reference")
     finally:
-        backend._warned.clear()
-        backend._warned.update(monkey)
+        utils._warned.clear()
+        utils._warned.update(monkey)
     assert type(model.model[5]) is SCDown and count(model, FusedSCDown) == 2
 
 
@@ -271,5 +267,5 @@ def test_cls_head_swap_skips_fused_heads(nano):
     model = nano
     model.fuse()  # drops cv2/cv3 (the one-to-many branches) and folds every BN
     m = accelerate(model, ops="cls_head", backend="reference")
-    assert m.accelerated == {"cls_head": 3}
+    assert yolov10_kernels.swapped(m) == {"cls_head": 3}
     assert isinstance(m.head, v10Detect) and not hasattr(m.head, "cv3")

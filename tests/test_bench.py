@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bench import common, e2e, ops
+from bench import common, e2e, ops, results
 from bench.__main__ import parse_args
 
 OURS_OK = ("ok", "not available")  # ours may not be importable yet; it may never error
@@ -133,8 +133,8 @@ def _fake_result(scale_ours=1.0):
 
 
 def test_results_round_trip_and_compare(tmp_path, capsys):
-    a_json, a_md = common.write_results(_fake_result(), tmp_path / "a")
-    b_json, _ = common.write_results(_fake_result(scale_ours=0.5), tmp_path / "b")
+    a_json, a_md = results.write_results(_fake_result(), tmp_path / "a")
+    b_json, _ = results.write_results(_fake_result(scale_ours=0.5), tmp_path / "b")
     assert a_json.name.startswith("cpu-") and a_json.suffix == ".json" and a_md.suffix == ".md"
     data = json.loads(a_json.read_text())
     assert data["env"]["torch"] == torch.__version__ and len(data["rows"]) == 6

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 import yolov10
+import oracle
 from helpers import assert_same_detections, randomize_bn
 
 
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
     """A checkpoint written the way the official trainer writes it, and the oracle's eval output."""
-    import ultralytics.nn.tasks as tasks
+    tasks = oracle.module("ultralytics.nn.tasks")
     torch.manual_seed(0)
     model = randomize_bn(tasks.DetectionModel("yolov10n.yaml", nc=5, verbose=False))
     model.names = {i: f"class{i}" for i in range(5)}

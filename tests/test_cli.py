@@ -24,6 +24,20 @@ def test_python_dash_m_help():
     assert all(cmd in out.stdout for cmd in ("info", "predict", "train", "val", "data"))
 
 
+@pytest.mark.parametrize("cmd, flags", [
+    ("train", ("--model", "--data", "--kernels", "--resume", "--exist-ok", "--close-mosaic", "--max-nan",
+               "--no-augment", "--no-shuffle", "--max-steps", "--hsv-h", "--warmup-bias-lr")),
+    ("val", ("--weights", "--data", "--split", "--conf", "--threads")),
+    ("data", ("synth",)),
+])
+def test_command_help_lists_its_flags(cmd, flags, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"yolov10 {cmd}" in out and [f for f in flags if f not in out] == []
+
+
 def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err

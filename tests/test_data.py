@@ -15,8 +15,9 @@ from yolov10.boxes import xywh2xyxy
 from yolov10.data import (YOLODataset, build_dataloader, build_yolo_dataset, collate_fn, letterbox, load_coco_json,
                           load_data_yaml)
 from yolov10.data.augment import fliplr, flipud, mosaic4, random_hsv, random_perspective, scale_boxes
-from yolov10.data.dataset import scan_labels
-from yolov10.data.synth import CLASSES, cli, make_synthetic_dataset
+from yolov10.cli import main
+from yolov10.data.labels import scan_labels
+from yolov10.data.synth import CLASSES, make_synthetic_dataset
 
 # 19 colours (BGR) with a 255 channel: a blend of one with the black background or the grey padding (114), as
 # interpolation makes at edges, is never taken for another one
@@ -261,16 +262,16 @@ def test_label_cache_reuse_and_rebuild(rect_dataset, monkeypatch):
     YOLODataset(files, imgsz=128, names=names)
     assert scan_labels.last_from_cache
     # an unwritable label folder: the cache goes to the cache dir, and is found there next time
-    import yolov10.data.dataset as dsmod
+    import yolov10.data.labels as labels_mod
 
     def save(path, *a):
         if Path(path) == cache:
             raise PermissionError(path)
         return real_save(path, *a)
-    real_save = dsmod._save_cache
+    real_save = labels_mod._save_cache
     cache.unlink()
     monkeypatch.setenv("YOLOV10_CACHE_DIR", str(root / "cachedir"))
-    monkeypatch.setattr(dsmod, "_save_cache", save)
+    monkeypatch.setattr(labels_mod, "_save_cache", save)
     YOLODataset(files, imgsz=128, names=names)
     assert not scan_labels.last_from_cache and not cache.exists() and len(list((root / "cachedir").iterdir())) == 1
     YOLODataset(files, imgsz=128, names=names)
@@ -369,8 +370,8 @@ def test_pipeline_boxes_determinism_close_mosaic(rect_dataset):
 # synthetic dataset
 def test_synth_deterministic_and_cli(tmp_path, capsys):
     a = make_synthetic_dataset(tmp_path / "a", n_train=10, n_val=4, imgsz=96, seed=7).parent
-    assert cli(["synth", "--out", str(tmp_path / "b"), "--n-train", "10", "--n-val", "4", "--imgsz", "96",
-                "--seed", "7"]) == 0
+    assert main(["data", "synth", "--out", str(tmp_path / "b"), "--n-train", "10", "--n-val", "4", "--imgsz", "96",
+                 "--seed", "7"]) == 0
     out = capsys.readouterr().out
     assert str((tmp_path / "b").resolve()) in out and "10 train images" in out and "4 val images" in out
     b = tmp_path / "b"
@@ -389,8 +390,9 @@ def test_synth_deterministic_and_cli(tmp_path, capsys):
 
 def test_parity_with_ultralytics():
     """letterbox pixels and the random perspective's boxes (same `random` draws) match ultralytics 8.3."""
-    import ultralytics.data.augment as aug
-    from ultralytics.utils.instance import Instances
+    import oracle
+    aug = oracle.module("ultralytics.data.augment")
+    Instances = oracle.module("ultralytics.utils.instance").Instances
     rng = np.random.default_rng(4)
     for h, w in [(100, 200), (37, 91), (333, 333), (120, 121)]:
         im = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)

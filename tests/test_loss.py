@@ -7,10 +7,13 @@ from yolov10 import YOLOv10
 from yolov10.assign import TaskAlignedAssigner
 from yolov10.loss import DEFAULT_HYP, DetectionLoss, V10DetectLoss
 
-from ultralytics.cfg import get_cfg  # noqa: E402
-from ultralytics.nn.tasks import DetectionModel  # noqa: E402
-from ultralytics.utils import DEFAULT_CFG  # noqa: E402
-from ultralytics.utils.loss import E2EDetectLoss  # noqa: E402
+from oracle import Lazy
+
+# the parity oracle, imported on first use (tests/oracle.py)
+get_cfg = Lazy("ultralytics.cfg", "get_cfg")
+DetectionModel = Lazy("ultralytics.nn.tasks", "DetectionModel")
+DEFAULT_CFG = Lazy("ultralytics.utils", "DEFAULT_CFG")
+E2EDetectLoss = Lazy("ultralytics.utils.loss", "E2EDetectLoss")
 
 NC = 5
 H, W = 64, 96

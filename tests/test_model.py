@@ -4,6 +4,7 @@ import torch
 
 import yolov10
 from yolov10.head import topk_postprocess
+import oracle
 from helpers import randomize_bn
 
 PARAMS = {  # both heads unfused / fused one2one-only, nc=80 (official counts)
@@ -14,7 +15,7 @@ PAPER_GFLOPS = {"n": 6.7, "s": 21.6, "m": 59.1, "b": 92.0, "l": 120.3, "x": 160.
 
 @pytest.fixture(scope="module")
 def ultra():
-    import ultralytics.nn.tasks as tasks  # the parity oracle (scripts/test.sh installs it)
+    tasks = oracle.module("ultralytics.nn.tasks")  # the parity oracle (scripts/test.sh installs it)
     return tasks.DetectionModel
 
 

@@ -16,7 +16,10 @@ import pytest
 import torch
 
 from yolov10 import YOLOv10, load_checkpoint
-from yolov10.trainer import Trainer, build_optimizer, cli, load_train_state, lr_lambda
+from yolov10.cli import main
+from yolov10.optim import build_optimizer, lr_lambda
+from yolov10.run_state import load_train_state
+from yolov10.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,8 +70,7 @@ def test_smoke_run_writes_weights_results_and_plot(full_run, tiny_data, capsys):
     # the frozen DFL projection never moved
     assert torch.equal(ck["model"]["model.23.dfl.conv.weight"].view(-1), torch.arange(16, dtype=torch.float32))
     # standalone validation of the checkpoint
-    from yolov10.validator import cli as val_cli
-    assert val_cli(["--weights", str(w / "best.pt"), "--data", tiny_data, "--batch", "4", "--workers", "0",
+    assert main(["val", "--weights", str(w / "best.pt"), "--data", tiny_data, "--batch", "4", "--workers", "0",
                     "--out", str(full_run / "val")]) == 0
     out = capsys.readouterr().out
     assert "mAP50-95" in out and (full_run / "val" / "predictions.json").is_file()
@@ -93,7 +95,8 @@ def test_schedule_and_weight_decay_follow_the_official_formulas(full_run):
 
 
 def test_optimizer_groups_match_ultralytics_build_optimizer():
-    from ultralytics.engine.trainer import BaseTrainer
+    import oracle
+    BaseTrainer = oracle.module("ultralytics.engine.trainer").BaseTrainer
     model = YOLOv10("yolov10n", nc=5)
     for iterations in (500, 20000):
         for name in ("auto", "SGD", "AdamW"):
@@ -138,7 +141,7 @@ def test_resume_continues_exactly(full_run, tiny_data, tmp_path, monkeypatch):
         Trainer(_args(tiny_data, out, workers=1)).train()
     monkeypatch.setattr(Trainer, "save", real_save)
     assert len(_read_csv(out / "results.csv")) == 1
-    assert cli(["--resume", str(out / "weights" / "last.pt")]) == 0
+    assert main(["train", "--resume", str(out / "weights" / "last.pt")]) == 0
 
     a, b = load_train_state(full_run / "weights" / "last.pt"), load_train_state(out / "weights" / "last.pt")
     assert b["epoch"] == 1 and b["ema_updates"] == a["ema_updates"]
@@ -150,7 +153,7 @@ def test_resume_continues_exactly(full_run, tiny_data, tmp_path, monkeypatch):
             torch.testing.assert_close(b[key][k], v, rtol=0, atol=1e-6, msg=f"{key}.{k} differs after resume")
     # the resumed run completed; resuming again is a clear error
     with pytest.raises(RuntimeError, match="finished all 2 epochs"):
-        cli(["--resume", str(out)])
+        main(["train", "--resume", str(out)])
 
 
 def test_checkpoint_write_is_atomic(full_run, tmp_path, monkeypatch):
@@ -208,6 +211,39 @@ def test_kernels_auto_runs(tiny_data, tmp_path, capsys):
     assert (tmp_path / "weights" / "last.pt").is_file()
 
 
+def test_kernels_seam_without_the_kernels_package(monkeypatch):
+    """--kernels auto falls back to the reference with one warning; triton is an error that says how to install."""
+    from yolov10 import kernels
+    monkeypatch.setitem(sys.modules, "yolov10_kernels", None)  # `import yolov10_kernels` now raises ImportError
+    monkeypatch.setattr(kernels, "_warned", False)
+    model = torch.nn.Linear(2, 2)
+    with pytest.warns(RuntimeWarning, match="yolov10_kernels.accelerate cannot be imported.*falls back to the ref"):
+        assert kernels.accelerate(model, "auto") is model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second use stays quiet
+        assert kernels.assigner_factory("auto") == (None, "reference TaskAlignedAssigner (fused one unavailable)")
+    with pytest.raises(RuntimeError, match="--kernels triton needs the fused kernels.*pip install"):
+        kernels.assigner_factory("triton")
+    with pytest.raises(RuntimeError, match="yolov10_kernels.accelerate cannot be imported"):
+        kernels.accelerate(model, "triton")
+    with pytest.raises(ValueError, match="kernels must be one of auto, reference, triton, got 'cuda'"):
+        kernels.accelerate(model, "cuda")
+
+
+def test_kernels_seam_with_the_kernels_package():
+    from yolov10 import kernels
+    from yolov10_kernels import FusedTaskAlignedAssigner
+    for choice in ("auto", "triton"):
+        factory, desc = kernels.assigner_factory(choice)
+        assert factory.func is FusedTaskAlignedAssigner and factory.keywords == {"backend": choice}
+        assert desc == f"FusedTaskAlignedAssigner(backend={choice!r})"
+    assert kernels.assigner_factory("reference") == (None, "reference TaskAlignedAssigner")
+    model = YOLOv10("yolov10n", nc=2)
+    assert kernels.accelerate(model, "reference") is model and kernels.fused_modules(model) == {}
+    fused = kernels.fused_modules(kernels.accelerate(model, "auto"))
+    assert fused["cib"] > 0 and fused["scdown"] > 0, fused
+
+
 def _paired_dataset(tiny_data, root):
     """8 training images ordered A A B B C C D D: with no shuffling, the one-process batch [A A B B] and the two
     DDP shards [A B] / [A B] have identical BatchNorm batch statistics. The boxes are large, so that even an
@@ -250,7 +286,7 @@ def test_ddp_two_processes_match_one_process(tiny_data, tmp_path):
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert cli([*common, "--out", str(tmp_path / "single")]) == 0
+        assert main(["train", *common, "--out", str(tmp_path / "single")]) == 0
     finally:
         torch.set_num_threads(n_threads)
     a = load_train_state(tmp_path / "single" / "weights" / "last.pt")

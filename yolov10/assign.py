@@ -2,11 +2,11 @@
 
 Reference implementation, bit-exact with ``ultralytics.utils.tal.TaskAlignedAssigner`` of ultralytics
 8.3.253 (the THU-MIG YOLOv10 algorithm; 8.4 changed it). It is the oracle of the fused C++/CUDA assigner
-(``yolov10_kernels.assign``), which mirrors the call signature below.
+(see ``yolov10.kernels.assigner_factory``), which mirrors the call signature below.
 
 Shapes: B images, M = gt slots per image (padded to the most boxes in any image), A anchors, C classes.
 
-Algorithm (spec: shared/research/yolov10_ref.md §3.3):
+Algorithm:
  1. candidates: anchor centres strictly inside a (valid) gt box (every ltrb delta > 1e-9);
  2. metrics on candidate pairs only: score = predicted probability of the gt class, overlap = CIoU(gt, pred)
     clamped at 0, align = score**alpha * overlap**beta (0 elsewhere);

@@ -193,6 +193,20 @@ def load_checkpoint(path, cfg=None, nc=None, map_location="cpu", use_ema=True):
     return model
 
 
+def checkpoint_imgsz(ckpt_or_path, default=640):
+    """The image size a checkpoint was trained at: ours keep the trainer's `args`, official ones
+    `train_args`; `default` for a bare state_dict or a checkpoint that records none."""
+    ckpt = ckpt_or_path if isinstance(ckpt_or_path, dict) else _read(ckpt_or_path, "cpu")
+    for key in ("args", "train_args"):
+        args = ckpt.get(key)
+        imgsz = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
+        if isinstance(imgsz, (list, tuple)):  # ultralytics accepts [h, w]; the package runs square inputs
+            imgsz = max(imgsz)
+        if imgsz:
+            return int(imgsz)
+    return default
+
+
 def save_checkpoint(path, model, **extra):
     """Write this package's checkpoint atomically (temp file + rename), so a kill mid-write keeps the old one."""
     path = Path(path)

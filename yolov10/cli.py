@@ -1,14 +1,14 @@
-"""`yolov10` command line: info, predict, train, val, data."""
+"""`yolov10` command line (console script `yolov10`, or `python -m yolov10`): every argument parser of the package.
+
+A command is a function ``_<name>(argv) -> exit code`` that parses the arguments after its name, plus one line of
+COMMANDS (name -> function, one-line help). The work is imported inside the command, so `yolov10 --help` and a
+bad flag answer quickly.
+"""
 import argparse
-import importlib
 import sys
 
-# subcommands implemented elsewhere take the remaining argv themselves
-_DELEGATED = {
-    "train": ("yolov10.trainer", "cli", "train a model (see `yolov10 train --help`)"),
-    "val": ("yolov10.validator", "cli", "validate a checkpoint: COCO mAP (see `yolov10 val --help`)"),
-    "data": ("yolov10.data.synth", "cli", "dataset tools: `yolov10 data synth --out DIR`"),
-}
+from .defaults import DEFAULTS, OFFICIAL, SYNTH_DATASET, SYNTH_PRESET
+from .kernels import CHOICES as KERNEL_CHOICES
 
 
 def _info(argv):
@@ -33,31 +33,141 @@ def _predict(argv):
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--conf", type=float, default=0.25, help="score threshold for drawn/saved detections")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--kernels", default="reference", choices=("auto", "triton", "reference"))
+    p.add_argument("--kernels", default="reference", choices=KERNEL_CHOICES)
     a = p.parse_args(argv)
     from .predict import predict
     predict(a.weights, a.source, a.out, imgsz=a.imgsz, conf=a.conf, device=a.device, kernels=a.kernels)
 
 
+def _bool(s):
+    if isinstance(s, bool):
+        return s
+    if str(s).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(s).lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
+
+
+def _train_parser():
+    p = argparse.ArgumentParser(
+        prog="yolov10 train",
+        description="Train YOLOv10 (official ultralytics/THU-MIG mechanics). Without --data the embedded synthetic "
+                    f"dataset is generated and used with CPU-sized defaults {SYNTH_PRESET}; with --data the official "
+                    f"defaults {OFFICIAL} apply. Multi-GPU: torchrun --nproc_per_node N -m yolov10 train ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    D = DEFAULTS
+    p.add_argument("--model", default=D["model"], help="yolov10n/s/m/b/l/x or a model YAML")
+    p.add_argument("--data", default=None, help="data YAML (path/train/val/names); default: the synthetic dataset")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: official 100 / synthetic 10)")
+    p.add_argument("--batch", type=int, default=None, help="global batch size (default: 16)")
+    p.add_argument("--imgsz", type=int, default=None, help="train/val image size (default: official 640 / synthetic 256)")
+    p.add_argument("--device", default=D["device"], help="cpu, 0, cuda:0 (default: cuda if available, else cpu)")
+    p.add_argument("--workers", type=int, default=None, help="dataloader workers per process (default: official 8 / synthetic 2)")
+    p.add_argument("--kernels", default=D["kernels"], choices=KERNEL_CHOICES,
+                   help="reference = pure PyTorch; auto = the fused modules (backend auto) + fused assigner when "
+                        "available; triton = the fused modules forced to Triton + fused assigner")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue from a last.pt (or its run directory); no value = the newest runs/**/last.pt")
+    p.add_argument("--out", default=None, help="run directory (default: runs/train, runs/train2, ...)")
+    p.add_argument("--exist-ok", action="store_true", help="reuse runs/train instead of incrementing")
+    p.add_argument("--seed", type=int, default=D["seed"])
+    p.add_argument("--deterministic", type=_bool, default=D["deterministic"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--optimizer", default=D["optimizer"], help="auto, SGD, AdamW, Adam, NAdam, RAdam, Adamax, RMSProp")
+    for k in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
+              "box", "cls", "dfl", "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear",
+              "perspective", "flipud", "fliplr", "mosaic"):
+        p.add_argument(f"--{k.replace('_', '-')}", dest=k, type=float, default=D[k])
+    p.add_argument("--nbs", type=int, default=None,
+                   help="nominal batch size (gradient accumulation target; default: official 64 / synthetic 16)")
+    p.add_argument("--cos-lr", dest="cos_lr", action="store_true", help="cosine instead of linear LR decay")
+    p.add_argument("--close-mosaic", dest="close_mosaic", type=int, default=None,
+                   help="turn mosaic off for the last N epochs (default: official 10 / synthetic 4)")
+    p.add_argument("--amp", type=_bool, default=D["amp"], help="mixed precision on CUDA")
+    p.add_argument("--val", type=_bool, default=D["val"], help="validate every epoch")
+    p.add_argument("--max-nan", dest="max_nan", type=int, default=D["max_nan"],
+                   help="stop after this many non-finite losses in a row")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="letterbox only (tests/debugging)")
+    p.add_argument("--no-shuffle", dest="shuffle", action="store_false", help="fixed sample order (tests/debugging)")
+    p.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="stop each epoch after N batches")
+    return p
+
+
+def _train(argv):
+    from .trainer import Trainer
+    from .utils import dist_env
+    args = vars(_train_parser().parse_args(argv))
+    if args["resume"]:  # a resumed run takes its settings from the checkpoint
+        args = {k: args[k] for k in ("resume", "device", "workers", "threads")}
+    m = Trainer(args).train()
+    return 0 if m is not None or dist_env()[0] > 0 else 1
+
+
+def _val(argv):
+    p = argparse.ArgumentParser(prog="yolov10 val", description="COCO mAP50-95 / mAP50 of a checkpoint "
+                                "(pycocotools), one-to-one head, top-300 detections per image.")
+    p.add_argument("--weights", required=True, help="checkpoint (last.pt / best.pt of `yolov10 train`, or official)")
+    p.add_argument("--data", default=None, help="data YAML (default: the data the checkpoint was trained on, "
+                   "else the embedded synthetic dataset)")
+    p.add_argument("--split", default="val", help="data YAML key of the split to evaluate (default val)")
+    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training imgsz, else 640)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--device", default="", help="cpu, 0, cuda:1 ... (default: cuda:0 if available, else cpu)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--conf", type=float, default=None, help="drop detections scoring <= conf (default: keep all 300)")
+    p.add_argument("--out", default="runs/val", help="directory for predictions.json")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    a = p.parse_args(argv)
+    import torch
+    from .validator import validate
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    m = validate(a.weights, a.data, a.imgsz, a.batch, a.device, a.workers, a.conf, a.out, a.split)
+    return 0 if m is not None else 1
+
+
+def _data(argv):
+    p = argparse.ArgumentParser(prog="yolov10 data", description="dataset tools")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("synth", help="write the synthetic shapes dataset (YOLO format + data.yaml)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--n-train", type=int, default=SYNTH_DATASET["n_train"])
+    s.add_argument("--n-val", type=int, default=SYNTH_DATASET["n_val"])
+    s.add_argument("--imgsz", type=int, default=SYNTH_DATASET["imgsz"], help="long side of the images in pixels")
+    s.add_argument("--seed", type=int, default=SYNTH_DATASET["seed"])
+    s.add_argument("--overwrite", action="store_true", help="regenerate even if the same dataset is there")
+    a = p.parse_args(argv)
+    from .data.synth import write_synthetic_dataset
+    write_synthetic_dataset(a.out, a.n_train, a.n_val, a.imgsz, a.seed, a.overwrite)
+    return 0
+
+
+COMMANDS = {
+    "info": (_info, "model summary (parameters, GFLOPs)"),
+    "predict": (_predict, "detect objects in images, write annotated images + JSON"),
+    "train": (_train, "train a model (see `yolov10 train --help`)"),
+    "val": (_val, "validate a checkpoint: COCO mAP (see `yolov10 val --help`)"),
+    "data": (_data, "dataset tools: `yolov10 data synth --out DIR`"),
+}
+
+
+def _usage():
+    print("usage: yolov10 {" + ",".join(COMMANDS) + "} ...\n")
+    for name, (_, text) in COMMANDS.items():
+        print(f"  {name:8s} {text}")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"info": (_info, "model summary (parameters, GFLOPs)"),
-                "predict": (_predict, "detect objects in images, write annotated images + JSON")}
-    if not argv or argv[0] in ("-h", "--help") or (argv[0] not in commands and argv[0] not in _DELEGATED):
-        print("usage: yolov10 {" + ",".join([*commands, *_DELEGATED]) + "} ...\n")
-        for name, (_, text) in commands.items():
-            print(f"  {name:8s} {text}")
-        for name, (_, _, text) in _DELEGATED.items():
-            print(f"  {name:8s} {text}")
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
-            return 2
+    if not argv or argv[0] in ("-h", "--help"):
+        _usage()
         return 0
-    cmd, rest = argv[0], argv[1:]
-    if cmd in commands:
-        return commands[cmd][0](rest) or 0
-    module, func, _ = _DELEGATED[cmd]
-    return getattr(importlib.import_module(module), func)(rest) or 0
+    if argv[0] not in COMMANDS:
+        _usage()
+        print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]][0](argv[1:]) or 0
 
 
 if __name__ == "__main__":

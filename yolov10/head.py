@@ -40,15 +40,17 @@ def bbox2dist(anchor_points, bbox, reg_max):
 def topk_postprocess(preds, max_det=300, nc=80):
     """Two-stage top-k without NMS: best anchors by max class score, then best (anchor, class) pairs.
     preds (B, A, 4 + nc) -> (B, min(max_det, A), 6) as x1, y1, x2, y2, score, class."""
-    batch_size, anchors, _ = preds.shape
+    anchors = preds.shape[1]
     k = min(max_det, anchors)
     boxes, scores = preds.split([4, nc], dim=-1)
     index = scores.amax(dim=-1).topk(k)[1].unsqueeze(-1)
     boxes = boxes.gather(dim=1, index=index.repeat(1, 1, 4))
     scores = scores.gather(dim=1, index=index.repeat(1, 1, nc))
     scores, index = scores.flatten(1).topk(k)
-    i = torch.arange(batch_size, device=preds.device)[..., None]
-    return torch.cat([boxes[i, index // nc], scores[..., None], (index % nc)[..., None].float()], dim=-1)
+    # gather, not boxes[arange(B)[:, None], index // nc]: the same values, but one ONNX GatherElements
+    # instead of the legacy exporter's Reshape/Transpose/Gather chain for advanced indexing
+    boxes = boxes.gather(dim=1, index=(index // nc).unsqueeze(-1).expand(-1, -1, 4))
+    return torch.cat([boxes, scores[..., None], (index % nc)[..., None].float()], dim=-1)
 
 
 class v10Detect(nn.Module):

@@ -1,6 +1,5 @@
 """YOLOv10 training loss: a v8-style detection loss applied to the one-to-many head (TAL top-10) and to the
-one-to-one head (TAL top-1). Parity: ``ultralytics.utils.loss.E2EDetectLoss`` of ultralytics 8.3.253 (spec:
-shared/research/yolov10_ref.md §3.1-3.2).
+one-to-one head (TAL top-1). Parity: ``ultralytics.utils.loss.E2EDetectLoss`` of ultralytics 8.3.253.
 
 Per branch (``DetectionLoss``), with tss = max(sum of the soft class targets, 1):
   box = sum over positives of (1 - CIoU(pred, target)) * w / tss   (boxes in grid units, w = the anchor's soft
@@ -31,11 +30,12 @@ import torch.nn.functional as F
 
 from .assign import TaskAlignedAssigner
 from .boxes import bbox_iou, xywh2xyxy
+from .defaults import LOSS_GAINS
 from .head import bbox2dist, dist2bbox, make_anchors
 
 __all__ = ["DEFAULT_HYP", "DFLoss", "BboxLoss", "DetectionLoss", "V10DetectLoss"]
 
-DEFAULT_HYP = {"box": 7.5, "cls": 0.5, "dfl": 1.5}
+DEFAULT_HYP = LOSS_GAINS
 TAL_ALPHA, TAL_BETA = 0.5, 6.0
 
 

@@ -1,5 +1,4 @@
 """YOLOv10 detection model built from the official layer-list YAMLs."""
-import contextlib
 import copy
 import math
 from pathlib import Path

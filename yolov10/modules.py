@@ -1,7 +1,5 @@
 """Reference building blocks of YOLOv10, named and laid out exactly like the official (THU-MIG /
 ultralytics) modules so that official state_dicts load with strict=True."""
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -1,13 +1,8 @@
-"""YOLOv10 trainer: the official (ultralytics / THU-MIG) training mechanics in plain PyTorch.
+"""YOLOv10 trainer: the official (ultralytics / THU-MIG) training mechanics in plain PyTorch. Command line:
+`yolov10 train ...` (yolov10/cli.py); Python: `train(model='yolov10n', data=None, epochs=..., ...)`.
 
-  yolov10 train [--model yolov10n] [--data data.yaml] [--epochs N] [--batch N] [--imgsz N] [--device cpu|0|0,1]
-                [--workers N] [--kernels auto|reference|triton] [--resume [last.pt|DIR]] [--out DIR] ...
-
-Mechanics (spec: shared/research/yolov10_ref.md §4.3):
-- optimizer "auto": SGD(lr 0.01, momentum 0.9, nesterov) when the run has > 10000 iterations, else
-  AdamW(lr = round(0.002 * 5 / (4 + nc), 6), betas (0.9, 0.999)); "auto" also sets warmup_bias_lr = 0. Three
-  parameter groups, in the official order: pg0 biases (no decay), pg1 weights (decay), pg2 norm-layer
-  weights (no decay). weight_decay is scaled by batch * accumulate / nbs.
+Mechanics:
+- optimizer and LR schedule: yolov10/optim.py; weight_decay is scaled by batch * accumulate / nbs.
 - gradient accumulation to a nominal batch nbs = 64; warmup over max(round(warmup_epochs * nb), 100)
   iterations (lr 0 -> lr0 * lf(epoch), bias lr warmup_bias_lr -> lr0 * lf(epoch), momentum 0.8 -> 0.937,
   accumulate 1 -> nbs / batch); linear LR decay lf(e) = (1 - e / epochs) * (1 - lrf) + lrf per epoch.
@@ -25,14 +20,12 @@ Mechanics (spec: shared/research/yolov10_ref.md §4.3):
 - a non-finite loss skips that batch with a warning; `max_nan` (5) in a row stops training with an error.
 
 With no --data, the embedded synthetic dataset (yolov10.data.synth) is generated once under
-`datasets/synth` (or $YOLOV10_DATASETS/synth) and used, with CPU-friendly defaults (see SYNTH_PRESET).
+`datasets/synth` (or $YOLOV10_DATASETS/synth) and used, with CPU-friendly defaults (SYNTH_PRESET in
+yolov10/defaults.py).
 """
-import argparse
 import csv
-import functools
 import math
 import os
-import random
 import sys
 import time
 import warnings
@@ -45,212 +38,20 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .data.resolve import resolve_data
+from .defaults import AUGMENT_DEFAULTS, DEFAULTS, LOSS_GAINS, resolve_args, uses_synth
 from .ema import ModelEMA, unwrap
-from .validator import Validator, fitness, select_device
+from .kernels import accelerate, assigner_factory, fused_modules
+from .optim import build_optimizer, lr_lambda
+from .run_state import find_last, increment_dir, load_train_state, rng_state, set_rng_state
+from .utils import dist_env, epoch_seed, is_main, log, seed_everything, select_device
+from .validator import Validator, fitness
 
-__all__ = ["DEFAULTS", "SYNTH_PRESET", "Trainer", "train", "cli", "build_optimizer", "resolve_data"]
-
-# Official default.yaml values (train-relevant subset); None = resolved at setup (see resolve_args).
-DEFAULTS = {
-    "model": "yolov10n", "data": None, "epochs": None, "batch": None, "imgsz": None, "device": "", "workers": None,
-    "kernels": "auto", "out": None, "exist_ok": False, "seed": 0, "deterministic": True, "threads": None,
-    "optimizer": "auto", "lr0": 0.01, "lrf": 0.01, "momentum": 0.937, "weight_decay": 5e-4,
-    "warmup_epochs": 3.0, "warmup_momentum": 0.8, "warmup_bias_lr": 0.1, "nbs": None, "cos_lr": False,
-    "box": 7.5, "cls": 0.5, "dfl": 1.5, "amp": True, "close_mosaic": None, "val": True, "max_nan": 5,
-    "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "degrees": 0.0, "translate": 0.1, "scale": 0.5, "shear": 0.0,
-    "perspective": 0.0, "flipud": 0.0, "fliplr": 0.5, "mosaic": 1.0, "augment": True, "shuffle": True,
-    "max_steps": None,
-}
-# What None resolves to with a user dataset (the official defaults) ...
-OFFICIAL = {"epochs": 100, "batch": 16, "imgsz": 640, "workers": 8, "nbs": 64, "close_mosaic": 10}
-# ... and with the embedded synthetic dataset: sized so that `yolov10 train` with no flags finishes within
-# 15 minutes on a 2-core CPU and reaches mAP50-95 >= 0.3 on the synthetic validation split.
-# Short CPU runs need many optimizer steps: no gradient accumulation (nbs = batch), mosaic closed for the last 4.
-SYNTH_PRESET = {"epochs": 10, "batch": 16, "imgsz": 256, "workers": 2, "nbs": 16, "close_mosaic": 4}
-SYNTH_DATASET = {"n_train": 1500, "n_val": 200, "imgsz": 256, "seed": 0}
+__all__ = ["Trainer", "train"]
 
 LOSS_NAMES = ("box_om", "cls_om", "dfl_om", "box_oo", "cls_oo", "dfl_oo")
 CSV_COLUMNS = ("epoch", *(f"train/{n}" for n in LOSS_NAMES), "metrics/mAP50", "metrics/mAP50-95",
                "lr/pg0", "lr/pg1", "lr/pg2", "time")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# distributed helpers
-def dist_env():
-    """(rank, local_rank, world_size) from the torchrun environment; (-1, -1, 1) for a single process."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"])), world
-    return -1, -1, 1
-
-
-def is_main(rank):
-    return rank in (-1, 0)
-
-
-def log(msg, rank=-1):
-    if is_main(rank):
-        print(msg, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------------
-def seed_everything(seed, deterministic=True):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def epoch_seed(seed, epoch, rank):
-    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + max(int(rank), 0) * 104_729) % 2**31
-
-
-def synth_root():
-    return Path(os.environ.get("YOLOV10_DATASETS", "datasets")) / "synth"
-
-
-def resolve_data(data, args=None):
-    """data.yaml path (or None = the embedded synthetic dataset, generated on first use) -> data dict with
-    'train', 'val', 'names' ({i: name}), 'nc', 'yaml'."""
-    from .data import load_data_yaml
-    if data in (None, "", "synth"):
-        from .data.synth import make_synthetic_dataset
-        t0 = time.time()
-        data = str(make_synthetic_dataset(synth_root(), **SYNTH_DATASET))  # reused when already there
-        if time.time() - t0 > 2:
-            print(f"synthetic dataset written to {synth_root()} ({time.time() - t0:.0f} s)", flush=True)
-    d = dict(load_data_yaml(data))
-    names = d["names"]
-    d["names"] = dict(enumerate(names)) if isinstance(names, (list, tuple)) else {int(k): v for k, v in names.items()}
-    d["nc"] = int(d.get("nc") or len(d["names"]))
-    d["yaml"] = d.get("yaml_file", str(data))  # absolute: checkpoints remember it for `yolov10 val`
-    return d
-
-
-def resolve_args(args):
-    """Fill the None defaults: the synthetic preset without --data, the official values otherwise."""
-    a = dict(DEFAULTS)
-    a.update({k: v for k, v in dict(args).items() if v is not None or k not in a})
-    preset = SYNTH_PRESET if a["data"] in (None, "", "synth") else OFFICIAL
-    for k, v in preset.items():
-        if a.get(k) is None:
-            a[k] = v
-    return a
-
-
-# ---------------------------------------------------------------------------------------------------------
-def build_optimizer(model, name="auto", lr=0.01, momentum=0.937, decay=1e-5, iterations=1e5, nc=80, args=None):
-    """The official build_optimizer. Returns (optimizer, resolved name, lr, momentum); with name 'auto' it sets
-    args['warmup_bias_lr'] = 0 (as ultralytics does) when args is given."""
-    g = [], [], []  # weights with decay, norm-layer weights, biases
-    bn = tuple(v for k, v in nn.__dict__.items() if "Norm" in k)
-    known = ("Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp", "SGD", "auto")
-    name = {x.lower(): x for x in known}.get(str(name).lower(), name)
-    if name == "auto":
-        lr_fit = round(0.002 * 5 / (4 + nc), 6)
-        name, lr, momentum = ("SGD", 0.01, 0.9) if iterations > 10000 else ("AdamW", lr_fit, 0.9)
-        if args is not None:
-            args["warmup_bias_lr"] = 0.0
-    for module_name, module in model.named_modules():
-        for param_name, param in module.named_parameters(recurse=False):
-            fullname = f"{module_name}.{param_name}" if module_name else param_name
-            if "bias" in fullname:
-                g[2].append(param)
-            elif isinstance(module, bn):
-                g[1].append(param)
-            else:
-                g[0].append(param)
-    if name in ("Adam", "Adamax", "AdamW", "NAdam", "RAdam"):
-        optimizer = getattr(torch.optim, name)(g[2], lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
-    elif name == "RMSProp":
-        optimizer = torch.optim.RMSprop(g[2], lr=lr, momentum=momentum)
-    elif name == "SGD":
-        optimizer = torch.optim.SGD(g[2], lr=lr, momentum=momentum, nesterov=True)
-    else:
-        raise ValueError(f"optimizer {name!r} not supported: use auto, SGD, Adam, AdamW, NAdam, RAdam, Adamax or RMSProp")
-    optimizer.add_param_group({"params": g[0], "weight_decay": decay})
-    optimizer.add_param_group({"params": g[1], "weight_decay": 0.0})
-    return optimizer, name, lr, momentum
-
-
-def lr_lambda(epochs, lrf, cos=False):
-    if cos:
-        return lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
-    return lambda x: max(1 - x / epochs, 0) * (1.0 - lrf) + lrf
-
-
-def make_assigner_factory(kernels, rank=-1):
-    """(factory or None, description). 'reference' -> the pure-PyTorch assigner; 'auto' -> the fused assigner
-    when yolov10_kernels provides it (one warning and the reference otherwise); 'triton' -> fused, required."""
-    if kernels == "reference":
-        return None, "reference TaskAlignedAssigner"
-    try:
-        from yolov10_kernels import FusedTaskAlignedAssigner
-    except Exception as e:  # ImportError / AttributeError while it is not built or not shipped
-        if kernels == "triton":
-            raise RuntimeError(f"--kernels triton needs yolov10_kernels.FusedTaskAlignedAssigner: {e}") from e
-        if is_main(rank):
-            warnings.warn(f"yolov10_kernels.FusedTaskAlignedAssigner is not available ({type(e).__name__}: {e}); "
-                          f"the loss uses the reference assigner", RuntimeWarning, stacklevel=2)
-        return None, "reference TaskAlignedAssigner (fused one unavailable)"
-    backend = "auto" if kernels == "auto" else kernels
-    return functools.partial(FusedTaskAlignedAssigner, backend=backend), f"FusedTaskAlignedAssigner(backend={backend!r})"
-
-
-def _rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": [x.tolist() if isinstance(x, np.ndarray) else x
-                                                      for x in np.random.get_state()],
-            "random": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state):
-    if not state:
-        return
-    torch.set_rng_state(state["torch"])
-    s = state["numpy"]
-    np.random.set_state((s[0], np.asarray(s[1], dtype=np.uint32), *s[2:]))
-    r = state["random"]
-    random.setstate((r[0], tuple(r[1]), r[2]))
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _increment_dir(base):
-    base = Path(base)
-    if not base.exists():
-        return base
-    for n in range(2, 10_000):
-        p = base.with_name(f"{base.name}{n}")
-        if not p.exists():
-            return p
-    raise RuntimeError(f"too many runs under {base.parent}")
-
-
-def _find_last(resume):
-    """--resume argument -> last.pt path ('' / True = the newest runs/**/last.pt)."""
-    if resume in (True, "", "True", "latest"):
-        cands = sorted(Path("runs").glob("**/last.pt"), key=lambda p: p.stat().st_mtime)
-        if not cands:
-            raise FileNotFoundError("--resume: no runs/**/last.pt found; pass the checkpoint path")
-        return cands[-1]
-    p = Path(resume)
-    if p.is_dir():
-        p = p / "weights" / "last.pt" if (p / "weights" / "last.pt").is_file() else p / "last.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"--resume: {p} does not exist")
-    return p
-
-
-def load_train_state(path):
-    """Read a checkpoint written by this trainer (tensors, numbers and strings only)."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ck, dict) or "optimizer" not in ck or "args" not in ck:
-        raise ValueError(f"{path} is not a training checkpoint of `yolov10 train` (no optimizer/args to resume)")
-    return ck
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -259,7 +60,7 @@ class Trainer:
         args = dict(args or {}, **overrides)
         self.resume_ckpt = None
         if args.get("resume"):
-            path = _find_last(args["resume"])
+            path = find_last(args["resume"])
             ck = load_train_state(path)
             keep = {k: args[k] for k in ("device", "workers", "threads") if args.get(k) is not None}
             args = {**DEFAULTS, **ck["args"], **keep}
@@ -298,7 +99,7 @@ class Trainer:
         elif a["out"]:
             self.save_dir = Path(a["out"])
         else:
-            self.save_dir = Path("runs/train") if a["exist_ok"] else _increment_dir(Path("runs/train"))
+            self.save_dir = Path("runs/train") if a["exist_ok"] else increment_dir(Path("runs/train"))
         a["out"] = str(self.save_dir)
         self.wdir = self.save_dir / "weights"
         self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
@@ -314,14 +115,13 @@ class Trainer:
         a = self.args
         if self.world_size > 1 and self.rank != 0:
             dist.barrier()  # rank 0 alone generates the synthetic dataset and writes the label caches first
-        self.data = resolve_data(a["data"], a)
-        if a["data"] in (None, "", "synth"):
+        self.data = resolve_data(a["data"])
+        if uses_synth(a["data"]):
             a["data"] = self.data["yaml"]
         self.nc, self.names = self.data["nc"], self.data["names"]
         if "train" not in self.data:
             raise ValueError(f"{self.data['yaml']} has no 'train' split")
-        hyp = {k: a[k] for k in ("hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear",
-                                 "perspective", "flipud", "fliplr", "mosaic")}
+        hyp = {k: a[k] for k in AUGMENT_DEFAULTS}
         self.batch_size = int(a["batch"])
         if self.batch_size % self.world_size:
             raise ValueError(f"--batch {self.batch_size} must be a multiple of the number of processes "
@@ -359,15 +159,14 @@ class Trainer:
             v.requires_grad_(".dfl" not in k)  # the DFL projection is fixed (official: always frozen)
         self.kernels_desc = ["reference PyTorch modules"]
         if a["kernels"] != "reference":
-            import yolov10_kernels
-            yolov10_kernels.accelerate(model, backend=a["kernels"])
-            swapped = getattr(model, "accelerated", {}) or {}
+            accelerate(model, a["kernels"], self.rank)
+            swapped = fused_modules(model)
             self.kernels_desc = [f"accelerate(backend={a['kernels']!r}): "
                                  + (", ".join(f"{k} x{v}" for k, v in swapped.items()) or "no module swapped")]
-        factory, desc = make_assigner_factory(a["kernels"], self.rank)
+        factory, desc = assigner_factory(a["kernels"], self.rank)
         self.kernels_desc.append(desc)
         self.model = model.to(self.device)
-        self.loss_fn = V10DetectLoss(self.model, hyp={k: a[k] for k in ("box", "cls", "dfl")},
+        self.loss_fn = V10DetectLoss(self.model, hyp={k: a[k] for k in LOSS_GAINS},
                                      assigner_factory=factory)
         self.amp = bool(a["amp"]) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -404,7 +203,7 @@ class Trainer:
         self.best_fitness = ck.get("best_fitness")
         self.history = list(ck.get("results", []))
         self.last_opt_step = int(ck.get("last_opt_step", -1))
-        _set_rng_state(ck.get("rng"))
+        set_rng_state(ck.get("rng"))
         log(f"resuming {self.args['resume']} from epoch {self.start_epoch + 1} of {self.args['epochs']}", self.rank)
         self.resume_ckpt = None
 
@@ -476,10 +275,7 @@ class Trainer:
     def train_epoch(self, epoch):
         from tqdm import tqdm
         a = self.args
-        seed = epoch_seed(a["seed"], epoch, self.rank)
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        seed_everything(epoch_seed(a["seed"], epoch, self.rank), deterministic=False)
         if a["mosaic"] and a["augment"] and epoch >= a["epochs"] - a["close_mosaic"] and not getattr(self, "_closed", False):
             log(f"closing mosaic for the last {a['close_mosaic']} epochs", self.rank)
             self.train_set.close_mosaic()
@@ -538,7 +334,7 @@ class Trainer:
         extra = dict(ema=deepcopy(self.ema.ema.state_dict()), ema_updates=self.ema.updates,
                      optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.amp else None,
                      epoch=epoch, best_fitness=self.best_fitness, args=dict(self.args), results=list(self.history),
-                     last_opt_step=self.last_opt_step, rng=_rng_state(), date=datetime.now().isoformat(),
+                     last_opt_step=self.last_opt_step, rng=rng_state(), date=datetime.now().isoformat(),
                      version="yolov10-kernels")
         from .checkpoint import save_checkpoint
         save_checkpoint(self.last, unwrap(self.model), **extra)
@@ -610,71 +406,3 @@ class Trainer:
 def train(**kwargs):
     """Python entry point: train(model='yolov10n', data=None, epochs=..., ...) -> final validation metrics."""
     return Trainer(kwargs).train()
-
-
-# ---------------------------------------------------------------------------------------------------------
-def _bool(s):
-    if isinstance(s, bool):
-        return s
-    if str(s).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(s).lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
-
-
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="yolov10 train",
-        description="Train YOLOv10 (official ultralytics/THU-MIG mechanics). Without --data the embedded synthetic "
-                    f"dataset is generated and used with CPU-sized defaults {SYNTH_PRESET}; with --data the official "
-                    f"defaults {OFFICIAL} apply. Multi-GPU: torchrun --nproc_per_node N -m yolov10 train ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    D = DEFAULTS
-    p.add_argument("--model", default=D["model"], help="yolov10n/s/m/b/l/x or a model YAML")
-    p.add_argument("--data", default=None, help="data YAML (path/train/val/names); default: the synthetic dataset")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: official 100 / synthetic 10)")
-    p.add_argument("--batch", type=int, default=None, help="global batch size (default: 16)")
-    p.add_argument("--imgsz", type=int, default=None, help="train/val image size (default: official 640 / synthetic 256)")
-    p.add_argument("--device", default=D["device"], help="cpu, 0, cuda:0 (default: cuda if available, else cpu)")
-    p.add_argument("--workers", type=int, default=None, help="dataloader workers per process (default: official 8 / synthetic 2)")
-    p.add_argument("--kernels", default=D["kernels"], choices=("auto", "reference", "triton"),
-                   help="reference = pure PyTorch; auto = yolov10_kernels.accelerate(backend='auto') + fused "
-                        "assigner when available; triton = accelerate(backend='triton') + fused assigner")
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from a last.pt (or its run directory); no value = the newest runs/**/last.pt")
-    p.add_argument("--out", default=None, help="run directory (default: runs/train, runs/train2, ...)")
-    p.add_argument("--exist-ok", action="store_true", help="reuse runs/train instead of incrementing")
-    p.add_argument("--seed", type=int, default=D["seed"])
-    p.add_argument("--deterministic", type=_bool, default=D["deterministic"])
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--optimizer", default=D["optimizer"], help="auto, SGD, AdamW, Adam, NAdam, RAdam, Adamax, RMSProp")
-    for k in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
-              "box", "cls", "dfl", "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear",
-              "perspective", "flipud", "fliplr", "mosaic"):
-        p.add_argument(f"--{k.replace('_', '-')}", dest=k, type=float, default=D[k])
-    p.add_argument("--nbs", type=int, default=None,
-                   help="nominal batch size (gradient accumulation target; default: official 64 / synthetic 16)")
-    p.add_argument("--cos-lr", dest="cos_lr", action="store_true", help="cosine instead of linear LR decay")
-    p.add_argument("--close-mosaic", dest="close_mosaic", type=int, default=None,
-                   help="turn mosaic off for the last N epochs (default: official 10 / synthetic 4)")
-    p.add_argument("--amp", type=_bool, default=D["amp"], help="mixed precision on CUDA")
-    p.add_argument("--val", type=_bool, default=D["val"], help="validate every epoch")
-    p.add_argument("--max-nan", dest="max_nan", type=int, default=D["max_nan"],
-                   help="stop after this many non-finite losses in a row")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="letterbox only (tests/debugging)")
-    p.add_argument("--no-shuffle", dest="shuffle", action="store_false", help="fixed sample order (tests/debugging)")
-    p.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="stop each epoch after N batches")
-    return p
-
-
-def cli(argv=None):
-    args = vars(build_parser().parse_args(argv))
-    if args["resume"]:  # a resumed run takes its settings from the checkpoint
-        args = {k: args[k] for k in ("resume", "device", "workers", "threads")}
-    m = Trainer(args).train()
-    return 0 if m is not None or dist_env()[0] > 0 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))

@@ -8,22 +8,20 @@ turned into a COCO dict in memory. Writes predictions.json (COCO results format)
 
 CLI: `yolov10 val --weights CKPT [--data data.yaml] [--imgsz 640] [--batch 32] [--device cpu] [--conf]`.
 """
-import argparse
 import contextlib
 import io
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .boxes import xywh2xyxy
+from .utils import select_device
 
-__all__ = ["Validator", "coco_evaluate", "scale_boxes", "fitness", "print_table", "validate", "cli"]
+__all__ = ["Validator", "coco_evaluate", "scale_boxes", "fitness", "print_table", "build_val_loader", "validate"]
 
 
 def fitness(metrics):
@@ -221,26 +219,6 @@ class Validator:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def select_device(device="", local_rank=-1):
-    """'' / None = cuda:0 (or cuda:LOCAL_RANK under torchrun) when CUDA is there, else cpu; 'cpu'; '0'; 'cuda:1'."""
-    device = "" if device is None else str(device).strip().lower()
-    if device in ("", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", max(local_rank, 0))
-        return torch.device("cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device.isdigit() or "," in device:
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {device} asks for a CUDA device, but CUDA is not available here "
-                               f"(use --device cpu)")
-        ids = [int(x) for x in device.split(",") if x.strip()]
-        return torch.device("cuda", ids[local_rank] if 0 <= local_rank < len(ids) else ids[0])
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: CUDA is not available here (use --device cpu)")
-    return torch.device(device)
-
-
 def build_val_loader(data, imgsz, batch, workers, split="val"):
     """Validation dataloader over data[split]: letterbox only (no augmentation), rectangular batches (as the
     official validator), no shuffling."""
@@ -256,7 +234,7 @@ def validate(weights, data=None, imgsz=None, batch=32, device="", workers=2, con
              verbose=True):
     """Validate a checkpoint on a dataset ('data' = data.yaml path or None for the synthetic dataset)."""
     from .checkpoint import _read, load_checkpoint
-    from .trainer import resolve_data
+    from .data.resolve import resolve_data
     dev = select_device(device)
     model = load_checkpoint(weights).to(dev)
     ck = _read(weights, "cpu")
@@ -264,7 +242,7 @@ def validate(weights, data=None, imgsz=None, batch=32, device="", workers=2, con
     del ck
     if imgsz is None:
         imgsz = int(train_args.get("imgsz") or 640)
-    data_cfg = resolve_data(data if data is not None else train_args.get("data"), train_args)
+    data_cfg = resolve_data(data if data is not None else train_args.get("data"))
     if data_cfg["nc"] != model.nc:
         raise ValueError(f"{weights} has nc={model.nc} classes but {data_cfg['yaml']} has nc={data_cfg['nc']}")
     loader = build_val_loader(data_cfg, imgsz, batch, workers, split=split)
@@ -277,28 +255,3 @@ def validate(weights, data=None, imgsz=None, batch=32, device="", workers=2, con
     if out:
         print(f"predictions written to {Path(out) / 'predictions.json'}")
     return m
-
-
-def cli(argv=None):
-    p = argparse.ArgumentParser(prog="yolov10 val", description="COCO mAP50-95 / mAP50 of a checkpoint "
-                                "(pycocotools), one-to-one head, top-300 detections per image.")
-    p.add_argument("--weights", required=True, help="checkpoint (last.pt / best.pt of `yolov10 train`, or official)")
-    p.add_argument("--data", default=None, help="data YAML (default: the data the checkpoint was trained on, "
-                   "else the embedded synthetic dataset)")
-    p.add_argument("--split", default="val", help="data YAML key of the split to evaluate (default val)")
-    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training imgsz, else 640)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--device", default="", help="cpu, 0, cuda:1 ... (default: cuda:0 if available, else cpu)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--conf", type=float, default=None, help="drop detections scoring <= conf (default: keep all 300)")
-    p.add_argument("--out", default="runs/val", help="directory for predictions.json")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    m = validate(a.weights, a.data, a.imgsz, a.batch, a.device, a.workers, a.conf, a.out, a.split)
-    return 0 if m is not None else 1
-
-
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))

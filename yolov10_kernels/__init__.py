@@ -1,13 +1,17 @@
-"""Fused Triton and C++/CUDA kernels for YOLOv10, with drop-in modules and `accelerate(model)`."""
-from .accelerate import OPS, accelerate
+"""Fused Triton and C++/CUDA kernels for YOLOv10, with drop-in modules, `accelerate(model)` and `swapped(model)`."""
+from .accelerate import OPS, accelerate, swapped
 from .backend import available, kernels_disabled
 
-__all__ = ["accelerate", "available", "kernels_disabled", "OPS", "FusedTaskAlignedAssigner"]
+__all__ = ["accelerate", "available", "kernels_disabled", "OPS", "swapped", "FusedTaskAlignedAssigner",
+           "patch_ultralytics", "unpatch_ultralytics"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name):  # the assigner loads (and may JIT-build) the C++ extension: only on first use
     if name == "FusedTaskAlignedAssigner":
-        from .assign import FusedTaskAlignedAssigner
+        from .modules.assigner import FusedTaskAlignedAssigner
         return FusedTaskAlignedAssigner
+    if name in ("patch_ultralytics", "unpatch_ultralytics"):  # ultralytics is imported only when they are called
+        from .integrations import ultralytics
+        return getattr(ultralytics, name)
     raise AttributeError(name)

@@ -1,22 +1,23 @@
-"""accelerate(model): swap a yolov10.YOLOv10's modules for fused drop-ins, in place (Liger-style patcher).
-State-dict keys stay the same, so checkpoints load into accelerated and plain models alike."""
-import importlib
-
+"""accelerate(model): swap a model's modules for fused drop-ins, in place (Liger-style patcher), and
+swapped(model): which drop-ins a model holds. State-dict keys stay the same, so checkpoints load into
+accelerated and plain models alike."""
 from .backend import check_backend, kernels_disabled, warn_once
+from .modules import cib, cls_head, psa, scdown
+from .modules.cib import FusedCIB
+from .modules.cls_head import FusedClsHead
+from .modules.psa import FusedAttention
+from .modules.scdown import FusedSCDown
 
-# op name -> module holding `swap(model, backend) -> number of modules swapped`
-OPS = {
-    "cib": "yolov10_kernels.modules.cib",
-    "scdown": "yolov10_kernels.modules.scdown",
-    "cls_head": "yolov10_kernels.modules.cls_head",
-    "psa": "yolov10_kernels.modules.psa",
-}
+# op name -> swap(model, backend) -> number of drop-ins of that op the model then holds
+OPS = {"cib": cib.swap, "scdown": scdown.swap, "cls_head": cls_head.swap, "psa": psa.swap}
+# op name -> the drop-in class counted by swapped() (PSA: its fused attention, one per block)
+DROPINS = {"cib": FusedCIB, "scdown": FusedSCDown, "cls_head": FusedClsHead, "psa": FusedAttention}
 
 
 def accelerate(model, ops=None, backend="auto"):
     """Swap the modules named in `ops` (None = all of "cib", "scdown", "cls_head", "psa") for fused drop-ins.
     backend: "auto" (Triton on CUDA tensors, reference on the CPU), "triton" (always Triton; on the CPU this
-    needs TRITON_INTERPRET=1) or "reference". Returns the model."""
+    needs TRITON_INTERPRET=1) or "reference". Returns the model; swapped(model) tells what is in it."""
     names = tuple(OPS) if ops is None else ((ops,) if isinstance(ops, str) else tuple(ops))
     unknown = [n for n in names if n not in OPS]
     if unknown:
@@ -25,15 +26,12 @@ def accelerate(model, ops=None, backend="auto"):
     if kernels_disabled():
         warn_once("disabled", "YOLOV10_KERNELS=off: accelerate() leaves the model unchanged")
         return model
-    swapped = {}
     for name in names:
-        try:
-            mod = importlib.import_module(OPS[name])
-        except ImportError as e:
-            if backend == "triton":
-                raise
-            warn_once(("missing", name), f"yolov10_kernels: op {name!r} is not available ({e}); keeping the reference modules")
-            continue
-        swapped[name] = mod.swap(model, backend)
-    model.accelerated = swapped
+        OPS[name](model, backend)
     return model
+
+
+def swapped(model):
+    """{op name: number of its drop-in modules in `model`} for the ops that have any (walks the model)."""
+    counts = {name: sum(isinstance(m, cls) for m in model.modules()) for name, cls in DROPINS.items()}
+    return {name: n for name, n in counts.items() if n}

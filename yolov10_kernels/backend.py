@@ -1,38 +1,21 @@
-"""Which kernel backends can run here, and the one switch that turns all custom kernels off."""
-import functools
-import os
-import warnings
-
+"""Which kernel backends can run here, and the one check every drop-in's per-call dispatch goes through."""
 import torch
+
+from .ops import assign
+from .ops.utils import TRITON_IMPORT_ERROR, kernels_disabled, triton_interpreted, warn_once
 
 BACKENDS = ("auto", "triton", "reference")
 
-
-def kernels_disabled():
-    """YOLOV10_KERNELS=off (or 0/false/none) turns every custom kernel off: the reference path runs."""
-    return os.environ.get("YOLOV10_KERNELS", "").strip().lower() in ("off", "0", "false", "none", "reference")
-
-
-def triton_interpreted():
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_importable():
-    try:
-        import triton  # noqa: F401
-        return True, ""
-    except Exception as e:  # ImportError, or a broken install
-        return False, f"triton cannot be imported ({type(e).__name__}: {e})"
+__all__ = ["BACKENDS", "available", "check_backend", "kernels_disabled", "triton_interpreted", "triton_status",
+           "use_triton", "warn_once"]
 
 
 def triton_status(device_type=None):
     """(usable, reason) for Triton kernels on `device_type` ("cuda"/"cpu"; None = this machine's best)."""
     if kernels_disabled():
         return False, "YOLOV10_KERNELS=off"
-    ok, why = _triton_importable()
-    if not ok:
-        return False, why
+    if TRITON_IMPORT_ERROR:
+        return False, TRITON_IMPORT_ERROR
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda":
         if triton_interpreted():
@@ -45,22 +28,11 @@ def triton_status(device_type=None):
 
 def available():
     """{backend: (usable, reason)} for this machine: 'triton' kernels and the 'cpp'/'cuda' extension ops."""
-    from .ops import assign_ext
-    out = {"triton": triton_status()}
-    out.update(assign_ext.extension_status())
-    return out
-
-
-_warned = set()
-
-
-def warn_once(key, message):
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return {"triton": triton_status(), **assign.extension_status()}
 
 
 def check_backend(backend):
+    """A bad backend name is a ValueError; backend="triton" where Triton cannot run is a RuntimeError."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "triton" and not kernels_disabled():
@@ -69,17 +41,17 @@ def check_backend(backend):
             raise RuntimeError(f"backend='triton' was requested but Triton kernels cannot run here: {why}")
 
 
-def use_triton(backend, x):
-    """Per-call dispatch of a drop-in module: True if this call should run the Triton kernel for tensor x.
-    'auto' uses Triton on CUDA tensors and keeps the (fast, cuDNN/MKL) reference path on the CPU."""
+def use_triton(backend, device_type):
+    """Per-call dispatch of a drop-in module: True if a call on `device_type` tensors should run the Triton
+    kernels. 'auto' uses Triton on CUDA tensors and keeps the (fast, cuDNN/MKL) reference path on the CPU."""
     if backend == "reference" or kernels_disabled():
         return False
-    ok, why = triton_status(x.device.type)
+    ok, why = triton_status(device_type)
     if backend == "triton":
         if not ok:
-            raise RuntimeError(f"backend='triton' cannot run on {x.device.type} tensors here: {why}")
+            raise RuntimeError(f"backend='triton' cannot run on {device_type} tensors here: {why}")
         return True
-    if x.device.type != "cuda":
+    if device_type != "cuda":
         return False
     if not ok:
         warn_once(("triton", why), f"yolov10_kernels: Triton kernels unavailable ({why}); using the reference modules")

@@ -1,13 +1,18 @@
 // Fused, memory-bounded task-aligned assignment: CUDA implementation of yolov10_kernels::task_aligned_assign
-// (schema and semantics in ../assign.cpp). Four kernels, nothing of shape (B, M, A):
+// (schema and semantics in ../assign.cpp). Kernels, nothing of shape (B, M, A):
+//   0. per box: atan(w/h) of the predictions and gts, and each gt's inside-test box (stride_val);
 //   1. one block per (image, gt): every thread scans a strided slice of the anchors, keeps the anchors inside
 //      the gt with a non-zero align metric in a private top-k, the block merges them into the gt's top-k and
 //      claims those anchors (per-anchor claim counter + claimer);
-//   2. one thread per anchor: resolves anchors claimed by several gts (argmax of CIoU over all gts), computes
-//      the winner's metric/overlap and folds them into per-gt maxima (atomicMax on the float bits);
-//   3. one thread per anchor: target gt index, fg mask, label, box and the normalised score;
-//   4. the (B, A, nc) score map.
-// Extra memory: O(B*A + B*M) words.
+//   2. one thread per anchor: resolves anchors claimed by several gts (argmax of CIoU over all gts) and
+//      computes the winner's metric/overlap;
+//   (2b. with topk2: one block per (image, gt): top-topk2 of the metrics of the anchors the gt won; the others
+//      become background;)
+//   3. one thread per anchor: per-gt maxima of metric/overlap (atomicMax on the float bits);
+//   4. one thread per anchor: target gt index, fg mask, label, box and the normalised score;
+//   5. the (B, A, nc) score map.
+// Extra memory: O(B*A + B*M) words. No host sync (labels are checked by a device assert), so the op can be
+// captured in a CUDA graph.
 //
 // Parity with the reference on CUDA: each elementwise op is rounded separately (the __f*_rn intrinsics, which
 // are never contracted into FMAs and stay IEEE under --use_fast_math), atan/pow come from libdevice as
@@ -103,6 +108,7 @@ __device__ __forceinline__ unsigned int max_bits(float v) { return v == 0.f ? 0u
 
 struct Inputs {
   const float* pd;      // (B, A, 4)
+  const float* ibox;    // (B, M, 4) boxes of the inside test
   const float* anc;     // (A, 2)
   const float* gt;      // (B, M, 4)
   const int64_t* lab;   // (B, M)
@@ -111,6 +117,8 @@ struct Inputs {
   const float* atan_gt; // (B, M)
   int64_t B, A, M, C;
   int K;
+  int K2;               // second top-k (0 = none)
+  float stride_val;     // minimum gt side of the inside test (0 = the gt as is)
   double alpha, beta;
   float eps;
   Consts k;
@@ -121,6 +129,7 @@ __device__ __forceinline__ float align_metric(const Inputs& in, const scalar_t* 
                                               int64_t sC, int64_t b, int64_t a, int64_t bm, float ov) {
   int64_t c = in.lab[bm];
   if (c < 0) c += in.C;
+  c = c < 0 ? 0 : (c >= in.C ? in.C - 1 : c);  // out-of-range labels trip the device assert; stay in bounds
   const float s = static_cast<float>(scores[b * sB + a * sA + c * sC]);
   return __fmul_rn(pow_scalar(s, in.alpha), pow_scalar(ov, in.beta));
 }
@@ -128,6 +137,29 @@ __device__ __forceinline__ float align_metric(const Inputs& in, const scalar_t* 
 __global__ void atan_kernel(const float* __restrict__ boxes, float* __restrict__ out, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) out[i] = __nv_atanf(wh_ratio(boxes + 4 * i));
+}
+
+// the inside-test box: the gt, or (stride_val > 0, ultralytics 8.4) xyxy2xywh -> valid sides below stride_val
+// raised to it -> xywh2xyxy, each op rounded as torch's
+__global__ void inside_box_kernel(const float* __restrict__ gt, const bool* __restrict__ valid, float stride_val,
+                                  float* __restrict__ out, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const float* g = gt + 4 * i;
+  float* o = out + 4 * i;
+  if (!(stride_val > 0.f)) {
+    for (int j = 0; j < 4; j++) o[j] = g[j];
+    return;
+  }
+  const float xc = __fdiv_rn(__fadd_rn(g[0], g[2]), 2.f), yc = __fdiv_rn(__fadd_rn(g[1], g[3]), 2.f);
+  float w = __fsub_rn(g[2], g[0]), h = __fsub_rn(g[3], g[1]);
+  if (valid[i] && w < stride_val) w = stride_val;
+  if (valid[i] && h < stride_val) h = stride_val;
+  const float hw = __fdiv_rn(w, 2.f), hh = __fdiv_rn(h, 2.f);
+  o[0] = __fsub_rn(xc, hw);
+  o[1] = __fsub_rn(yc, hh);
+  o[2] = __fadd_rn(xc, hw);
+  o[3] = __fadd_rn(yc, hh);
 }
 
 __device__ __forceinline__ unsigned long long block_max_u64(unsigned long long v, unsigned long long* red) {
@@ -144,6 +176,47 @@ __device__ __forceinline__ unsigned long long block_max_u64(unsigned long long v
   return v;
 }
 
+// a thread's private top-k (descending radix key, then ascending index, in one u64); only values > +0
+__device__ __forceinline__ void push_topk(unsigned long long* best, int& nb, int K, float v, int64_t a) {
+  const uint32_t key = radix_key(v);
+  if (key <= kZeroKey) return;
+  const unsigned long long kv =
+      (static_cast<unsigned long long>(key) << 32) | static_cast<uint32_t>(0xffffffffu - static_cast<uint32_t>(a));
+  if (nb == K && kv <= best[K - 1]) return;
+  int pos = nb < K ? nb++ : K - 1;
+  while (pos > 0 && best[pos - 1] < kv) {
+    best[pos] = best[pos - 1];
+    pos--;
+  }
+  best[pos] = kv;
+}
+
+// merges the threads' private top-k lists: K rounds of a block-wide max over their heads; thread 0 gets the
+// selected entries in sel; returns their count (all threads)
+__device__ __forceinline__ int merge_topk(const unsigned long long* best, int nb, int K, unsigned long long* red,
+                                          unsigned long long* sel) {
+  int head = 0, nsel = 0;
+  for (int r = 0; r < K; r++) {
+    const unsigned long long mine = head < nb ? best[head] : 0ull;
+    const unsigned long long mx = block_max_u64(mine, red);
+    if (mx == 0ull) break;
+    if (mine == mx) head++;
+    if (threadIdx.x == 0) sel[r] = mx;
+    nsel++;
+  }
+  return nsel;
+}
+
+__device__ __forceinline__ int64_t sel_anchor(unsigned long long e) {
+  return 0xffffffffu - static_cast<uint32_t>(e & 0xffffffffull);
+}
+
+__device__ __forceinline__ bool selected(const unsigned long long* sel, int nsel, int64_t a) {
+  bool taken = false;
+  for (int r = 0; r < nsel; r++) taken |= sel_anchor(sel[r]) == a;
+  return taken;
+}
+
 // 1. per (image, gt): top-k of the align metric over the anchors; claims the positives
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) gt_topk_kernel(Inputs in, const scalar_t* __restrict__ scores,
@@ -155,8 +228,9 @@ __global__ void __launch_bounds__(kThreads) gt_topk_kernel(Inputs in, const scal
   if (!in.valid[bm]) return;  // padded gt: never positive (uniform over the block)
   const int64_t b = bm / in.M, m = bm % in.M;
   const int K = in.K;
-  float g[4];
+  float g[4], ib[4];
   for (int j = 0; j < 4; j++) g[j] = in.gt[4 * bm + j];
+  for (int j = 0; j < 4; j++) ib[j] = in.ibox[4 * bm + j];
   const float ag = in.atan_gt[bm];
   const float* pdb = in.pd + 4 * b * in.A;
   const float* apb = in.atan_pd + b * in.A;
@@ -165,34 +239,15 @@ __global__ void __launch_bounds__(kThreads) gt_topk_kernel(Inputs in, const scal
   unsigned long long best[kMaxTopk];
   int nb = 0;
   for (int64_t a = threadIdx.x; a < in.A; a += blockDim.x) {
-    if (!inside(g, in.anc[2 * a], in.anc[2 * a + 1])) continue;
+    if (!inside(ib, in.anc[2 * a], in.anc[2 * a + 1])) continue;
     const float ov = ciou_clamped(g, pdb + 4 * a, ag, apb[a], in.k);
     const float am = align_metric(in, scores, sB, sA, sC, b, a, bm, ov);
-    const uint32_t key = radix_key(am);
-    if (key <= kZeroKey) continue;
-    const unsigned long long kv =
-        (static_cast<unsigned long long>(key) << 32) | static_cast<uint32_t>(0xffffffffu - static_cast<uint32_t>(a));
-    if (nb == K && kv <= best[K - 1]) continue;
-    int pos = nb < K ? nb++ : K - 1;
-    while (pos > 0 && best[pos - 1] < kv) {
-      best[pos] = best[pos - 1];
-      pos--;
-    }
-    best[pos] = kv;
+    push_topk(best, nb, K, am, a);
   }
-  // merge: K rounds of a block-wide max over the threads' heads
-  int head = 0, nsel = 0;
-  for (int r = 0; r < K; r++) {
-    const unsigned long long mine = head < nb ? best[head] : 0ull;
-    const unsigned long long mx = block_max_u64(mine, red);
-    if (mx == 0ull) break;
-    if (mine == mx) head++;
-    if (threadIdx.x == 0) sel[r] = mx;
-    nsel++;
-  }
+  const int nsel = merge_topk(best, nb, K, red, sel);
   if (threadIdx.x != 0) return;
   for (int r = 0; r < nsel; r++) {
-    const int64_t a = 0xffffffffu - static_cast<uint32_t>(sel[r] & 0xffffffffull);
+    const int64_t a = sel_anchor(sel[r]);
     atomicAdd(cnt + b * in.A + a, 1);
     atomicExch(claim + b * in.A + a, static_cast<int>(m));
   }
@@ -200,23 +255,20 @@ __global__ void __launch_bounds__(kThreads) gt_topk_kernel(Inputs in, const scal
   // positives too (with metric 0)
   int need = K - nsel;
   for (int64_t a = 0; a < in.A && need > 0; a++) {
-    bool taken = false;
-    for (int r = 0; r < nsel; r++) taken |= (0xffffffffu - static_cast<uint32_t>(sel[r] & 0xffffffffull)) == a;
-    if (taken) continue;
+    if (selected(sel, nsel, a)) continue;
     need--;
-    if (inside(g, in.anc[2 * a], in.anc[2 * a + 1])) {
+    if (inside(ib, in.anc[2 * a], in.anc[2 * a + 1])) {
       atomicAdd(cnt + b * in.A + a, 1);
       atomicExch(claim + b * in.A + a, static_cast<int>(m));
     }
   }
 }
 
-// 2. per anchor: winner gt (argmax of overlaps over all gts if claimed twice or more), its metric/overlap,
-//    per-gt maxima
+// 2. per anchor: winner gt (argmax of overlaps over all gts if claimed twice or more), its metric/overlap
 template <typename scalar_t>
 __global__ void resolve_kernel(Inputs in, const scalar_t* __restrict__ scores, int64_t sB, int64_t sA, int64_t sC,
                                const int* __restrict__ cnt, const int* __restrict__ claim, int* __restrict__ win,
-                               float* __restrict__ amw, unsigned int* __restrict__ pal, unsigned int* __restrict__ pov) {
+                               float* __restrict__ amw, float* __restrict__ ovw) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= in.B * in.A) return;
   const int n = cnt[i];
@@ -227,9 +279,8 @@ __global__ void resolve_kernel(Inputs in, const scalar_t* __restrict__ scores, i
   const float atp = in.atan_pd[i];
   auto ov_of = [&](int64_t m) -> float {
     const int64_t bm = b * in.M + m;
-    const float* g = in.gt + 4 * bm;
-    if (!in.valid[bm] || !inside(g, ax, ay)) return 0.f;
-    return ciou_clamped(g, p, in.atan_gt[bm], atp, in.k);
+    if (!in.valid[bm] || !inside(in.ibox + 4 * bm, ax, ay)) return 0.f;
+    return ciou_clamped(in.gt + 4 * bm, p, in.atan_gt[bm], atp, in.k);
   };
   int64_t w;
   float ov;
@@ -248,15 +299,56 @@ __global__ void resolve_kernel(Inputs in, const scalar_t* __restrict__ scores, i
     }
   }
   const int64_t bm = b * in.M + w;
-  const bool pair = in.valid[bm] && inside(in.gt + 4 * bm, ax, ay);
-  const float am = pair ? align_metric(in, scores, sB, sA, sC, b, a, bm, ov) : 0.f;
+  const bool pair = in.valid[bm] && inside(in.ibox + 4 * bm, ax, ay);
   win[i] = static_cast<int>(w);
-  amw[i] = am;
-  atomicMax(pal + bm, max_bits(am));
-  atomicMax(pov + bm, max_bits(ov));
+  amw[i] = pair ? align_metric(in, scores, sB, sA, sC, b, a, bm, ov) : 0.f;
+  ovw[i] = ov;
 }
 
-// 3. per anchor: outputs except the score map; the normalised score goes to norm (aliases amw)
+// 2b. ultralytics 8.4's topk2: per (image, gt), the anchors it won stay foreground only if they are in the
+//     top-K2 of its row amw * won (torch.topk over all anchors: zeros filled in by lowest index). A block only
+//     clears cnt of anchors its gt won; other blocks read those entries only to see they are not theirs.
+__global__ void __launch_bounds__(kThreads) topk2_kernel(Inputs in, int* cnt, const int* __restrict__ win,
+                                                         const float* __restrict__ amw) {
+  __shared__ unsigned long long red[kWarps];
+  __shared__ unsigned long long sel[kMaxTopk];
+  const int64_t bm = blockIdx.x, b = bm / in.M, m = bm % in.M;
+  const int K = in.K2;
+  int* cb = cnt + b * in.A;
+  const int* wb = win + b * in.A;
+  const float* vb = amw + b * in.A;
+  unsigned long long best[kMaxTopk];
+  int nb = 0;
+  for (int64_t a = threadIdx.x; a < in.A; a += blockDim.x) {
+    if (cb[a] > 0 && wb[a] == m) push_topk(best, nb, K, vb[a], a);
+  }
+  const int nsel = merge_topk(best, nb, K, red, sel);
+  __syncthreads();  // every thread has read cnt before thread 0 clears entries
+  if (threadIdx.x != 0) return;
+  int need = K - nsel;  // lowest-index zeros complete the top-K2
+  int64_t zero_end = 0;
+  for (; zero_end < in.A && need > 0; zero_end++) {
+    if (!selected(sel, nsel, zero_end)) need--;
+  }
+  for (int64_t a = 0; a < in.A; a++) {
+    if (cb[a] == 0 || wb[a] != m) continue;
+    if (selected(sel, nsel, a) || a < zero_end) continue;
+    cb[a] = 0;
+  }
+}
+
+// 3. per foreground anchor: its winner's maxima of metric and overlap
+__global__ void stats_kernel(int64_t n, int64_t A, int64_t M, const int* __restrict__ cnt, const int* __restrict__ win,
+                             const float* __restrict__ amw, const float* __restrict__ ovw, unsigned int* __restrict__ pal,
+                             unsigned int* __restrict__ pov) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n || cnt[i] == 0) return;
+  const int64_t bm = (i / A) * M + win[i];
+  atomicMax(pal + bm, max_bits(amw[i]));
+  atomicMax(pov + bm, max_bits(ovw[i]));
+}
+
+// 4. per anchor: outputs except the score map; the normalised score goes to norm (aliases amw)
 __global__ void targets_kernel(Inputs in, const int* __restrict__ cnt, const int* __restrict__ win,
                                float* __restrict__ amw_norm, const unsigned int* __restrict__ pal,
                                const unsigned int* __restrict__ pov, int64_t* __restrict__ out_labels,
@@ -281,7 +373,7 @@ __global__ void targets_kernel(Inputs in, const int* __restrict__ cnt, const int
   amw_norm[i] = norm;
 }
 
-// 4. the score map: one-hot(label) * norm on foreground anchors
+// 5. the score map: one-hot(label) * norm on foreground anchors
 __global__ void scores_kernel(const bool* __restrict__ fg, const int64_t* __restrict__ labels,
                               const float* __restrict__ norm, float* __restrict__ out, int64_t n, int64_t C) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
@@ -296,11 +388,12 @@ inline unsigned int blocks_for(int64_t n, int threads) { return static_cast<unsi
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_aligned_assign_cuda(
     const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
     const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
-    int64_t num_classes, double alpha, double beta, double eps) {
+    int64_t num_classes, double alpha, double beta, double eps, double stride_val, int64_t topk2) {
   c10::cuda::CUDAGuard guard(pd_scores.device());
-  auto [pd, anc, gt, lab, valid] =
-      check_and_prepare(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, num_classes);
-  TORCH_CHECK(topk <= kMaxTopk, "task_aligned_assign (CUDA): topk must be <= ", kMaxTopk, ", got ", topk);
+  auto [pd, anc, gt, lab, valid] = check_and_prepare(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                                                     topk, num_classes, stride_val, topk2);
+  TORCH_CHECK(topk <= kMaxTopk && topk2 <= kMaxTopk, "task_aligned_assign (CUDA): topk and topk2 must be <= ",
+              kMaxTopk, ", got ", topk, " and ", topk2);
   const int64_t B = pd_scores.size(0), A = pd_scores.size(1), C = pd_scores.size(2), M = gt.size(1);
   TORCH_CHECK(M >= 1, "task_aligned_assign needs at least one gt slot (M == 0 is handled in Python)");
   TORCH_CHECK(A < (int64_t{1} << 31) && M < (int64_t{1} << 31), "task_aligned_assign: too many anchors or gts");
@@ -320,10 +413,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_alig
   at::Tensor claim = at::empty({B * A}, i32);
   at::Tensor win = at::empty({B * A}, i32);
   at::Tensor amw = at::empty({B * A}, f32);
+  at::Tensor ovw = at::empty({B * A}, f32);
+  at::Tensor ibox = at::empty({B * M, 4}, f32);
   at::Tensor stats = at::zeros({2, B * M}, i32);  // float bits of the per-gt max metric / max overlap
 
   Inputs in;
   in.pd = pd.data_ptr<float>();
+  in.ibox = ibox.data_ptr<float>();
   in.anc = anc.data_ptr<float>();
   in.gt = gt.data_ptr<float>();
   in.lab = lab.data_ptr<int64_t>();
@@ -335,6 +431,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_alig
   in.M = M;
   in.C = C;
   in.K = static_cast<int>(topk);
+  in.K2 = static_cast<int>(topk2);
+  in.stride_val = static_cast<float>(stride_val);
   in.alpha = alpha;
   in.beta = beta;
   in.eps = static_cast<float>(eps);
@@ -346,6 +444,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_alig
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   atan_kernel<<<blocks_for(B * M, 256), 256, 0, stream>>>(in.gt, atan_gt.data_ptr<float>(), B * M);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  inside_box_kernel<<<blocks_for(B * M, 256), 256, 0, stream>>>(in.gt, in.valid, in.stride_val,
+                                                                 ibox.data_ptr<float>(), B * M);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   unsigned int* pal = reinterpret_cast<unsigned int*>(stats.data_ptr<int>());
   unsigned int* pov = pal + B * M;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pd_scores.scalar_type(), "task_aligned_assign_cuda", [&] {
@@ -356,9 +457,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_alig
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     resolve_kernel<scalar_t><<<blocks_for(B * A, 256), 256, 0, stream>>>(
         in, sp, sB, sA, sC, cnt.data_ptr<int>(), claim.data_ptr<int>(), win.data_ptr<int>(), amw.data_ptr<float>(),
-        pal, pov);
+        ovw.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  if (topk2 > 0 && topk2 != topk) {
+    topk2_kernel<<<static_cast<unsigned int>(B * M), kThreads, 0, stream>>>(in, cnt.data_ptr<int>(),
+                                                                            win.data_ptr<int>(), amw.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  stats_kernel<<<blocks_for(B * A, 256), 256, 0, stream>>>(B * A, A, M, cnt.data_ptr<int>(), win.data_ptr<int>(),
+                                                           amw.data_ptr<float>(), ovw.data_ptr<float>(), pal, pov);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   targets_kernel<<<blocks_for(B * A, 256), 256, 0, stream>>>(
       in, cnt.data_ptr<int>(), win.data_ptr<int>(), amw.data_ptr<float>(), pal, pov, labels.data_ptr<int64_t>(),
       bboxes.data_ptr<float>(), fg.data_ptr<bool>(), idx.data_ptr<int64_t>());

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import _stat, scan_labels
+from .labels import file_stamp, scan_labels
 
 
 @lru_cache(maxsize=2)
@@ -32,7 +32,7 @@ def _load(json_file):
     json_file = str(Path(json_file).expanduser().resolve())
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"COCO annotation file {json_file} does not exist")
-    return json_file, _parse(json_file, _stat(json_file))
+    return json_file, _parse(json_file, file_stamp(json_file))
 
 
 def coco_json_images(json_file, images_dir):
@@ -63,6 +63,7 @@ def load_coco_json(json_file, images_dir, names=None, cache_dir=None, prefix="")
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
             srcs.append((where, ValueError(f"bad annotation: {e}" if not isinstance(e, ValueError) else str(e))))
     cache = Path(json_file).with_suffix(".yolov10.cache")
-    labels = scan_labels(im_files, srcs, len(names), cache, key_extra=f"{json_file}|{_stat(json_file)}|{images_dir}",
+    labels = scan_labels(im_files, srcs, len(names), cache,
+                         key_extra=f"{json_file}|{file_stamp(json_file)}|{images_dir}",
                          dataset_desc=f"{json_file} (images in {images_dir})", cache_dir=cache_dir, prefix=prefix)
     return labels, names

@@ -8,10 +8,8 @@ Each image has its own random stream seeded by (seed, split, index): the same se
 
 CLI: ``yolov10 data synth --out DIR [--n-train N] [--n-val N] [--imgsz S] [--seed S]``.
 """
-import argparse
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -250,30 +248,15 @@ def make_synthetic_dataset(out_dir, n_train=1500, n_val=200, imgsz=256, seed=0, 
     return yaml_path
 
 
-def cli(argv=None):
-    """``yolov10 data synth --out DIR [--n-train N --n-val N --imgsz S --seed S]`` (argv = the args after 'data')."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="yolov10 data", description="dataset tools")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("synth", help="write the synthetic shapes dataset (YOLO format + data.yaml)")
-    s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--n-train", type=int, default=1500)
-    s.add_argument("--n-val", type=int, default=200)
-    s.add_argument("--imgsz", type=int, default=256, help="long side of the images in pixels")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--overwrite", action="store_true", help="regenerate even if the same dataset is there")
-    args = p.parse_args(argv)
+def write_synthetic_dataset(out, n_train, n_val, imgsz, seed, overwrite=False):
+    """``make_synthetic_dataset`` plus a one-line summary (the ``yolov10 data synth`` command); returns the YAML path."""
     t0 = time.time()
-    reused = not args.overwrite and _complete(args.out, args.n_train, args.n_val, args.imgsz, args.seed)
-    yaml_path = make_synthetic_dataset(args.out, args.n_train, args.n_val, args.imgsz, args.seed, args.overwrite)
-    nbox = {s: sum(len(f.read_text().splitlines()) for f in (Path(args.out) / "labels" / s).glob("*.txt"))
+    reused = not overwrite and _complete(out, n_train, n_val, imgsz, seed)
+    yaml_path = make_synthetic_dataset(out, n_train, n_val, imgsz, seed, overwrite)
+    nbox = {s: sum(len(f.read_text().splitlines()) for f in (Path(out) / "labels" / s).glob("*.txt"))
             for s in ("train", "val")}
     how = "already there (same arguments), kept" if reused else f"written in {time.time() - t0:.1f} s"
-    print(f"synthetic dataset in {Path(args.out).resolve()} ({how}): "
-          f"{args.n_train} train images ({nbox['train']} boxes), {args.n_val} val images ({nbox['val']} boxes), "
-          f"{len(CLASSES)} classes, {args.imgsz} px; data YAML: {yaml_path.resolve()}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli())
+    print(f"synthetic dataset in {Path(out).resolve()} ({how}): "
+          f"{n_train} train images ({nbox['train']} boxes), {n_val} val images ({nbox['val']} boxes), "
+          f"{len(CLASSES)} classes, {imgsz} px; data YAML: {yaml_path.resolve()}")
+    return yaml_path

@@ -1,60 +1,39 @@
-"""FusedClsHead: drop-in for v10Detect's light classification branch (cv3[i] and one2one_cv3[i]):
+"""FusedClsHead: drop-in for the detection head's light classification branch (cv3[i] and one2one_cv3[i]):
 Seq(Seq(Conv DW3x3, Conv PW c->c3), Seq(Conv DW3x3, Conv PW c3->c3), nn.Conv2d(c3, nc, 1, bias)).
-Eval: 2 Triton launches (ops.dw_chain_infer.cls_head_infer); train: ops.conv_chain.conv_chain_train."""
+Eval: 2 Triton launches (ops.chain_eval.cls_head_infer); train: ops.chain_train."""
 import torch.nn as nn
 
 from yolov10.head import v10Detect
 
-from ..backend import BACKENDS
-from ..ops.dw_chain_infer import cls_head_infer
-from ._dropin import DropIn
-from ._fold import FoldedChain, _check_conv2d, check_conv, fold_dw, fold_pw
+from ..ops.chain_eval import cls_head_infer
+from .chain import read_supported
+from .dropin import ChainDropIn, swap_modules
+
+KINDS = ("dw", "pw", "dw", "pw", "final")
+BRANCHES = ("cv3", "one2one_cv3")
 
 
-class FusedClsHead(DropIn, nn.Sequential):
+class FusedClsHead(ChainDropIn):
     """An nn.Sequential with the reference branch's children "0", "1", "2" (state_dict keys unchanged)."""
 
-    def _layers(self):
+    def layers(self):
         return [self[0][0], self[0][1], self[1][0], self[1][1], self[2]]
 
-    def _reference_forward(self, x):
-        return nn.Sequential.forward(self, x)
-
-    def _fold(self):
-        l1, l2, l3, l4, l5 = self._layers()
-        return FoldedChain([fold_dw(l1), fold_pw(l2), fold_dw(l3), fold_pw(l4), fold_pw(l5)])
-
-    def _infer(self, x, folded):
+    def infer(self, x, folded):
         return cls_head_infer(x, folded)
 
 
 def supported(seq):
-    if type(seq) is not nn.Sequential or len(seq) != 3:
+    if type(seq) is not nn.Sequential or len(seq) != 3 or not all(
+            type(s) is nn.Sequential and len(s) == 2 for s in seq[:2]):
         return False
-    a, b, last = seq
-    if not all(type(s) is nn.Sequential and len(s) == 2 for s in (a, b)):
-        return False
-    return (check_conv(a[0], depthwise=True, act=True) and check_conv(a[1], depthwise=False)
-            and check_conv(b[0], depthwise=True, act=True) and check_conv(b[1], depthwise=False)
-            and _check_conv2d(last, depthwise=False))
+    specs = read_supported(seq, KINDS)
+    return specs is not None and all(s.stride == 1 for s in specs) and specs[0].act and specs[2].act
 
 
-def swap(model, backend="auto"):
-    """Replace the cls branches of every v10Detect (cv3 and one2one_cv3, all levels) in place; returns the
-    number of FusedClsHead modules."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    n = 0
-    for head in [m for m in model.modules() if isinstance(m, v10Detect)]:
-        for name in ("cv3", "one2one_cv3"):
-            branches = getattr(head, name, None)
-            if branches is None:
-                continue
-            for i, seq in enumerate(branches):
-                if isinstance(seq, FusedClsHead):
-                    seq.set_backend(backend)
-                    n += 1
-                elif supported(seq):
-                    branches[i] = FusedClsHead.from_module(seq, backend)
-                    n += 1
-    return n
+def swap(model, backend="auto", ref_cls=None):
+    """Replace the cls branches (cv3 and one2one_cv3, all levels) of every head of class ref_cls (default
+    yolov10's v10Detect) in place; returns the number of FusedClsHead modules."""
+    heads = [m for m in model.modules() if isinstance(m, ref_cls or v10Detect)]
+    branches = [getattr(h, name) for h in heads for name in BRANCHES if getattr(h, name, None) is not None]
+    return swap_modules(model, nn.Sequential, FusedClsHead, supported, backend, parents=branches)

@@ -1,33 +1,27 @@
-"""FusedSCDown: drop-in for yolov10.modules.SCDown (PW + BN + SiLU -> DW kxk stride s + BN). Eval: 1 Triton launch
-(ops.dw_chain_infer.pw_dw_infer); train: ops.conv_chain.conv_chain_train; otherwise the reference forward."""
+"""FusedSCDown: drop-in for SCDown (PW + BN + SiLU -> DW kxk stride s + BN). Eval: 1 Triton launch
+(ops.chain_eval.scdown_infer); train: ops.chain_train; otherwise the reference forward."""
 from yolov10.modules import SCDown
 
-from ..ops.dw_chain_infer import scdown_infer
-from ._dropin import DropIn, swap_modules
-from ._fold import FoldedChain, check_conv, fold_dw, fold_pw
+from ..ops.chain_eval import scdown_infer
+from .chain import read_supported
+from .dropin import ChainDropIn, swap_modules
 
 
-class FusedSCDown(DropIn, SCDown):
+class FusedSCDown(ChainDropIn):
     """Same submodules (cv1 PW, cv2 DW) and state_dict keys as SCDown; keeps the layer attributes (i, f)."""
 
-    def _layers(self):
+    def layers(self):
         return [self.cv1, self.cv2]
 
-    def _reference_forward(self, x):
-        return SCDown.forward(self, x)
-
-    def _fold(self):
-        return FoldedChain([fold_pw(self.cv1), fold_dw(self.cv2)])
-
-    def _infer(self, x, folded):
+    def infer(self, x, folded):
         return scdown_infer(x, folded)
 
 
 def supported(m):
-    return (check_conv(m.cv1, depthwise=False)
-            and check_conv(m.cv2, depthwise=True, stride=m.cv2.conv.stride[0]) and m.cv2.conv.stride[0] >= 1)
+    return hasattr(m, "cv1") and read_supported([m.cv1, getattr(m, "cv2", None)], ("pw", "dw")) is not None
 
 
-def swap(model, backend="auto"):
-    """Replace every SCDown of `model` by a FusedSCDown in place; returns the number of FusedSCDown modules."""
-    return swap_modules(model, SCDown, FusedSCDown, supported, backend)
+def swap(model, backend="auto", ref_cls=None):
+    """Replace every module of class ref_cls (default yolov10's SCDown) by a FusedSCDown in place; returns the
+    number of FusedSCDown modules."""
+    return swap_modules(model, ref_cls or SCDown, FusedSCDown, supported, backend)

@@ -26,9 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._train_common import (LIB, check_device, check_tensor, empty, empty_4d, interpreted, is_channels_last,
-                            load_channel_pair, load_stat_grads, merge_stats, next_pow2, partial_stats, silu_fwd,
-                            silu_fwd_bwd, split_tiles, stat_dtype, tile_stats_merge, tl_acc)
+from .utils import (acc_dtype, check_device, check_tensor, conv_out_size, empty, empty_4d, is_channels_last,
+                    load_channel_pair, load_stat_grads, merge_stats, next_pow2, op_name, partial_stats, silu_fwd,
+                    silu_fwd_bwd, split_tiles, strides4, tile_stats_merge, tl_acc, triton_interpreted, vec)
 
 Tensor = torch.Tensor
 
@@ -299,16 +299,16 @@ def _dw_bwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, g_ptr, gx_ptr, pdw_ptr, pgs_ptr
 TAP_LOOP_ON_CPU = False
 
 
-def _taps_vec(x):
+def _tapsvec(x):
     return x.device.type != "cuda" and not TAP_LOOP_ON_CPU
 
 
 def _blocks(C, spatial, x, K=3):
     """(BLOCK_P, BLOCK_C, num_warps). channels_last: wide channel blocks (contiguous); NCHW: wide spatial blocks."""
-    if interpreted() or x.device.type != "cuda":
+    if triton_interpreted() or x.device.type != "cuda":
         # the interpreter pays per program and per op, not per element: few, large tiles
         bc = min(max(next_pow2(C), 2), 64)
-        cap = 256 if not _taps_vec(x) else max(16, (1 << 18) // (next_pow2(K * K) * bc))
+        cap = 256 if not _tapsvec(x) else max(16, (1 << 18) // (next_pow2(K * K) * bc))
         return min(max(next_pow2(spatial), 16), cap), bc, 4
     if is_channels_last(x):
         bc = min(max(next_pow2(C), 8), 64)
@@ -318,18 +318,6 @@ def _blocks(C, spatial, x, K=3):
     if x.dtype == torch.float64:  # fp64 (gradcheck) tiles: keep register use and compile time small
         bp = max(16, min(bp, 1024 // bc))
     return bp, bc, 4
-
-
-def _out_size(H, K, stride):
-    return (H + 2 * (K // 2) - K) // stride + 1
-
-
-def _vec(t, dtype):
-    return None if t is None else t.detach().reshape(-1).to(dtype).contiguous()
-
-
-def _strides(t):
-    return tuple(t.stride()) if t is not None and t.dim() == 4 else (0, 0, 0, 0)
 
 
 def _check_args(x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride):
@@ -358,10 +346,10 @@ def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
                 write_out, stats):
     N, C, H, W = x.shape
     K = weight.shape[-1]
-    OH, OW = _out_size(H, K, stride), _out_size(W, K, stride)
+    OH, OW = conv_out_size(H, K, stride), conv_out_size(W, K, stride)
     if residual is not None and tuple(residual.shape) != (N, C, OH, OW):
         raise ValueError(f"residual must have the output's shape {(N, C, OH, OW)}, got {tuple(residual.shape)}")
-    sd = stat_dtype(x)
+    sd = acc_dtype(x)
     out = empty_4d((N, C, OH, OW), x) if write_out else x.new_empty(0)
     if N * OH * OW == 0 or C == 0:
         return out, x.new_zeros(C if stats else 0, dtype=sd), x.new_zeros(C if stats else 0, dtype=sd)
@@ -371,17 +359,17 @@ def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
     cblk = triton.cdiv(C, BC)
     splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
     pcnt, pmean, pm2 = partial_stats(splits, C, x, sd, stats)
-    si, ti, so, to = (_vec(t, sd) for t in (in_scale, in_shift, out_scale, out_shift))
+    si, ti, so, to = (vec(t, sd) for t in (in_scale, in_shift, out_scale, out_shift))
     dummy = pcnt
     _dw_fwd_kernel[(splits, cblk)](
         x, w, si if si is not None else dummy, ti if ti is not None else dummy,
         so if so is not None else dummy, to if to is not None else dummy,
         residual if residual is not None else dummy, out if write_out else dummy, pcnt, pmean, pm2,
         C, H, W, OH, OW, NP, per,
-        *x.stride(), *_strides(out), *_strides(residual),
+        *x.stride(), *strides4(out), *strides4(residual),
         K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
         OUT_ACT=bool(out_act), HAS_RES=residual is not None, WRITE_OUT=bool(write_out), STATS=bool(stats),
-        ACC=tl_acc(x.dtype), TAPS_VEC=_taps_vec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
+        ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
     if stats:
         mean, var = merge_stats(pcnt, pmean, pm2)
     else:
@@ -393,8 +381,8 @@ def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, o
                  stride, in_act, out_act, write_out, stats):
     N, C, H, W = x.shape
     K = weight.shape[-1]
-    OH, OW = _out_size(H, K, stride), _out_size(W, K, stride)
-    sd = stat_dtype(x)
+    OH, OW = conv_out_size(H, K, stride), conv_out_size(W, K, stride)
+    sd = acc_dtype(x)
     has_go = bool(write_out) and grad_out is not None and grad_out.numel() > 0
     stats = bool(stats) and grad_mean is not None and grad_var is not None and grad_mean.numel() > 0
     gx = empty_4d((N, C, H, W), x)
@@ -405,7 +393,7 @@ def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, o
     if (not has_go and not stats) or N * OH * OW == 0 or C == 0:
         return gx.zero_(), torch.zeros_like(weight), g_is, g_it, g_os, g_ot
     w = weight.detach().reshape(C, K * K).contiguous()
-    si, ti, so, to = (_vec(t, sd) for t in (in_scale, in_shift, out_scale, out_shift))
+    si, ti, so, to = (vec(t, sd) for t in (in_scale, in_shift, out_scale, out_shift))
     acc = tl_acc(x.dtype)
     dummy = x.new_empty(1, dtype=sd)
     if stats or so is not None or (out_act and has_go):
@@ -420,13 +408,13 @@ def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, o
         _dw_grad_y_kernel[(splits, cblk)](
             x, w, si if si is not None else dummy, ti if ti is not None else dummy,
             so if so is not None else dummy, to if to is not None else dummy,
-            grad_out if has_go else dummy, _vec(mean, sd) if stats else dummy,
-            _vec(grad_mean, sd) if stats else dummy, _vec(grad_var, sd) if stats else dummy,
+            grad_out if has_go else dummy, vec(mean, sd) if stats else dummy,
+            vec(grad_mean, sd) if stats else dummy, vec(grad_var, sd) if stats else dummy,
             g, pgos, pgot, 1.0 / (N * OH * OW),
             C, H, W, OH, OW, NP, per,
             *x.stride(), *(grad_out.stride() if has_go else (0, 0, 0, 0)), *g.stride(),
             K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
-            OUT_ACT=bool(out_act), HAS_GO=has_go, STATS=stats, ACC=acc, TAPS_VEC=_taps_vec(x),
+            OUT_ACT=bool(out_act), HAS_GO=has_go, STATS=stats, ACC=acc, TAPS_VEC=_tapsvec(x),
             KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
         if so is not None:
             g_os, g_ot = pgos.sum(0), pgot.sum(0)
@@ -443,7 +431,7 @@ def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, o
         x, w, si if si is not None else dummy, ti if ti is not None else dummy, g, gx, pdw, pgs, pgt,
         C, H, W, OH, OW, NP, per,
         *x.stride(), *g.stride(), *gx.stride(),
-        K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), ACC=acc, TAPS_VEC=_taps_vec(x),
+        K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), ACC=acc, TAPS_VEC=_tapsvec(x),
         KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
     gw = pdw.sum(0).t().contiguous().reshape(weight.shape).to(weight.dtype)
     if si is not None:
@@ -452,7 +440,7 @@ def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, o
 
 
 # ---------------------------------------------------------------------------------------------------- ops
-@torch.library.custom_op(f"{LIB}::dw_conv_bn", mutates_args=())
+@torch.library.custom_op(op_name("dw_conv_bn"), mutates_args=())
 def dw_conv_bn(x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
                out_scale: Optional[Tensor], out_shift: Optional[Tensor], residual: Optional[Tensor],
                stride: int, in_act: bool, out_act: bool, write_out: bool, stats: bool
@@ -469,12 +457,12 @@ def _dw_conv_bn_fake(x, weight, in_scale, in_shift, out_scale, out_shift, residu
     _check_args(x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride)
     N, C, H, W = x.shape
     K = weight.shape[-1]
-    sd = stat_dtype(x)
-    out = empty_4d((N, C, _out_size(H, K, stride), _out_size(W, K, stride)), x) if write_out else x.new_empty(0)
+    sd = acc_dtype(x)
+    out = empty_4d((N, C, conv_out_size(H, K, stride), conv_out_size(W, K, stride)), x) if write_out else x.new_empty(0)
     return out, x.new_empty(C if stats else 0, dtype=sd), x.new_empty(C if stats else 0, dtype=sd)
 
 
-@torch.library.custom_op(f"{LIB}::dw_conv_bn_backward", mutates_args=())
+@torch.library.custom_op(op_name("dw_conv_bn_backward"), mutates_args=())
 def dw_conv_bn_backward(grad_out: Optional[Tensor], grad_mean: Optional[Tensor], grad_var: Optional[Tensor],
                         x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
                         out_scale: Optional[Tensor], out_shift: Optional[Tensor], mean: Optional[Tensor],
@@ -490,7 +478,7 @@ def dw_conv_bn_backward(grad_out: Optional[Tensor], grad_mean: Optional[Tensor],
 def _dw_conv_bn_backward_fake(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, out_scale, out_shift,
                               mean, stride, in_act, out_act, write_out, stats):
     C = x.shape[1]
-    sd = stat_dtype(x)
+    sd = acc_dtype(x)
 
     def vec(t):
         return x.new_empty(C if t is not None else 0, dtype=sd)

@@ -54,31 +54,12 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ..backend import triton_interpreted
-from ._alloc import poison
-
-try:
-    import triton
-    import triton.language as tl
-    HAS_TRITON = True
-except Exception:  # no triton (or a broken install): the reference path still works
-    triton = tl = None
-    HAS_TRITON = False
+from .batchnorm import batch_norm, scale_shift
+from .utils import (acc_dtype, dot_precision, empty, next_pow2, op_name, tl, tl_acc, triton,
+                    triton_interpreted)
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
-
-def _alloc(shape, dtype, device):
-    return poison(torch.empty(shape, dtype=dtype, device=device))
-
-
-def _pow2(n):
-    return max(16, triton.next_power_of_2(n))  # tl.dot wants power-of-two tiles of at least 16
-
-
-def _acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
 
 # --------------------------------------------------------------------------------------------------------
 # Triton kernels. Memory layout: qkv (B, heads * G, N) with G = 2 KD + HD, token index contiguous; head h's
@@ -98,7 +79,7 @@ def _acc_dtype(dtype):
 # d a_k = sum_i (a_q q_i + b_q) * T_i with T_i = s sum_j dS_ij k_j (the dq loop's accumulator).
 # This is exact algebra; it also skips one rounding of k and v to the input dtype.
 # --------------------------------------------------------------------------------------------------------
-if HAS_TRITON:
+if triton is not None:
     _LN2 = tl.constexpr(LN2)  # a jit function may read module globals only when they are constexpr
 
     @triton.jit
@@ -346,9 +327,7 @@ def _on_device(t):
 
 
 def _kernel_meta(qkv):
-    dt = qkv.dtype
-    return {"ACC": tl.float64 if dt == torch.float64 else tl.float32,
-            "DOT_PREC": "ieee" if dt in (torch.float32, torch.float64) else "tf32"}
+    return {"ACC": tl_acc(qkv.dtype), "DOT_PREC": dot_precision(qkv)}
 
 
 def _check(qkv, qa, qb, pe, pa, pb, num_heads, key_dim, head_dim):
@@ -369,7 +348,7 @@ def _check(qkv, qa, qb, pe, pa, pb, num_heads, key_dim, head_dim):
 # --------------------------------------------------------------------------------------------------------
 # Registered ops
 # --------------------------------------------------------------------------------------------------------
-@torch.library.custom_op("yolov10_kernels::psa_attn_fwd", mutates_args=())
+@torch.library.custom_op(op_name("psa_attn_fwd"), mutates_args=())
 def psa_attn_fwd(qkv: torch.Tensor, qkv_scale: torch.Tensor, qkv_shift: torch.Tensor, pe: torch.Tensor,
                  pe_scale: torch.Tensor, pe_shift: torch.Tensor, num_heads: int, key_dim: int,
                  head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,13 +360,14 @@ def psa_attn_fwd(qkv: torch.Tensor, qkv_scale: torch.Tensor, qkv_shift: torch.Te
     qa, qb, pa, pb = (t.contiguous() for t in (qkv_scale, qkv_shift, pe_scale, pe_shift))
     B, _, Hh, Ww = qkv.shape
     N = Hh * Ww
-    out = _alloc((B, num_heads * head_dim, Hh, Ww), qkv.dtype, qkv.device)
-    lse = _alloc((B, num_heads, N), _acc_dtype(qkv.dtype), qkv.device)
+    out = empty((B, num_heads * head_dim, Hh, Ww), qkv)
+    lse = empty((B, num_heads, N), qkv, acc_dtype(qkv))
     if B * N == 0:
         return out, lse
     qk_scale = key_dim ** -0.5 * LOG2E
     args = (qkv, qa, qb, pe, pa, pb, out, lse, N, num_heads, qk_scale)
-    meta = dict(KD=key_dim, HD=head_dim, KD_P=_pow2(key_dim), HD_P=_pow2(head_dim), **_kernel_meta(qkv))
+    meta = dict(KD=key_dim, HD=head_dim, KD_P=next_pow2(key_dim, 16), HD_P=next_pow2(head_dim, 16),
+                **_kernel_meta(qkv))
     with _on_device(qkv):
         if triton_interpreted():
             grid = (triton.cdiv(N, _INTERP_BLOCK), B * num_heads)
@@ -402,10 +382,10 @@ def _(qkv, qkv_scale, qkv_shift, pe, pe_scale, pe_shift, num_heads, key_dim, hea
     _check(qkv, qkv_scale, qkv_shift, pe, pe_scale, pe_shift, num_heads, key_dim, head_dim)
     B, _, Hh, Ww = qkv.shape
     return (qkv.new_empty((B, num_heads * head_dim, Hh, Ww)),
-            qkv.new_empty((B, num_heads, Hh * Ww), dtype=_acc_dtype(qkv.dtype)))
+            qkv.new_empty((B, num_heads, Hh * Ww), dtype=acc_dtype(qkv)))
 
 
-@torch.library.custom_op("yolov10_kernels::psa_attn_bwd", mutates_args=())
+@torch.library.custom_op(op_name("psa_attn_bwd"), mutates_args=())
 def psa_attn_bwd(dout: torch.Tensor, qkv: torch.Tensor, qkv_scale: torch.Tensor, qkv_shift: torch.Tensor,
                  pe: torch.Tensor, pe_scale: torch.Tensor, pe_shift: torch.Tensor, out: torch.Tensor,
                  lse: torch.Tensor, num_heads: int, key_dim: int, head_dim: int
@@ -417,7 +397,7 @@ def psa_attn_bwd(dout: torch.Tensor, qkv: torch.Tensor, qkv_scale: torch.Tensor,
     B, CQ, Hh, Ww = qkv.shape
     N = Hh * Ww
     C = num_heads * head_dim
-    acc_t = _acc_dtype(qkv.dtype)
+    acc_t = acc_dtype(qkv)
     if B * N == 0:
         z = lambda t: torch.zeros_like(t)  # noqa: E731
         return z(qkv), z(qkv_scale), z(qkv_shift), z(pe), z(pe_scale), z(pe_shift)
@@ -426,15 +406,15 @@ def psa_attn_bwd(dout: torch.Tensor, qkv: torch.Tensor, qkv_scale: torch.Tensor,
     inner = _INTERP_BLOCK if interp else _BWD_INNER_GPU
     nblk = triton.cdiv(N, rows)
     meta = _kernel_meta(qkv)
-    HD_P, KD_P = _pow2(head_dim), _pow2(key_dim)
+    HD_P, KD_P = next_pow2(head_dim, 16), next_pow2(key_dim, 16)
 
-    delta = _alloc((B, num_heads, N), acc_t, qkv.device)
-    dpe = _alloc(pe.shape, pe.dtype, pe.device)
-    ppa = _alloc((B * nblk, C), acc_t, qkv.device)  # partial sums of the pe scale / shift gradients
-    ppb = _alloc((B * nblk, C), acc_t, qkv.device)
-    dqkv = _alloc(qkv.shape, qkv.dtype, qkv.device)
-    pqa = _alloc((B * nblk, CQ), acc_t, qkv.device)  # every channel: q, k by the dq kernel, v by dkdv
-    pqb = _alloc((B * nblk, CQ), acc_t, qkv.device)  # q channels only (dq kernel)
+    delta = empty((B, num_heads, N), qkv, acc_t)
+    dpe = empty(pe.shape, pe)
+    ppa = empty((B * nblk, C), qkv, acc_t)  # partial sums of the pe scale / shift gradients
+    ppb = empty((B * nblk, C), qkv, acc_t)
+    dqkv = empty(qkv.shape, qkv)
+    pqa = empty((B * nblk, CQ), qkv, acc_t)  # every channel: q, k by the dq kernel, v by dkdv
+    pqb = empty((B * nblk, CQ), qkv, acc_t)  # q channels only (dq kernel)
     sm_scale = key_dim ** -0.5
     qk_scale = sm_scale * LOG2E
     dims = dict(KD=key_dim, HD=head_dim, KD_P=KD_P, HD_P=HD_P, **meta)
@@ -481,59 +461,6 @@ psa_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------------------------
 # Functional entry points
 # --------------------------------------------------------------------------------------------------------
-class _BatchVarMean(torch.autograd.Function):
-    """Per-channel (biased var, mean) of x (B, C, H, W) in fp32 (fp64 for fp64 x), as torch.var_mean with
-    correction=0 would give for x.float(), but saving x itself for the backward rather than its fp32 copy (a
-    low-precision x would otherwise keep a 2x larger copy alive until the backward)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        var, mean = torch.var_mean(x.to(_acc_dtype(x.dtype)), dim=(0, 2, 3), correction=0)
-        ctx.save_for_backward(x, mean)
-        return var, mean
-
-    @staticmethod
-    def backward(ctx, dvar, dmean):
-        x, mean = ctx.saved_tensors
-        n = x.numel() // x.shape[1]
-        dvar = torch.zeros_like(mean) if dvar is None else dvar
-        dmean = torch.zeros_like(mean) if dmean is None else dmean
-        c2 = dvar * (2.0 / n)  # d/dx of var = 2 (x - mean) / n, of mean = 1 / n
-        c1 = dmean / n - c2 * mean
-        return torch.addcmul(c1.view(1, -1, 1, 1), x, c2.view(1, -1, 1, 1)).to(x.dtype)
-
-
-def bn_scale_shift(x, bn, training):
-    """Per-channel (scale, shift) with bn(x) == x * scale + shift, exactly as nn.BatchNorm2d would normalise
-    x: batch statistics (biased variance) when training or when bn tracks no running statistics, the
-    running statistics otherwise; in training the running statistics are updated as nn.BatchNorm2d does
-    (momentum, or the cumulative average when momentum is None; unbiased variance; num_batches_tracked).
-    Differentiable w.r.t. x (through the batch statistics), bn.weight and bn.bias. Computed in fp32 (fp64 for
-    fp64 x). bn None (folded into the conv): scale 1, shift 0."""
-    acc_t = _acc_dtype(x.dtype)
-    C = x.shape[1]
-    if bn is None:
-        return x.new_ones(C, dtype=acc_t), x.new_zeros(C, dtype=acc_t)
-    use_batch = training or bn.running_mean is None
-    if use_batch:
-        n = x.numel() // C
-        if n <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-        var, mean = _BatchVarMean.apply(x)
-        factor = _bn_factor(bn, training, as_float=False)
-        if training and bn.track_running_stats and bn.running_mean is not None:
-            with torch.no_grad():
-                rm, rv = bn.running_mean, bn.running_var
-                rm.copy_(rm * (1 - factor) + mean.detach().to(rm.dtype) * factor)
-                rv.copy_(rv * (1 - factor) + (var.detach() * (n / (n - 1))).to(rv.dtype) * factor)
-    else:
-        mean, var = bn.running_mean.to(acc_t), bn.running_var.to(acc_t)
-    rstd = torch.rsqrt(var + bn.eps)
-    scale = rstd if bn.weight is None else bn.weight.to(acc_t) * rstd
-    shift = -mean * scale if bn.bias is None else bn.bias.to(acc_t) - mean * scale
-    return scale, shift
-
-
 def _split_v(qkv_raw, num_heads, key_dim, head_dim):
     B, _, Hh, Ww = qkv_raw.shape
     return qkv_raw.view(B, num_heads, 2 * key_dim + head_dim, Hh * Ww)[:, :, 2 * key_dim:]
@@ -549,7 +476,7 @@ def psa_attention(qkv_raw, qkv_bn, pe_weight, pe_bn, num_heads, key_dim, head_di
     C = num_heads * head_dim
     qkv_raw = qkv_raw.contiguous()  # (a channels_last conv output is copied once, here)
     B, _, Hh, Ww = qkv_raw.shape
-    qa, qb = bn_scale_shift(qkv_raw, qkv_bn, training)
+    qa, qb = scale_shift(qkv_raw, qkv_bn, training)
     # pe's input is the normalised v: a (B, C, N) elementwise pass, then cuDNN's depthwise conv
     v = _split_v(qkv_raw, num_heads, key_dim, head_dim)
     G = 2 * key_dim + head_dim
@@ -557,42 +484,19 @@ def psa_attention(qkv_raw, qkv_bn, pe_weight, pe_bn, num_heads, key_dim, head_di
     vb = qb.view(num_heads, G)[:, 2 * key_dim:, None]
     v_norm = torch.addcmul(vb, v, va).to(qkv_raw.dtype).reshape(B, C, Hh, Ww)
     pe_raw = F.conv2d(v_norm, pe_weight, pe_bias, padding=pe_weight.shape[-1] // 2, groups=C)
-    pa, pb = bn_scale_shift(pe_raw, pe_bn, training)
+    pa, pb = scale_shift(pe_raw, pe_bn, training)
     return psa_attn_fwd(qkv_raw, qa, qb, pe_raw, pa, pb, num_heads, key_dim, head_dim)[0]
-
-
-def _bn_factor(bn, training, as_float=True):
-    """nn.BatchNorm2d.forward's bookkeeping: bump num_batches_tracked in training, return the averaging factor
-    (momentum, or 1 / num_batches_tracked for the cumulative average: a 0-d tensor unless as_float, which
-    keeps torch.compile from breaking the graph on a data-dependent float)."""
-    if training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            factor = 1.0 / bn.num_batches_tracked
-            return float(factor) if as_float else factor
-        return bn.momentum
-    return 0.0 if bn.momentum is None else bn.momentum
-
-
-def _bn(x, bn, training):
-    """bn(x) as nn.BatchNorm2d.forward computes it, with `training` in place of bn.training."""
-    if bn is None:
-        return x
-    factor = _bn_factor(bn, training)
-    keep = not training or bn.track_running_stats
-    return F.batch_norm(x, bn.running_mean if keep else None, bn.running_var if keep else None, bn.weight,
-                        bn.bias, training or bn.running_mean is None, factor, bn.eps)
 
 
 def _torch_attention(attend, qkv_raw, qkv_bn, pe_weight, pe_bn, num_heads, key_dim, head_dim, training,
                      pe_bias=None):
     B, _, Hh, Ww = qkv_raw.shape
     N, C = Hh * Ww, num_heads * head_dim
-    qkv = _bn(qkv_raw, qkv_bn, training)
+    qkv = batch_norm(qkv_raw, qkv_bn, training)
     q, k, v = qkv.view(B, num_heads, 2 * key_dim + head_dim, N).split([key_dim, key_dim, head_dim], dim=2)
     x = attend(q, k, v).reshape(B, C, Hh, Ww)
     pe = F.conv2d(v.reshape(B, C, Hh, Ww), pe_weight, pe_bias, padding=pe_weight.shape[-1] // 2, groups=C)
-    return x + _bn(pe, pe_bn, training)
+    return x + batch_norm(pe, pe_bn, training)
 
 
 def psa_attention_sdpa(qkv_raw, qkv_bn, pe_weight, pe_bn, num_heads, key_dim, head_dim, training, pe_bias=None):

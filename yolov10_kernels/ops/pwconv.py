@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._train_common import (LIB, check_device, check_tensor, empty, empty_4d, interpreted, load_stat_grads,
-                            merge_stats, next_pow2, partial_stats, silu_fwd_bwd, stat_dtype, target_programs,
-                            tile_stats_merge, tl_acc)
+from .utils import (acc_dtype, check_device, check_tensor, empty, empty_4d, load_stat_grads, merge_stats, next_pow2,
+                    op_name, partial_stats, silu_fwd_bwd, target_programs, tile_stats_merge, tl_acc,
+                    triton_interpreted, vec)
 
 Tensor = torch.Tensor
 
@@ -194,13 +194,13 @@ def _flat(t):
 
 def _dot_cfg(x):
     """(dot operand dtype, IEEE fp32?) : fp16/bf16 on tensor cores; fp32/fp64 exact; interpreter: no bf16 dot."""
-    if x.dtype in (torch.float16, torch.bfloat16) and not interpreted() and x.device.type == "cuda":
+    if x.dtype in (torch.float16, torch.bfloat16) and not triton_interpreted() and x.device.type == "cuda":
         return _TL[x.dtype], False
     return tl_acc(x.dtype), True
 
 
 def _blocks(M, CI, CO, x):
-    if interpreted() or x.device.type != "cuda":
+    if triton_interpreted() or x.device.type != "cuda":
         return (min(max(next_pow2(M), 16), 256), min(max(next_pow2(CO), 16), 64), min(max(next_pow2(CI), 16), 64), 4)
     bm = 128 if M >= 4096 else 64
     bn = min(max(next_pow2(CO), 16), 128)
@@ -230,14 +230,10 @@ def _check_args(x, weight, in_scale, in_shift, bias):
             raise ValueError(f"bias must have {weight.shape[0]} elements (one per output channel), got {bias.numel()}")
 
 
-def _vec(t, dtype):
-    return None if t is None else t.detach().reshape(-1).to(dtype).contiguous()
-
-
 def _pw_forward(x, weight, in_scale, in_shift, bias, in_act, stats):
     N, CI, H, W = x.shape
     CO = weight.shape[0]
-    sd = stat_dtype(x)
+    sd = acc_dtype(x)
     y = empty_4d((N, CO, H, W), x)
     M, HW = N * H * W, H * W
     if M == 0 or CO == 0:
@@ -248,7 +244,7 @@ def _pw_forward(x, weight, in_scale, in_shift, bias, in_act, stats):
     BM, BN, BK, nw = _blocks(M, CI, CO, x)
     mblk = triton.cdiv(M, BM)
     pcnt, pmean, pm2 = partial_stats(mblk, CO, x, sd, stats)
-    s, t, b = _vec(in_scale, sd), _vec(in_shift, sd), _vec(bias, sd)
+    s, t, b = vec(in_scale, sd), vec(in_shift, sd), vec(bias, sd)
     dummy = pcnt
     dot_dt, ieee = _dot_cfg(x)
     _pw_fwd_kernel[(mblk, triton.cdiv(CO, BN))](
@@ -266,7 +262,7 @@ def _pw_forward(x, weight, in_scale, in_shift, bias, in_act, stats):
 def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, mean, in_act, has_bias, stats):
     N, CI, H, W = x.shape
     CO = weight.shape[0]
-    sd = stat_dtype(x)
+    sd = acc_dtype(x)
     M, HW = N * H * W, H * W
     has_gy = grad_y is not None and grad_y.numel() > 0
     stats = bool(stats) and grad_mean is not None and grad_var is not None and grad_mean.numel() > 0 \
@@ -289,12 +285,12 @@ def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, 
         grad_y, (sgn, sgc, sgp) = dummy, (0, 0, 0)
     if stats:
         y, (syn, syc, syp) = _flat(y)
-        mu, gm, gv = _vec(mean, sd), _vec(grad_mean, sd), _vec(grad_var, sd)
+        mu, gm, gv = vec(mean, sd), vec(grad_mean, sd), vec(grad_var, sd)
     else:
         y, (syn, syc, syp) = dummy, (0, 0, 0)
         mu = gm = gv = dummy
     w = weight.detach().reshape(CO, CI)
-    s, t = _vec(in_scale, sd), _vec(in_shift, sd)
+    s, t = vec(in_scale, sd), vec(in_shift, sd)
     acc = tl_acc(x.dtype)
     dot_dt, ieee = _dot_cfg(x)
     inv_m = 1.0 / M
@@ -330,7 +326,7 @@ def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, 
 
 
 # ---------------------------------------------------------------------------------------------------- ops
-@torch.library.custom_op(f"{LIB}::pw_conv_bn", mutates_args=())
+@torch.library.custom_op(op_name("pw_conv_bn"), mutates_args=())
 def pw_conv_bn(x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
                bias: Optional[Tensor], in_act: bool, stats: bool) -> tuple[Tensor, Tensor, Tensor]:
     """See the module docstring. Returns (y, mean, biased var); mean/var empty when stats is False."""
@@ -343,12 +339,12 @@ def _pw_conv_bn_fake(x, weight, in_scale, in_shift, bias, in_act, stats):
     _check_args(x, weight, in_scale, in_shift, bias)
     N, _, H, W = x.shape
     CO = weight.shape[0]
-    sd = stat_dtype(x)
+    sd = acc_dtype(x)
     return (empty_4d((N, CO, H, W), x), x.new_empty(CO if stats else 0, dtype=sd),
             x.new_empty(CO if stats else 0, dtype=sd))
 
 
-@torch.library.custom_op(f"{LIB}::pw_conv_bn_backward", mutates_args=())
+@torch.library.custom_op(op_name("pw_conv_bn_backward"), mutates_args=())
 def pw_conv_bn_backward(grad_y: Optional[Tensor], grad_mean: Optional[Tensor], grad_var: Optional[Tensor],
                         x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
                         y: Optional[Tensor], mean: Optional[Tensor], in_act: bool, has_bias: bool, stats: bool
@@ -362,7 +358,7 @@ def pw_conv_bn_backward(grad_y: Optional[Tensor], grad_mean: Optional[Tensor], g
 def _pw_conv_bn_backward_fake(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, mean, in_act,
                               has_bias, stats):
     CI, CO = x.shape[1], weight.shape[0]
-    sd = stat_dtype(x)
+    sd = acc_dtype(x)
     return (empty_4d(tuple(x.shape), x), torch.empty_like(weight, memory_format=torch.contiguous_format),
             x.new_empty(CI if in_scale is not None else 0, dtype=sd),
             x.new_empty(CI if in_shift is not None else 0, dtype=sd), x.new_empty(CO if has_bias else 0, dtype=sd))

@@ -1,4 +1,7 @@
-"""Loader of the C++/CUDA extension that registers torch.ops.yolov10_kernels.* (csrc/).
+"""The C++/CUDA task-aligned assignment op (csrc/) in one place: the extension loader, the fake (shape)
+registration, the Python wrapper `task_aligned_assign` and `extension_status()`.
+
+The op is defined by csrc/assign.cpp (TORCH_LIBRARY schema, CPU kernel) and csrc/cuda/assign.cu (CUDA kernel).
 
 Order of attempts, once per process (`load()`):
 1. the prebuilt module `yolov10_kernels._C` (setup.py builds it: `pip install --no-build-isolation -e .`),
@@ -21,17 +24,16 @@ from pathlib import Path
 
 import torch
 
-from ..backend import kernels_disabled
+from .utils import NAMESPACE, kernels_disabled, op_name, warn_once
 
-NAMESPACE = "yolov10_kernels"
-ASSIGN_OP = f"{NAMESPACE}::task_aligned_assign"
+ASSIGN_OP = op_name("task_aligned_assign")
 CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
 LD_FLAGS = ["-fopenmp"]
 # no --use_fast_math: the assignment needs IEEE division/sqrt and libdevice pow/atan for parity
 NVCC_FLAGS = ["-O3", "-std=c++20"]
 
 _lock = threading.RLock()
-_state = {"attempted": False, "ok": False, "how": "", "error": "", "warned_fallback": False}
+_state = {"attempted": False, "ok": False, "how": "", "error": ""}
 
 
 def _csrc_dir():
@@ -168,24 +170,58 @@ def _try_load():
     return False, stale_note + "JIT build failed: " + " | ".join(errors)
 
 
+def _register_fake():
+    """Shapes and dtypes of the op for FakeTensor / torch.compile / opcheck (once the library is loaded).
+    Trailing schema arguments (options added to the op) do not change them."""
+    @torch.library.register_fake(ASSIGN_OP)
+    def _(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, num_classes, *options,
+          **named_options):
+        torch._check(pd_scores.dim() == 3 and gt_bboxes.dim() == 3)
+        b, a = pd_scores.shape[0], pd_scores.shape[1]
+        return (pd_scores.new_empty((b, a), dtype=torch.int64),
+                pd_scores.new_empty((b, a, 4), dtype=torch.float32),
+                pd_scores.new_empty((b, a, num_classes), dtype=torch.float32),
+                pd_scores.new_empty((b, a), dtype=torch.bool),
+                pd_scores.new_empty((b, a), dtype=torch.int64))
+
+
 def load():
-    """Load (or build) the extension once per process. Returns (ok, how_or_why)."""
+    """Load (or build) the extension and register its fake kernel, once per process. Returns (ok, how_or_why)."""
     if kernels_disabled():
         return False, "YOLOV10_KERNELS=off"
     with _lock:
         if not _state["attempted"]:
             _state["attempted"] = True
             ok, how = _try_load()
+            if ok:
+                _register_fake()
             _state.update(ok=ok, how=how if ok else "", error="" if ok else how)
         return _state["ok"], _state["how"] or _state["error"]
 
 
 def warn_fallback(why):
     """One warning per process when a caller falls back to the reference implementation."""
-    if not _state["warned_fallback"]:
-        _state["warned_fallback"] = True
-        warnings.warn(f"yolov10_kernels: the fused assignment extension is unavailable ({why}); using the "
-                      f"reference TaskAlignedAssigner", RuntimeWarning, stacklevel=4)
+    warn_once(("assign", "fallback"), f"yolov10_kernels: the fused assignment extension is unavailable ({why}); "
+                                      f"using the reference TaskAlignedAssigner", stacklevel=5)
+
+
+def has_kernel(device_type):
+    """True when the loaded extension has a kernel for `device_type` tensors ("cpu" or "cuda")."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and op_registered(ASSIGN_OP, key)
+
+
+def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, num_classes,
+                        alpha=0.5, beta=6.0, eps=1e-9, **options):
+    """The op with the reference's input conventions (gt_labels / mask_gt may be (B, M, 1), any dtype); any
+    further schema argument of the op goes through `options` by name. Returns (target_labels, target_bboxes
+    float32, target_scores float32, fg_mask, target_gt_idx); needs M > 0 (M == 0 is the caller's case)."""
+    b, m = gt_bboxes.shape[0], gt_bboxes.shape[1]
+    labels = gt_labels.reshape(b, m).long()  # float labels truncate, as gt_labels.long() in the reference
+    valid = mask_gt.reshape(b, m).bool()
+    op = getattr(torch.ops, NAMESPACE).task_aligned_assign
+    return op(pd_scores, pd_bboxes, anc_points, labels, gt_bboxes, valid, int(topk), int(num_classes), float(alpha),
+              float(beta), float(eps), **options)
 
 
 def extension_status():

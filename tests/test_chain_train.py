@@ -1,4 +1,4 @@
-"""Training-path fused conv chains (yolov10_kernels.ops.conv_chain / dwconv / pwconv) against the reference
+"""Training-path fused conv chains (yolov10_kernels.ops.chain_train / dwconv / pwconv, read through modules.chain) against the reference
 modules in train mode. On the CPU the Triton kernels run through TRITON_INTERPRET=1 (tests/conftest.py), so the
 shapes are tiny; odd H/W, channel counts that are not multiples of 16, batch 1 and 3, stride 2 on odd sizes,
 NCHW and channels_last. Every buffer the ops allocate is NaN-poisoned, so an element a kernel forgets to write
@@ -13,11 +13,11 @@ import torch.nn as nn
 pytest.importorskip("triton")
 
 from yolov10.modules import CIB, Conv, SCDown  # noqa: E402
-from yolov10_kernels.ops import _train_common  # noqa: E402
-from yolov10_kernels.ops.conv_chain import conv_chain_train  # noqa: E402
+from yolov10_kernels.modules.chain import read_chain  # noqa: E402
+from yolov10_kernels.ops.chain_train import chain_train  # noqa: E402
 from yolov10_kernels.ops.dwconv import dw_conv_bn, dw_conv_bn_backward  # noqa: E402
 from yolov10_kernels.ops.pwconv import pw_conv_bn, pw_conv_bn_backward  # noqa: E402
-from helpers import randomize_bn
+from helpers import max_rel_err, randomize_bn
 
 CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
 DEV = "cuda" if CUDA else "cpu"
@@ -47,8 +47,9 @@ def make_block(kind, c, dtype=torch.float32, device=DEV):
     raise ValueError(kind)
 
 
-def _rel(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+def conv_chain_train(x, layers, residual):
+    """The train path of a drop-in: the chain read off the reference layers, then the fused op."""
+    return chain_train(x, read_chain(layers), residual)
 
 
 def run_pair(kind, c, shape, dtype=torch.float32, channels_last=False, seed=0):
@@ -86,17 +87,17 @@ def test_chain_matches_reference_fp32(kind, c, shape, cl):
     ref, mine, out_ref, out, xr, xm = run_pair(kind, c, shape, torch.float32, cl)
     assert out.shape == out_ref.shape and out.dtype == out_ref.dtype
     assert out.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-    assert _rel(out, out_ref) <= 1e-4
-    assert _rel(xm.grad, xr.grad) <= 1e-4
+    assert max_rel_err(out, out_ref) <= 1e-4
+    assert max_rel_err(xm.grad, xr.grad) <= 1e-4
     for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
         assert p.grad is not None, name
         assert p.grad.dtype == q.dtype and p.grad.shape == q.shape, name
-        assert _rel(p.grad, q.grad) <= 1e-4, name
+        assert max_rel_err(p.grad, q.grad) <= 1e-4, name
     for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
         if name.endswith("num_batches_tracked"):
             assert b.item() == r.item() == 4, name
         else:
-            assert _rel(b, r) <= 1e-5, name
+            assert max_rel_err(b, r) <= 1e-5, name
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
@@ -113,9 +114,9 @@ def test_chain_channel_slice_input(cl):
     out = conv_chain_train(bm.chunk(2, 1)[1], layers(mine), residual)
     out_ref.square().sum().backward()
     out.square().sum().backward()
-    assert _rel(out, out_ref) <= 1e-4 and _rel(bm.grad, br.grad) <= 1e-4
+    assert max_rel_err(out, out_ref) <= 1e-4 and max_rel_err(bm.grad, br.grad) <= 1e-4
     for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
-        assert _rel(p.grad, q.grad) <= 1e-4, name
+        assert max_rel_err(p.grad, q.grad) <= 1e-4, name
 
 
 @pytest.mark.parametrize("kind,c,shape", [("cib_lk", 4, (2, 4, 5, 7)), ("scdown", 6, (1, 6, 7, 5))])
@@ -125,18 +126,18 @@ def test_gpu_tap_loop_path_under_interpreter(monkeypatch, kind, c, shape):
     from yolov10_kernels.ops import dwconv
     monkeypatch.setattr(dwconv, "TAP_LOOP_ON_CPU", True)
     ref, mine, out_ref, out, xr, xm = run_pair(kind, c, shape, torch.float32, channels_last=kind == "scdown")
-    assert _rel(out, out_ref) <= 1e-4 and _rel(xm.grad, xr.grad) <= 1e-4
+    assert max_rel_err(out, out_ref) <= 1e-4 and max_rel_err(xm.grad, xr.grad) <= 1e-4
     for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
-        assert _rel(p.grad, q.grad) <= 1e-4, name
+        assert max_rel_err(p.grad, q.grad) <= 1e-4, name
 
 
 @pytest.mark.parametrize("kind", ["cib", "cib_lk"])
 def test_chain_matches_reference_fp64(kind):
     ref, mine, out_ref, out, xr, xm = run_pair(kind, 4, (2, 4, 5, 7), torch.float64)
-    assert _rel(out, out_ref) <= 1e-10
-    assert _rel(xm.grad, xr.grad) <= 1e-10
+    assert max_rel_err(out, out_ref) <= 1e-10
+    assert max_rel_err(xm.grad, xr.grad) <= 1e-10
     for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
-        assert _rel(p.grad, q.grad) <= 1e-10, name
+        assert max_rel_err(p.grad, q.grad) <= 1e-10, name
     for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
         assert torch.allclose(b, r, rtol=1e-12, atol=1e-12), name
 
@@ -167,7 +168,7 @@ def test_chain_eval_mode_bn_uses_running_stats():
     out_ref, out = ref(xr), conv_chain_train(xm, layers(mine), residual)
     out_ref.sum().backward()
     out.sum().backward()
-    assert _rel(out, out_ref) <= 1e-4 and _rel(xm.grad, xr.grad) <= 1e-4
+    assert max_rel_err(out, out_ref) <= 1e-4 and max_rel_err(xm.grad, xr.grad) <= 1e-4
     for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
         assert torch.equal(b, r), name
 
@@ -291,9 +292,9 @@ def test_torch_compile_fullgraph():
     out = compiled(xm, mine)
     out_ref.square().sum().backward()
     out.square().sum().backward()
-    assert _rel(out, out_ref) <= 1e-5 and _rel(xm.grad, xr.grad) <= 1e-5
+    assert max_rel_err(out, out_ref) <= 1e-5 and max_rel_err(xm.grad, xr.grad) <= 1e-5
     for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
-        assert _rel(p.grad, q.grad) <= 1e-5, name
+        assert max_rel_err(p.grad, q.grad) <= 1e-5, name
     for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
         assert torch.allclose(b.float(), r.float(), rtol=1e-6, atol=1e-7), name
 
@@ -344,7 +345,7 @@ def test_torch_export_runs_and_updates_running_stats():
     em = ep.module()
     em.load_state_dict(ref.state_dict(prefix="b."), strict=True)  # undo anything tracing touched
     out, out_ref = em(x), ref(x)
-    assert _rel(out, out_ref) <= 1e-4
+    assert max_rel_err(out, out_ref) <= 1e-4
     ref_buffers = dict(ref.named_buffers(prefix="b"))
     for name, b in em.named_buffers():
         assert torch.allclose(b.float(), ref_buffers[name].float(), rtol=1e-5, atol=1e-6), name

@@ -1,4 +1,4 @@
-"""Inference (eval, BN folded) Triton kernels for YOLOv10's depthwise-separable chains.
+"""Eval-mode (BN folded) Triton kernels for YOLOv10's depthwise-separable chains.
 
 Four kernels keep every intermediate of a chain on chip (registers, plus in dw_pw_dw one small per-program
 scratch tile, reused by a persistent loop, so it stays in L1/L2):
@@ -11,8 +11,8 @@ scratch tile, reused by a persistent loop, so it stays in L1/L2):
 A whole CIB block is 2 launches (dw_pw writes the one intermediate, 2c channels, channels_last; dw_pw_dw
 reads it), the cls head 2 launches (dw_pw, dw_pw_pw), SCDown 1 launch.
 
-Weights come pre-folded (see yolov10_kernels/modules/_fold.py) in kernel-friendly layouts, fp32 (fp64 for
-fp64 inputs): depthwise weights as (k*k, C), pointwise weights transposed as (K_in, N_out), biases as (C,).
+Weights come pre-folded (`FoldedLayer`, built by yolov10_kernels/modules/chain.py) in kernel-friendly
+layouts, fp32 (fp64 for fp64 inputs): depthwise weights as (k*k, C), pointwise weights transposed as (K_in, N_out), biases as (C,).
 Activations may be fp32/fp16/bf16 (fp64 for tests) in NCHW or channels_last; the accumulators are fp32
 (fp64), the PW matmuls run on tensor cores in the activation dtype (fp32: IEEE, no TF32).
 The eager composites (cib_infer, scdown_infer, cls_head_infer) call the implementations directly; traced and
@@ -21,19 +21,35 @@ compiled code goes through the registered ops.
 Each op is a torch.library custom_op with a fake (meta) implementation, so it works under torch.compile and
 torch.export (as an opaque op). custom_op rather than triton_op: under TRITON_INTERPRET=1 (the CPU tests)
 wrap_triton hands back the bare interpreted kernel, which then runs on FakeTensors during AOT tracing.
-These ops have no autograd: training goes through yolov10_kernels.ops.conv_chain.
+These ops have no autograd: training goes through chain_train.py, the train-mode half of the pair.
 """
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ..backend import triton_interpreted
-from ._alloc import poison
+from .utils import (conv_out_size, dot_precision, empty, empty_4d, is_channels_last, next_pow2, op_name,
+                    strides4, target_programs, triton_interpreted)
 
 _INTERPRET = triton_interpreted()
+
+
+@dataclass
+class FoldedLayer:
+    """One conv of a chain with its eval-mode BN folded in, laid out as the kernels read it."""
+    w: torch.Tensor  # depthwise: (k*k, C); pointwise: (C_in, C_out); both contiguous, fp32 (fp64)
+    b: torch.Tensor  # (C_out,)
+    act: bool  # SiLU after this layer
+    stride: int = 1
+
+
+@dataclass
+class FoldedChain:
+    layers: list
+    residual: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -340,7 +356,7 @@ INTERPRET_MAX_BLOCK = 256  # channel-block cap under TRITON_INTERPRET=1 (tests l
 
 
 def _iblock(n, lo=16):
-    return max(lo, min(triton.next_power_of_2(max(int(n), 1)), INTERPRET_MAX_BLOCK))
+    return max(lo, min(next_pow2(n), INTERPRET_MAX_BLOCK))
 
 
 def _launch(tuned, grid, interp_meta, args, kwargs):
@@ -355,21 +371,8 @@ def _launch(tuned, grid, interp_meta, args, kwargs):
 # ----------------------------------------------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------------------------------------------
-def _is_channels_last(x):
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
 def _empty(x, c, h, w, channels_last):
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return poison(torch.empty((x.shape[0], c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt))
-
-
-def _scratch(numel, x):
-    return poison(torch.empty(numel, dtype=x.dtype, device=x.device))
-
-
-def _dot_prec(x):
-    return "ieee" if x.dtype in (torch.float32, torch.float64) else "tf32"  # fp16/bf16: the default
+    return empty_4d((x.shape[0], c, h, w), x, channels_last=channels_last)
 
 
 def _ks(dw_w, what):
@@ -396,14 +399,10 @@ def _check(x, weights):
             raise ValueError(f"{name} must be contiguous")
 
 
-def _strides(t):
-    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
-
-
 def _num_programs_cap(device):
     if _INTERPRET or device.type != "cuda":
         return 3  # small on purpose: the tests then exercise the persistent loop and scratch reuse
-    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return target_programs(device)
 
 
 # ---- DW -> PW ----
@@ -423,12 +422,12 @@ def _dw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w: 
         return (triton.cdiv(npix, meta["BLOCK_P"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
     _launch(_dw_pw, grid, dict(BLOCK_P=min(64, _iblock(npix)), BLOCK_N=_iblock(N), BLOCK_K=_iblock(C)),
-            (x, dw_w, dw_b, pw_w, pw_b, out, npix, H, W, C, N, *_strides(x), *_strides(out)),
-            dict(KS=ks, ACT_DW=act_dw, ACT_PW=act_pw, DOT_PREC=_dot_prec(x)))
+            (x, dw_w, dw_b, pw_w, pw_b, out, npix, H, W, C, N, *strides4(x), *strides4(out)),
+            dict(KS=ks, ACT_DW=act_dw, ACT_PW=act_pw, DOT_PREC=dot_precision(x)))
     return out
 
 
-dw_pw_infer = torch.library.custom_op("yolov10_kernels::dw_pw_infer", _dw_pw_infer, mutates_args=())
+dw_pw_infer = torch.library.custom_op(op_name("dw_pw_infer"), mutates_args=())(_dw_pw_infer)
 
 
 @dw_pw_infer.register_fake
@@ -450,18 +449,18 @@ def _dw_pw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_
     npix = B * H * W
     if npix == 0 or N2 == 0:
         return out
-    n1p = max(16, triton.next_power_of_2(N1))
+    n1p = next_pow2(N1, 16)
 
     def grid(meta):
         return (triton.cdiv(npix, meta["BLOCK_P"]),)
 
     _launch(_dw_pw_pw, grid, dict(BLOCK_P=min(64, _iblock(npix)), BLOCK_K=_iblock(C), BLOCK_N2=_iblock(N2)),
-            (x, dw_w, dw_b, pw_w, pw_b, pw2_w, pw2_b, out, npix, H, W, C, N1, N2, *_strides(x), *_strides(out)),
-            dict(KS=ks, ACT_DW=act_dw, ACT_PW=act_pw, ACT_PW2=act_pw2, DOT_PREC=_dot_prec(x), N1P=n1p))
+            (x, dw_w, dw_b, pw_w, pw_b, pw2_w, pw2_b, out, npix, H, W, C, N1, N2, *strides4(x), *strides4(out)),
+            dict(KS=ks, ACT_DW=act_dw, ACT_PW=act_pw, ACT_PW2=act_pw2, DOT_PREC=dot_precision(x), N1P=n1p))
     return out
 
 
-dw_pw_pw_infer = torch.library.custom_op("yolov10_kernels::dw_pw_pw_infer", _dw_pw_pw_infer, mutates_args=())
+dw_pw_pw_infer = torch.library.custom_op(op_name("dw_pw_pw_infer"), mutates_args=())(_dw_pw_pw_infer)
 
 
 @dw_pw_pw_infer.register_fake
@@ -470,11 +469,6 @@ def _(x, dw_w, dw_b, pw_w, pw_b, pw2_w, pw2_b, act_dw, act_pw, act_pw2, channels
 
 
 # ---- PW -> DW (stride s) ----
-def _out_hw(h, w, ks, stride):
-    pad = ks // 2
-    return (h + 2 * pad - ks) // stride + 1, (w + 2 * pad - ks) // stride + 1
-
-
 def _pw_dw_infer(x: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor,
                 stride: int, act_pw: bool, act_dw: bool, channels_last: bool) -> torch.Tensor:
     """act(DW_s(act(PW(x)))) (SCDown): pw_w (C, N), dw_w (k*k, N), DW stride s with padding k//2."""
@@ -484,7 +478,7 @@ def _pw_dw_infer(x: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor, dw_w: 
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     _check(x, {"pw_w": (pw_w, (C, N)), "pw_b": (pw_b, (N,)), "dw_w": (dw_w, (ks * ks, N)), "dw_b": (dw_b, (N,))})
-    HO, WO = _out_hw(H, W, ks, stride)
+    HO, WO = conv_out_size(H, ks, stride), conv_out_size(W, ks, stride)
     out = _empty(x, N, HO, WO, channels_last)
     nq = B * HO * WO
     if nq == 0 or N == 0:
@@ -494,18 +488,19 @@ def _pw_dw_infer(x: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor, dw_w: 
         return (triton.cdiv(nq, meta["BLOCK_Q"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
     _launch(_pw_dw, grid, dict(BLOCK_Q=min(64, _iblock(nq)), BLOCK_N=_iblock(N), BLOCK_K=_iblock(C)),
-            (x, pw_w, pw_b, dw_w, dw_b, out, nq, H, W, HO, WO, C, N, *_strides(x), *_strides(out)),
-            dict(KS=ks, STRIDE=stride, ACT_PW=act_pw, ACT_DW=act_dw, DOT_PREC=_dot_prec(x)))
+            (x, pw_w, pw_b, dw_w, dw_b, out, nq, H, W, HO, WO, C, N, *strides4(x), *strides4(out)),
+            dict(KS=ks, STRIDE=stride, ACT_PW=act_pw, ACT_DW=act_dw, DOT_PREC=dot_precision(x)))
     return out
 
 
-pw_dw_infer = torch.library.custom_op("yolov10_kernels::pw_dw_infer", _pw_dw_infer, mutates_args=())
+pw_dw_infer = torch.library.custom_op(op_name("pw_dw_infer"), mutates_args=())(_pw_dw_infer)
 
 
 @pw_dw_infer.register_fake
 def _(x, pw_w, pw_b, dw_w, dw_b, stride, act_pw, act_dw, channels_last):
-    HO, WO = _out_hw(x.shape[2], x.shape[3], math.isqrt(dw_w.shape[0]), stride)
-    return _empty(x, pw_w.shape[1], HO, WO, channels_last)
+    ks = math.isqrt(dw_w.shape[0])
+    return _empty(x, pw_w.shape[1], conv_out_size(x.shape[2], ks, stride), conv_out_size(x.shape[3], ks, stride),
+                  channels_last)
 
 
 # ---- DW -> PW -> DW (+ residual) ----
@@ -530,7 +525,7 @@ def _dw_pw_dw_infer(x: torch.Tensor, dw1_w: torch.Tensor, dw1_b: torch.Tensor, p
     cap = _num_programs_cap(x.device)
     interp_meta = dict(BLOCK_E=64, MAX_EW=16, BLOCK_N=_iblock(N), BLOCK_K=_iblock(C))
     per_program = interp_meta["BLOCK_E"] * interp_meta["BLOCK_N"] if _INTERPRET else _SCRATCH_PER_PROGRAM
-    scratch = _scratch(cap * per_program, x)
+    scratch = empty(cap * per_program, x)
 
     def grid(meta):
         ew = min(W + 2 * (ks2 // 2), meta["MAX_EW"])
@@ -542,13 +537,13 @@ def _dw_pw_dw_infer(x: torch.Tensor, dw1_w: torch.Tensor, dw1_b: torch.Tensor, p
     res = residual if residual is not None else out
     _launch(_dw_pw_dw, grid, interp_meta,
             (x, dw1_w, dw1_b, pw_w, pw_b, dw2_w, dw2_b, res, out, scratch, B, H, W, C, N,
-             *_strides(x), *_strides(res), *_strides(out)),
+             *strides4(x), *strides4(res), *strides4(out)),
             dict(KS1=ks1, KS2=ks2, ACT1=act_dw1, ACT_PW=act_pw, ACT2=act_dw2, HAS_RES=residual is not None,
-                 DOT_PREC=_dot_prec(x)))
+                 DOT_PREC=dot_precision(x)))
     return out
 
 
-dw_pw_dw_infer = torch.library.custom_op("yolov10_kernels::dw_pw_dw_infer", _dw_pw_dw_infer, mutates_args=())
+dw_pw_dw_infer = torch.library.custom_op(op_name("dw_pw_dw_infer"), mutates_args=())(_dw_pw_dw_infer)
 
 
 @dw_pw_dw_infer.register_fake
@@ -557,7 +552,7 @@ def _(x, dw1_w, dw1_b, pw_w, pw_b, dw2_w, dw2_b, residual, act_dw1, act_pw, act_
 
 
 # ----------------------------------------------------------------------------------------------------------
-# whole blocks (composites of the ops above; `p` = the folded weights from modules/_fold.py)
+# whole blocks (composites of the ops above; `p` = a FoldedChain)
 # ----------------------------------------------------------------------------------------------------------
 def _plain_eager(x):
     """Plain eager call on a real tensor: the implementation can be called directly, skipping the ~10-20 us of
@@ -574,14 +569,14 @@ def cib_infer(x, p):
     t = (_dw_pw_infer if fast else dw_pw_infer)(x, l1.w, l1.b, l2.w, l2.b, l1.act, l2.act, True)
     return (_dw_pw_dw_infer if fast else dw_pw_dw_infer)(t, l3.w, l3.b, l4.w, l4.b, l5.w, l5.b,
                                                          x if p.residual else None, l3.act, l4.act, l5.act,
-                                                         _is_channels_last(x))
+                                                         is_channels_last(x))
 
 
 def scdown_infer(x, p):
     """SCDown in 1 launch. p.layers = [PW, DW stride s]."""
     l1, l2 = p.layers
     return (_pw_dw_infer if _plain_eager(x) else pw_dw_infer)(x, l1.w, l1.b, l2.w, l2.b, l2.stride, l1.act, l2.act,
-                                                               _is_channels_last(x))
+                                                               is_channels_last(x))
 
 
 def cls_head_infer(x, p):
@@ -590,4 +585,4 @@ def cls_head_infer(x, p):
     fast = _plain_eager(x)
     t = (_dw_pw_infer if fast else dw_pw_infer)(x, l1.w, l1.b, l2.w, l2.b, l1.act, l2.act, True)
     return (_dw_pw_pw_infer if fast else dw_pw_pw_infer)(t, l3.w, l3.b, l4.w, l4.b, l5.w, l5.b, l3.act, l4.act,
-                                                         l5.act, _is_channels_last(x))
+                                                         l5.act, is_channels_last(x))

@@ -17,8 +17,9 @@ import torch
 
 from yolov10.assign import TaskAlignedAssigner
 from yolov10.head import make_anchors
-from yolov10_kernels.assign import FusedTaskAlignedAssigner, load_op, task_aligned_assign
-from yolov10_kernels.ops import assign_ext
+from yolov10_kernels.modules.assigner import FusedTaskAlignedAssigner
+from yolov10_kernels.ops import assign
+from yolov10_kernels.ops.assign import task_aligned_assign
 
 ROOT = Path(__file__).resolve().parents[1]
 NC = 80
@@ -27,7 +28,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 @pytest.fixture(scope="session", autouse=True)
 def extension():
-    ok, how = load_op()
+    ok, how = assign.load()
     if not ok:
         from torch.utils.cpp_extension import is_ninja_available
         if is_ninja_available() and shutil.which(os.environ.get("CXX", "c++")):
@@ -254,7 +255,7 @@ def test_backend_selection(monkeypatch):
 
 
 def test_extension_status():
-    st = assign_ext.extension_status()
+    st = assign.extension_status()
     assert st["cpp"][0] is True, st
     assert st["cuda"][0] is torch.cuda.is_available(), st
 
@@ -296,11 +297,11 @@ def test_fallback_without_extension(tmp_path):
     "fused" raises."""
     code = """
 import warnings, torch
-from yolov10_kernels.ops import assign_ext
-assign_ext._prebuilt_spec = lambda: None
-st = assign_ext.extension_status()
+from yolov10_kernels.ops import assign
+assign._prebuilt_spec = lambda: None
+st = assign.extension_status()
 assert st["cpp"][0] is False and "not built yet" in st["cpp"][1], st
-from yolov10_kernels.assign import FusedTaskAlignedAssigner
+from yolov10_kernels.modules.assigner import FusedTaskAlignedAssigner
 from yolov10.assign import TaskAlignedAssigner
 g = torch.Generator().manual_seed(0)
 ap = torch.rand(700, 2, generator=g) * 100

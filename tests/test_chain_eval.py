@@ -1,4 +1,4 @@
-"""Inference (eval, BN folded) kernels of the depthwise-separable chains (yolov10_kernels.ops.dw_chain_infer)
+"""Inference (eval, BN folded) kernels of the depthwise-separable chains (yolov10_kernels.ops.chain_eval)
 against the reference modules in eval mode: CIB (3x3 and RepVGGDW 7x7), SCDown (stride 2), the v10Detect cls
 branch. CPU runs go through TRITON_INTERPRET=1 (set by conftest) with tiny shapes; the GPU tests (fp16/bf16)
 run only where CUDA is available."""
@@ -18,8 +18,9 @@ from yolov10_kernels.backend import triton_status
 from yolov10_kernels.modules.cib import FusedCIB
 from yolov10_kernels.modules.cls_head import FusedClsHead
 from yolov10_kernels.modules.scdown import FusedSCDown
-from yolov10_kernels.ops import dw_chain_infer as D
-from helpers import randomize_bn
+from yolov10_kernels.ops import chain_eval as D
+from yolov10_kernels.ops.utils import is_channels_last
+from helpers import assert_close, randomize_bn
 
 CUDA = torch.cuda.is_available()
 needs_triton_cpu = pytest.mark.skipif(not triton_status("cpu")[0], reason="needs TRITON_INTERPRET=1 and triton")
@@ -45,22 +46,14 @@ def fused(ref, backend="triton"):
     return FUSED[type(ref)].from_module(ref, backend)
 
 
-def assert_rel_close(out, ref, rel=1e-4):
-    assert out.shape == ref.shape and out.dtype == ref.dtype
-    assert torch.isfinite(out).all(), "non-finite output (an unwritten element?)"
-    err = (out - ref).abs().max().item()
-    scale = ref.abs().max().item()
-    assert err <= rel * scale, f"max abs error {err:.3g} > {rel} * max|ref| ({scale:.3g})"
-
-
 def check(ref, x, rel=1e-4):
     f = fused(ref)
     with torch.no_grad():
         want = ref(x)
         got = f(x)
-    assert_rel_close(got, want, rel)
+    assert_close(got, want, rel)
     # output memory format follows the input, as for nn.Conv2d
-    assert got.is_contiguous(memory_format=torch.channels_last if D._is_channels_last(x) else torch.contiguous_format)
+    assert got.is_contiguous(memory_format=torch.channels_last if is_channels_last(x) else torch.contiguous_format)
     return got
 
 
@@ -130,7 +123,7 @@ def test_fold_cache_tracks_parameters_and_leaves_reference_untouched():
             assert torch.equal(v, before[k]), f"{k} was modified"
         ref.cv1[2].conv1.bn.running_var.mul_(2.0)  # in place, as a train step or load_state_dict would
         ref.cv1[1].conv.weight.add_(0.1)
-        assert_rel_close(f(x), ref(x))
+        assert_close(f(x), ref(x))
         assert not torch.allclose(f(x), a)
     p = f.folded()
     f.train().eval()  # train()/eval() drop the cache
@@ -151,7 +144,7 @@ def test_fused_model_state_is_supported():
         for m in ref.modules():
             if hasattr(m, "fuse_bn"):
                 m.fuse_bn()
-        assert_rel_close(f(x), want)
+        assert_close(f(x), want)
 
 
 @needs_triton_cpu
@@ -211,7 +204,7 @@ def test_torch_compile_fullgraph_eval_block():
     torch._dynamo.reset()
     compiled = torch.compile(f, fullgraph=True)
     with torch.no_grad():
-        assert_rel_close(compiled(x), ref(x))
+        assert_close(compiled(x), ref(x))
 
 
 
@@ -223,7 +216,7 @@ def test_torch_export_eval_blocks():
         with torch.no_grad():
             ep = torch.export.export(fused(ref), (x,))
             assert any("yolov10_kernels" in str(n.target) for n in ep.graph.nodes)
-            assert_rel_close(ep.module()(x), ref(x))
+            assert_close(ep.module()(x), ref(x))
 
 # ---- the compiled (non-interpreted) path: lower every kernel for sm_90 without a GPU ----
 _LOWER_SCRIPT = textwrap.dedent("""
@@ -232,7 +225,7 @@ _LOWER_SCRIPT = textwrap.dedent("""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.compiler.compiler import make_backend
-    import yolov10_kernels.ops.dw_chain_infer as D
+    import yolov10_kernels.ops.chain_eval as D
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
@@ -322,4 +315,4 @@ def test_gpu_fp32_blocks():
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), torch.no_grad():  # an exact fp32 reference
         for ref, x in cases:
             ref, x = ref.cuda(), x.cuda()
-            assert_rel_close(fused(ref)(x), ref(x), rel=1e-4)
+            assert_close(fused(ref)(x), ref(x), rel=1e-4)

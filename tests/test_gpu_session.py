@@ -1,0 +1,40 @@
+"""The one-call GPU session cannot rot between GPU runs: its dry run (every phase on the CPU at tiny sizes,
+through the Triton interpreter) must finish within 3 minutes and leave every result file with real content,
+within the device tool's limit of 8 files in $OUT."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = ("env.json", "build.json", "correctness.json", "sweep.json", "bench.json", "bench.md", "ncu.json",
+         "session.log")
+
+
+def test_dry_run_writes_every_phase_file(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path), PY=sys.executable)
+    t0 = time.monotonic()
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_session.sh"), "--dry-run"], env=env, capture_output=True,
+                       text=True, timeout=240)
+    wall = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert wall <= 180, f"dry run took {wall:.0f}s (limit 180s)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
+    phase = {n: json.loads((tmp_path / n).read_text()) for n in FILES if n.endswith(".json") and n != "bench.json"}
+    for name, d in phase.items():
+        assert d["dry_run"] is True and d["status"] == "ok" and d["items"], (name, d["status"])
+    assert phase["env.json"]["env"]["torch"]
+    build = {it["what"]: it for it in phase["build.json"]["items"]}
+    assert build["extension"]["status"] == "ok" and build["warm"]["status"] == "ok", build
+    checks = phase["correctness.json"]["items"]
+    assert {it["what"] for it in checks} == {"op", "model", "assigner"}
+    assert all(it["status"] == "pass" for it in checks), [(it["case"], it["status"]) for it in checks]
+    assert {it["op"] for it in checks if it["what"] == "op"} == {"cib", "scdown", "cls_head", "psa"}
+    assert all(it["configs"] for it in phase["sweep.json"]["items"])
+    assert phase["ncu.json"]["items"][0]["status"].startswith("not available")
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["rows"] and all(not str(r["status"]).startswith("error") for r in bench["rows"])
+    log = (tmp_path / "session.log").read_text()
+    assert log.count("phase ") == 6 and "gpu_session: done" in log

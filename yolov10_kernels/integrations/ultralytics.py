@@ -1,0 +1,207 @@
+"""Run ultralytics' own training (`yolo train`, `YOLO(...).train()`) on the fused kernels, Liger-style.
+
+    import yolov10_kernels
+    yolov10_kernels.patch_ultralytics()          # before YOLO(...).train(): class level, covers models and losses
+    yolov10_kernels.patch_ultralytics(model)     # or one DetectionModel / YOLO object (and its loss)
+    yolov10_kernels.unpatch_ultralytics()
+
+What is patched:
+- the assigner: ultralytics' losses build `ultralytics.utils.loss.TaskAlignedAssigner`; that name is pointed at
+  a subclass of the installed class whose forward runs the fused C++ (CPU) / CUDA op with the installed
+  version's semantics (8.3: the original TAL; 8.4: gts enlarged to `stride_val` in the inside test and the
+  `topk2` filter of E2ELoss). Calls with extra keyword tensors (pose/seg assigners), an empty batch, or where
+  the op is unavailable run the installed class's own forward.
+- the modules: CIB (C2fCIB's blocks, RepVGGDW inside), SCDown and v10Detect's light cls heads of a model are
+  swapped for the drop-ins of yolov10_kernels.modules (state_dict keys unchanged); at class level every
+  DetectionModel ultralytics builds later (the trainer builds its own) gets them at the end of its __init__.
+
+ultralytics is imported only when a function here is called; it is never a dependency of the package.
+"""
+import torch
+
+from ..ops import assign
+from ..ops.utils import kernels_disabled, warn_once
+
+SUPPORTED = ((8, 3), (8, 4))  # minor versions whose TaskAlignedAssigner the op reproduces
+SUPPORTED_TEXT = ">=8.3.0,<8.5.0"
+_patched = {}  # (owner object, attribute name) -> original value, for unpatch_ultralytics
+_assigner_classes = {}  # installed TaskAlignedAssigner class -> its fused subclass
+
+
+def ultralytics_version():
+    """(major, minor, patch) of the installed ultralytics; ImportError if it is not installed."""
+    import ultralytics
+    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in ultralytics.__version__.split(".")[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def check_version():
+    """The installed (major, minor, patch); RuntimeError naming it and the supported range if unsupported."""
+    import ultralytics
+    v = ultralytics_version()
+    if v[:2] not in SUPPORTED:
+        raise RuntimeError(f"yolov10_kernels.patch_ultralytics supports ultralytics {SUPPORTED_TEXT}; the installed "
+                           f"version is {ultralytics.__version__} (nothing was patched)")
+    return v
+
+
+def fused_assigner_class():
+    """The fused subclass of the installed ultralytics.utils.tal.TaskAlignedAssigner: same constructor, call and
+    outputs; `calls` counts the assignments the op ran."""
+    from ultralytics.utils import tal
+    base = tal.TaskAlignedAssigner
+    if base not in _assigner_classes:
+
+        @torch.no_grad()
+        def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
+            if extra or gt_bboxes.shape[1] == 0 or not _use_op(pd_scores.device):
+                return base.forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra)
+            self.bs, self.n_max_boxes = pd_scores.shape[0], gt_bboxes.shape[1]
+            labels, bboxes, scores, fg, idx = assign.task_aligned_assign(
+                pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, self.topk, self.num_classes,
+                self.alpha, self.beta, self.eps, **_op_options(self))
+            type(self).calls += 1
+            # the installed class's output dtypes: boxes follow gt_bboxes, scores the align metric's dtype
+            score_dtype = torch.promote_types(pd_scores.dtype, pd_bboxes.dtype)
+            return labels, bboxes.to(gt_bboxes.dtype), scores.to(score_dtype), fg, idx
+
+        _assigner_classes[base] = type("FusedTaskAlignedAssigner", (base,), {
+            "__module__": __name__, "forward": forward, "calls": 0,
+            "__doc__": f"{base.__module__}.TaskAlignedAssigner whose assignment runs the fused op (same outputs)."})
+    return _assigner_classes[base]
+
+
+def _op_options(assigner):
+    """The op's trailing arguments for the installed version's semantics (8.4: stride_val and topk2)."""
+    if ultralytics_version()[:2] < (8, 4):
+        return {}
+    return {"stride_val": float(assigner.stride_val), "topk2": int(assigner.topk2)}
+
+
+def _use_op(device):
+    if kernels_disabled():
+        return False
+    ok, why = assign.load()
+    if ok and assign.has_kernel(device.type):
+        return True
+    assign.warn_fallback(why if not ok else f"no {device.type} kernel built")
+    return False
+
+
+def _fuse_assigner(assigner):
+    """A fused copy of a plain ultralytics TaskAlignedAssigner (same attributes); other classes unchanged."""
+    from ultralytics.utils import tal
+    if type(assigner) is not tal.TaskAlignedAssigner:
+        return assigner
+    new = fused_assigner_class().__new__(fused_assigner_class())
+    new.__dict__.update(assigner.__dict__)
+    return new
+
+
+def patch_criterion(criterion):
+    """Give a built ultralytics loss (v8DetectionLoss, E2EDetectLoss, E2ELoss, ...) the fused assigner; returns
+    how many assigners were replaced."""
+    n = 0
+    for part in (criterion, getattr(criterion, "one2many", None), getattr(criterion, "one2one", None)):
+        if part is not None and hasattr(part, "assigner"):
+            new = _fuse_assigner(part.assigner)
+            n += new is not part.assigner
+            part.assigner = new
+    return n
+
+
+def swap_modules(model, backend="auto"):
+    """Swap an ultralytics model's CIB / SCDown / v10Detect cls-head modules for the fused drop-ins in place;
+    returns {op: number of drop-ins}."""
+    from ultralytics.nn.modules import block, head
+
+    from ..modules import cib, cls_head, scdown
+    return {"cib": cib.swap(model, backend, ref_cls=block.CIB),
+            "scdown": scdown.swap(model, backend, ref_cls=block.SCDown),
+            "cls_head": cls_head.swap(model, backend, ref_cls=head.v10Detect)}
+
+
+def _set(owner, name, value):
+    _patched.setdefault((owner, name), getattr(owner, name))
+    setattr(owner, name, value)
+
+
+def _patch_classes(modules, assigner, backend):
+    from ultralytics.nn import tasks
+    from ultralytics.utils import loss
+    done = {}
+    if assigner:
+        _set(loss, "TaskAlignedAssigner", fused_assigner_class())
+        done["assigner"] = "ultralytics.utils.loss.TaskAlignedAssigner -> fused (losses built from now on)"
+    if modules:
+        original_init = _patched.get((tasks.DetectionModel, "__init__"), tasks.DetectionModel.__init__)
+
+        def __init__(self, *args, **kwargs):
+            original_init(self, *args, **kwargs)
+            swap_modules(self, backend)
+
+        _set(tasks.DetectionModel, "__init__", __init__)
+        done["modules"] = "DetectionModel.__init__ swaps CIB/SCDown/v10Detect cls heads (models built from now on)"
+    return done
+
+
+def _patch_model(model, modules, assigner, backend):
+    from ultralytics.nn.tasks import DetectionModel
+    net = getattr(model, "model", None) if not isinstance(model, DetectionModel) else model
+    if not isinstance(net, DetectionModel):
+        raise TypeError(f"patch_ultralytics(model=...) takes an ultralytics DetectionModel or YOLO object, got "
+                        f"{type(model).__name__}")
+    done = {}
+    if modules:
+        done["modules"] = swap_modules(net, backend)
+        if not any(done["modules"].values()):
+            warn_once(("ultralytics", "no-v10"), "yolov10_kernels: the model has no YOLOv10 modules (CIB, SCDown, "
+                                                 "v10Detect); only the assigner is patched")
+    if assigner:
+        criterion = getattr(net, "criterion", None)
+        if criterion is not None:
+            done["assigner"] = f"{patch_criterion(criterion)} assigner(s) of the built loss"
+        else:  # built on the first loss() call: patch it then
+            original = net.init_criterion
+
+            def init_criterion():
+                built = original()
+                patch_criterion(built)
+                return built
+
+            if not getattr(original, "yolov10_kernels", False):
+                init_criterion.yolov10_kernels = True
+                net.init_criterion = init_criterion
+            done["assigner"] = "the loss, when the model builds it"
+    return done
+
+
+def patch_ultralytics(model=None, modules=True, assigner=True, backend="auto"):
+    """Make ultralytics train on the fused kernels. With `model` (a DetectionModel or a YOLO object): swap its
+    YOLOv10 modules and give its loss (built now or later) the fused assigner. Without: patch at class level,
+    so that the models and losses ultralytics builds later (inside YOLO(...).train() and `yolo train`) get them.
+    backend: the drop-ins' backend ("auto": Triton on CUDA tensors, reference on the CPU; "triton";
+    "reference"). Calling it twice is harmless. Returns a report of what was patched."""
+    from ..backend import check_backend
+    check_backend(backend)
+    import ultralytics
+    check_version()  # before anything is patched
+    report = {"ultralytics": ultralytics.__version__,
+              "semantics": "8.4 (stride_val, topk2)" if ultralytics_version()[:2] >= (8, 4) else "8.3"}
+    if kernels_disabled():
+        report["disabled"] = "YOLOV10_KERNELS=off: nothing patched"
+        return report
+    if model is None:
+        report.update(_patch_classes(modules, assigner, backend))
+    else:
+        report.update(_patch_model(model, modules, assigner, backend))
+    return report
+
+
+def unpatch_ultralytics():
+    """Undo the class-level patches (models already built keep their swapped modules). Returns what was restored."""
+    restored = [f"{getattr(owner, '__name__', owner)}.{name}" for owner, name in _patched]
+    for (owner, name), value in _patched.items():
+        setattr(owner, name, value)
+    _patched.clear()
+    return restored

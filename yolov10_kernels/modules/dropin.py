@@ -1,0 +1,192 @@
+"""The one drop-in machinery: build a drop-in from a reference module (sharing its submodules, parameters,
+buffers and attributes, so state_dict keys stay the same) and swap drop-ins into a model in place.
+
+A drop-in class is a mixin (`DropIn` subclass) combined with the class of the module it replaces:
+`FusedCIB.from_module(m)` returns an instance of `FusedCIB.for_class(type(m))`, a subclass of both, so a
+drop-in built from the official (ultralytics) classes, which have the same structure under other names,
+works the same way and is still an instance of the reference module's class."""
+import sys
+
+import torch
+
+from ..backend import check_backend, use_triton, warn_once
+from ..ops.chain_train import chain_train
+from .chain import fold_chain, read_chain, trainable
+
+
+@torch.compiler.assume_constant_result
+def use_triton_on(backend: str, device_type: str) -> bool:
+    """backend.use_triton as a constant for torch.compile (it depends only on the backend and device type)."""
+    return use_triton(backend, device_type)
+
+
+class DropIn:
+    """Mixin of every drop-in module. Subclasses define `forward`; `reference_forward(x)` is the replaced
+    class's own forward."""
+
+    backend = "auto"
+    _dynamic_classes = {}
+
+    @classmethod
+    def for_class(cls, base):
+        """The drop-in class for modules of class `base`: cls itself when it derives from base, else a subclass
+        of (cls, base), made once and kept as an attribute of cls's module (so pickle finds it by name)."""
+        if issubclass(cls, base):
+            return cls
+        key = (cls, base)
+        if key not in DropIn._dynamic_classes:
+            name = f"{cls.__name__}_{base.__module__.replace('.', '_')}_{base.__name__}"
+            new = type(name, (cls, base), {"__module__": cls.__module__, "__qualname__": name, "reference_class": base})
+            setattr(sys.modules[cls.__module__], name, new)
+            DropIn._dynamic_classes[key] = new
+        return DropIn._dynamic_classes[key]
+
+    @classmethod
+    def from_module(cls, ref, backend="auto"):
+        """A drop-in holding ref's submodules, parameters, buffers, hooks and attributes (ref is left as is)."""
+        klass = cls.for_class(type(ref))
+        new = klass.__new__(klass)
+        new.__dict__.update(ref.__dict__)
+        for name in ("_parameters", "_buffers", "_modules"):
+            new.__dict__[name] = dict(ref.__dict__[name])
+        new.set_backend(backend)
+        return new
+
+    def set_backend(self, backend):
+        check_backend(backend)
+        self.backend = backend
+
+    def reference_forward(self, *args):
+        return self.reference_class.forward(self, *args)
+
+    def extra_repr(self):
+        return f"backend={self.backend!r}"
+
+
+def replace_modules(parents, match, make):
+    """Replace every child `child` of the modules `parents` with match(child) true by make(child), in place.
+    Returns the count."""
+    n = 0
+    for parent in list(parents):
+        for name, child in list(parent.named_children()):
+            if match(child):
+                setattr(parent, name, make(child))
+                n += 1
+    return n
+
+
+def swap_modules(model, ref_classes, dropin, supported, backend, parents=None):
+    """Swap every module whose class is one of `ref_classes` (exactly, not a subclass) and that `supported`
+    accepts for `dropin.from_module(m, backend)`, among the children of `parents` (default: every module of
+    the model); drop-ins of `dropin` already there get the new backend. Returns how many `dropin` modules the
+    model now has."""
+    check_backend(backend)
+    ref_classes = tuple(ref_classes) if isinstance(ref_classes, (tuple, list)) else (ref_classes,)
+    for m in model.modules():
+        if isinstance(m, dropin):
+            m.set_backend(backend)
+    skipped = []
+
+    def match(m):
+        if type(m) not in ref_classes:
+            return False
+        if not supported(m):
+            skipped.append(type(m).__name__)
+            return False
+        return True
+
+    replace_modules(model.modules() if parents is None else parents, match, lambda m: dropin.from_module(m, backend))
+    if skipped:
+        warn_once(("skipped", dropin.__name__, len(skipped)),
+                  f"yolov10_kernels: {len(skipped)} {skipped[0]} module(s) have a layout the fused kernels do not "
+                  "implement; they keep the reference forward")
+    return sum(isinstance(m, dropin) for m in model.modules())
+
+
+class FoldCache:
+    """Folded weights, rebuilt when any tracked tensor changes (storage, dtype, device or in-place version:
+    optimizer steps, load_state_dict and BN running-stat updates all bump versions). Owners also clear it on
+    train()/eval() and on .to()/.half()/... Not used while torch.compile traces (folding is traced instead)."""
+
+    def __init__(self):
+        self.key = None
+        self.value = None
+
+    def clear(self):
+        self.key = self.value = None
+
+    def get(self, tensors, build, extra=()):
+        if torch.compiler.is_compiling():
+            return build()
+        try:
+            key = (tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors), tuple(extra))
+        except RuntimeError:  # e.g. inference tensors carry no version counter
+            return build()
+        if key != self.key:
+            self.value, self.key = build(), key
+        return self.value
+
+    def __getstate__(self):  # never pickled or deep-copied with the module
+        return {"key": None, "value": None}
+
+    def __deepcopy__(self, memo):
+        return FoldCache()
+
+
+def _autocast_input(x):
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev) and x.dtype == torch.float32:
+        return x.to(torch.get_autocast_dtype(dev))
+    return x
+
+
+class ChainDropIn(DropIn):
+    """Drop-in of a depthwise-separable chain (CIB, SCDown, the cls head). Per call: the reference forward
+    unless the backend runs Triton here; in eval mode (every BN on running statistics) the eval kernels on
+    the folded weights (cached); in train mode `ops.chain_train`. Subclasses define layers(), infer(x, folded)
+    and, with a shortcut, residual()."""
+
+    def set_backend(self, backend):
+        super().set_backend(backend)
+        self._fold_cache = FoldCache()
+
+    def layers(self):
+        raise NotImplementedError
+
+    def residual(self):
+        return False
+
+    def infer(self, x, folded):
+        raise NotImplementedError
+
+    def folded(self, specs=None):
+        """The eval-mode folded weights (cached until a parameter or buffer changes)."""
+        specs = read_chain(self.layers()) if specs is None else specs
+
+        def build():
+            with torch.no_grad():
+                return fold_chain(specs, self.residual())
+        tensors = list(self.parameters()) + list(self.buffers())
+        return self._fold_cache.get(tensors, build, extra=[bn.eps for s in specs for bn in (s.bn, s.bn2) if bn])
+
+    def forward(self, x):
+        if not use_triton_on(self.backend, x.device.type):
+            return self.reference_forward(x)
+        specs = read_chain(self.layers())
+        if not any(bn.training for s in specs for bn in (s.bn, s.bn2) if bn is not None):
+            if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+                return self.reference_forward(x)  # the eval kernels have no backward
+            return self.infer(_autocast_input(x), self.folded(specs))
+        if trainable(specs):
+            return chain_train(x, specs, residual=self.residual())
+        return self.reference_forward(x)
+
+    def train(self, mode=True):
+        if getattr(self, "_fold_cache", None) is not None:
+            self._fold_cache.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        if getattr(self, "_fold_cache", None) is not None:
+            self._fold_cache.clear()
+        return super()._apply(fn, *args, **kwargs)

@@ -1,0 +1,247 @@
+"""Helpers shared by every op file: the environment switches, the library namespace, input checks, memory
+layouts, accumulation dtypes, block and grid sizing, output sizes, buffer allocation with the NaN-poison switch,
+the parallel-variance merge of partial statistics, and the Triton device functions of the training convs.
+
+Triton is optional (the C++ assignment op and the reference paths work without it): `triton` is None when it
+cannot be imported and `TRITON_IMPORT_ERROR` says why."""
+import math
+import os
+import warnings
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+    TRITON_IMPORT_ERROR = ""
+except Exception as e:  # ImportError, or a broken install
+    triton = tl = None
+    TRITON_IMPORT_ERROR = f"triton cannot be imported ({type(e).__name__}: {e})"
+
+NAMESPACE = "yolov10_kernels"
+
+# With POISON on (the test suite turns it on; YOLOV10_KERNELS_POISON=1 does so by hand) each buffer a launcher
+# allocates starts as NaN, so an element a kernel forgets to write shows up instead of passing by luck.
+POISON = os.environ.get("YOLOV10_KERNELS_POISON", "0") == "1"
+
+# Enough resident programs per streaming multiprocessor to hide memory latency (persistent and split grids).
+PROGRAMS_PER_SM = 4
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+# ------------------------------------------------------------------------------------------ switches
+def kernels_disabled():
+    """YOLOV10_KERNELS=off (or 0/false/none/reference) turns every custom kernel off: the reference path runs."""
+    return os.environ.get("YOLOV10_KERNELS", "").strip().lower() in ("off", "0", "false", "none", "reference")
+
+
+def triton_interpreted():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_warned = set()
+
+
+def warn_once(key, message, stacklevel=3):
+    """The package's one warn-once mechanism: one RuntimeWarning per key and process."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+
+
+def op_name(name):
+    """The qualified name of one of this library's ops: every registration goes through it."""
+    return f"{NAMESPACE}::{name}"
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def check_tensor(name, t, device=None, dim=None):
+    """Validate one kernel input; messages name the argument and what is wrong with it."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor (float32, float16, bfloat16 or float64), got {t.dtype}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has unsupported dtype {t.dtype}; use float32, float16, bfloat16 or float64")
+    if dim is not None and t.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D, got shape {tuple(t.shape)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the input is on {device}: all tensors must be on one device")
+
+
+def is_fake(t):
+    from torch._subclasses.fake_tensor import FakeTensor
+    return isinstance(t, FakeTensor) or t.device.type == "meta"
+
+
+def check_device(x):
+    """Triton runs on CUDA tensors, or on CPU tensors through the interpreter (TRITON_INTERPRET=1)."""
+    if is_fake(x):
+        return
+    if x.device.type == "cuda":
+        if triton_interpreted():
+            raise RuntimeError("TRITON_INTERPRET=1 runs Triton kernels on CPU tensors only; got a CUDA tensor")
+        return
+    if x.device.type == "cpu":
+        if not triton_interpreted():
+            raise RuntimeError("yolov10_kernels Triton ops got a CPU tensor but TRITON_INTERPRET is not set: the "
+                               "kernels run on CUDA tensors, or on the CPU only through the Triton interpreter "
+                               "(set TRITON_INTERPRET=1 before importing triton; slow, for testing)")
+        return
+    raise RuntimeError(f"yolov10_kernels Triton ops do not support {x.device.type} tensors")
+
+
+# ------------------------------------------------------------------------------------------ layouts and buffers
+def is_channels_last(x):
+    """True when x should be treated as NHWC: channels_last-contiguous and not plain contiguous (a tensor that is
+    both, e.g. C == 1 or H == W == 1, counts as NCHW). The fake implementations use the same rule."""
+    return x.dim() == 4 and (not x.is_contiguous()) and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def strides4(t):
+    """The four strides of a 4-D tensor; zeros for an absent (None) one, whose kernel argument is never read."""
+    return tuple(t.stride()) if t is not None and t.dim() == 4 else (0, 0, 0, 0)
+
+
+def vec(t, dtype):
+    """A per-channel vector as a contiguous 1-D `dtype` tensor outside autograd (None stays None)."""
+    return None if t is None else t.detach().reshape(-1).to(dtype).contiguous()
+
+
+def poison(t):
+    """Fill a freshly allocated buffer with NaN when POISON is on; returns it."""
+    return t.fill_(float("nan")) if POISON and not is_fake(t) and t.is_floating_point() else t
+
+
+def empty(shape, like, dtype=None):
+    """A (poisoned) contiguous buffer on like's device, in `dtype` (default: like's)."""
+    return poison(torch.empty(shape, dtype=dtype or like.dtype, device=like.device))
+
+
+def empty_4d(shape, like, dtype=None, channels_last=None):
+    """A (poisoned) 4-D buffer, channels_last when asked (None: when `like` is channels_last)."""
+    cl = is_channels_last(like) if channels_last is None else channels_last
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    return poison(torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt))
+
+
+# ------------------------------------------------------------------------------------------ dtypes
+def acc_dtype(x):
+    """Accumulators, statistics, partial sums and weight gradients: fp32, fp64 for fp64 (x a tensor or dtype)."""
+    dtype = x if isinstance(x, torch.dtype) else x.dtype
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def dot_precision(x):
+    """tl.dot's input_precision: IEEE for fp32/fp64 (no TF32: parity with the reference); fp16/bf16 default."""
+    return "ieee" if x.dtype in (torch.float32, torch.float64) else "tf32"
+
+
+# ------------------------------------------------------------------------------------------ sizes
+def next_pow2(n, lo=1):
+    """The smallest power of two >= max(n, lo) (tl.arange and tl.dot want powers of two; tl.dot at least 16)."""
+    return max(lo, 1 << max(0, int(n) - 1).bit_length())
+
+
+def conv_out_size(size, k, stride):
+    """Output extent of a kxk conv with zero padding k // 2."""
+    return (size + 2 * (k // 2) - k) // stride + 1
+
+
+_sm_counts = {}  # a plain dict, not functools.lru_cache: torch.compile traces through callers of this
+
+
+def _sm_count(index):
+    if index not in _sm_counts:
+        _sm_counts[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _sm_counts[index]
+
+
+def target_programs(device):
+    """About how many programs fill the device (interpreter: few, since each costs Python time)."""
+    if device.type != "cuda":
+        return 1  # the interpreter runs programs one after another: one program per channel block
+    return PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def split_tiles(num_tiles, other_programs, device):
+    """Split num_tiles tiles over programs, `other_programs` being the grid's other extent.
+    Returns (splits, tiles_per_split) with splits * tiles_per_split >= num_tiles."""
+    want = max(1, math.ceil(target_programs(device) / max(1, other_programs)))
+    splits = max(1, min(num_tiles, want))
+    per = math.ceil(num_tiles / splits)
+    return math.ceil(num_tiles / per), per
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def partial_stats(programs, channels, like, dtype, stats):
+    """Per-program (count, mean, M2) buffers of the statistics epilogue; 1-element dummies without it."""
+    if not stats:
+        dummy = like.new_empty(1, dtype=dtype)
+        return dummy, dummy, dummy
+    return empty(programs, like, dtype), empty((programs, channels), like, dtype), empty((programs, channels), like, dtype)
+
+
+def merge_stats(cnt, mean, m2):
+    """Merge per-program partials (count [P], mean [P, C], M2 [P, C]) with the parallel-variance formula
+    (Chan et al.): mean = sum n_p m_p / n; M2 = sum M2_p + sum n_p (m_p - mean)^2. Returns (mean, biased var)."""
+    cnt = cnt.to(mean.dtype).unsqueeze(1)
+    n = cnt.sum(0)
+    mu = (cnt * mean).sum(0) / n
+    m2 = m2.sum(0) + (cnt * (mean - mu) ** 2).sum(0)
+    return mu, m2 / n
+
+
+# ------------------------------------------------------------------------------------------ Triton device functions
+if triton is not None:
+    @triton.jit
+    def load_channel_pair(a_ptr, b_ptr, idx, mask, ENABLED: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """Two per-channel vectors (a fused BN's scale and shift), or zeros when the layer has none."""
+        a = tl.zeros([BLOCK], ACC)
+        b = tl.zeros([BLOCK], ACC)
+        if ENABLED:
+            a = tl.load(a_ptr + idx, mask=mask, other=0.0).to(ACC)
+            b = tl.load(b_ptr + idx, mask=mask, other=0.0).to(ACC)
+        return a, b
+
+    @triton.jit
+    def load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, idx, mask, inv_m, STATS: tl.constexpr, ACC: tl.constexpr,
+                        BLOCK: tl.constexpr):
+        """Batch mean and the gradients reaching it and the variance, pre-scaled for d stat / d y (1/m, 2/m)."""
+        mu = tl.zeros([BLOCK], ACC)
+        gm = tl.zeros([BLOCK], ACC)
+        gv2 = tl.zeros([BLOCK], ACC)
+        if STATS:
+            mu = tl.load(mean_ptr + idx, mask=mask, other=0.0).to(ACC)
+            gm = tl.load(gmean_ptr + idx, mask=mask, other=0.0).to(ACC) * inv_m
+            gv2 = tl.load(gvar_ptr + idx, mask=mask, other=0.0).to(ACC) * (2.0 * inv_m)
+        return mu, gm, gv2
+
+    @triton.jit
+    def silu_fwd(u):
+        return u / (1.0 + tl.exp(-u))
+
+    @triton.jit
+    def silu_fwd_bwd(u):
+        """(silu(u), d silu / du)."""
+        sig = 1.0 / (1.0 + tl.exp(-u))
+        return u * sig, sig * (1.0 + u * (1.0 - sig))
+
+    @triton.jit
+    def tile_stats_merge(n_a, mean_a, m2_a, y, mask2d, n_b):
+        """Merge the statistics of tile y ([BLOCK_P, BLOCK_C], valid where mask2d; n_b valid rows) into the running
+        (n_a, mean_a [BLOCK_C], m2_a [BLOCK_C]) with the parallel-variance formula (chunked Welford)."""
+        ys = tl.where(mask2d, y, 0.0)
+        mean_b = tl.sum(ys, axis=0) / tl.maximum(n_b, 1.0)  # an empty tile (n_b == 0) leaves the run unchanged
+        d = tl.where(mask2d, y - mean_b[None, :], 0.0)
+        m2_b = tl.sum(d * d, axis=0)
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        mean = mean_a + delta * (n_b / n)
+        m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
+        return n, mean, m2
