@@ -90,6 +90,8 @@ setup(
         # ultralytics is a test oracle only (scripts/env.sh installs it with --no-deps; see README)
         "test": ["pytest>=7", "pytest-benchmark>=4", "polars", "psutil", "requests", "pillow",
                  "ultralytics-thop>=2.0", "scipy"],
+        # `yolov10 export` / ONNX predict and benchmark rows; imported only there
+        "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1"],
     },
     entry_points={"console_scripts": ["yolov10=yolov10.cli:main"]},
     ext_modules=ext_modules,

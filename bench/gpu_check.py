@@ -19,6 +19,9 @@ from . import ops
 FP32_RTOL = 1e-4
 LOWP_ATOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
 MODEL_RTOL = 1e-4
+# the whole model's backward sums rounding over ~100 layers in a different order: its gradients get 10x the
+# per-op tolerance (the per-op checks above hold every kernel to 1e-4)
+MODEL_GRAD_RTOL = 1e-3
 ASSIGN_B, ASSIGN_MS = 16, (0, 1, 100, 1000, 2000)
 DRY_ASSIGN_B, DRY_ASSIGN_MS = 2, (0, 1, 10)
 
@@ -221,7 +224,7 @@ def check_model(scale, batch, res, device):
     scale_box = dr[..., :4].abs().max().clamp_min(1.0)
     errs["eval_scores"] = (do[..., 4] - dr[..., 4]).abs().max().item()
     errs["eval_boxes"] = ((do[..., :4] - dr[..., :4]).abs().max() / scale_box).item()
-    bad = [k for k, v in errs.items() if not v <= MODEL_RTOL]
+    bad = [k for k, v in errs.items() if not v <= (MODEL_GRAD_RTOL if k == "worst_grad" else MODEL_RTOL)]
     return {"what": "model", "case": f"yolov10{scale} b{batch} {res}px fp32", "errors": errs,
             "swapped": sorted({type(m).__name__ for m in ours.modules() if type(m).__module__.startswith("yolov10_kernels")}),
             "status": "pass" if not bad else f"fail: {', '.join(bad)}"}

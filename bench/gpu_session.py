@@ -24,16 +24,18 @@ import time
 
 from .session_io import Session, raise_on_sigterm, run_phase
 
-# name: (result file, GPU budget s, dry-run budget s); each column adds up to its run's limit
+# name: (result file, seconds kept for it on a GPU, on a dry run). A phase may run until the time kept for the
+# later phases; on a GPU the column adds up to the limit, so a phase gets its own share plus what earlier
+# phases left. A dry run has no timing target: a phase there may use all but 10 s per later phase.
 PHASES = {
-    "env": ("env.json", 25, 15),
-    "build": ("build.json", 95, 35),
-    "check": ("correctness.json", 90, 50),
-    "sweep": ("sweep.json", 55, 15),
-    "bench": (None, 125, 50),  # python -m bench writes bench.json / .md itself
+    "env": ("env.json", 20, 10),
+    "build": ("build.json", 90, 10),
+    "check": ("correctness.json", 90, 10),
+    "sweep": ("sweep.json", 50, 10),
+    "bench": (None, 120, 10),  # python -m bench writes bench.json / .md itself
     "ncu": ("ncu.json", 30, 10),
 }
-GPU_LIMIT_S, DRY_LIMIT_S, PHASE_LIMIT_S = 420, 175, 175
+GPU_LIMIT_S, DRY_LIMIT_S, PHASE_LIMIT_S = 400, 175, 175  # 7 and 3 minutes, less the start-up
 GRACE_S = 15  # after SIGTERM, a phase has this long to write its file
 
 
@@ -105,7 +107,7 @@ def _spawn(name, args, budget):
            "--deadline", str(time.time() + budget)] + (["--dry-run"] if args.dry_run else [])
     child = subprocess.Popen(cmd)
     try:
-        return child.wait(timeout=budget + GRACE_S)
+        return child.wait(timeout=budget)
     except subprocess.TimeoutExpired:
         child.send_signal(signal.SIGTERM)
         try:
@@ -128,7 +130,6 @@ def drive(args):
     summary = {}
     for i, name in enumerate(names):
         later = sum(PHASES[n][2 if args.dry_run else 1] for n in names[i + 1:])
-        # a phase may use the time earlier phases left over, but not the budgets of the later ones
         budget = max(t_end - time.time() - later, 5)
         t0 = time.time()
         rc = _spawn(name, args, budget)

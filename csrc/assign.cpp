@@ -64,6 +64,7 @@ __m512 Sleef_atanf16_u10(__m512) __attribute__((weak));
 __m256 Sleef_atanf8_u10(__m256) __attribute__((weak));
 #endif
 void VMSATAN_(const void* n, const float* a, float* r, const long long* mode) __attribute__((weak));
+void VMSSQRT_(const void* n, const float* a, float* r, const long long* mode) __attribute__((weak));
 }
 
 namespace yolov10_kernels {
@@ -90,6 +91,7 @@ enum class VecKind { None, Avx2, Avx512 };
 struct MathCfg {
   VecKind vec = VecKind::None;
   bool mkl_atan = false;
+  bool mkl_sqrt = false;
 };
 
 const MathCfg& math_cfg() {
@@ -105,6 +107,7 @@ const MathCfg& math_cfg() {
     }
 #endif
     c.mkl_atan = VMSATAN_ != nullptr;
+    c.mkl_sqrt = VMSSQRT_ != nullptr;
     return c;
   }();
   return cfg;
@@ -155,6 +158,30 @@ __attribute__((target("avx2,fma"))) void atan_avx2(const float* x, float* y, int
 }
 #endif
 
+using VmlFn = void (*)(const void*, const float*, float*, const long long*);
+
+// y = f(x) through an MKL VML function as ATen's vml.h calls it (HA, no FTZ/DAZ, errors ignored)
+void vml_array(VmlFn f, const float* x, float* y, int64_t n) {
+  const long long mode = 0x2LL | 0x140000LL | 0x100LL;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE
+  constexpr int64_t kChunk = 1 << 30;
+  for (int64_t i = 0; i < n; i += kChunk) {
+    // MKL_INT is 32-bit (LP64) or 64-bit (ILP64); a little-endian int64 holding a small count reads
+    // correctly as either.
+    const long long cnt = std::min<int64_t>(kChunk, n - i);
+    f(&cnt, x + i, y + i, &mode);
+  }
+}
+
+// y = x.sqrt() (also x.pow(.5)): ATen uses MKL VML when built with MKL, whose HA sqrt is not always the
+// correctly rounded one, else the exact sqrt
+void sqrt_array(const float* x, float* y, int64_t n) {
+  if (math_cfg().mkl_sqrt) {
+    if (n > 0) vml_array(VMSSQRT_, x, y, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; i++) y[i] = std::sqrt(x[i]);
+}
+
 // y = x.pow(e) for a float32 tensor and a Python-float exponent, with ATen's CPU special cases
 // (pow_tensor_scalar_kernel: 0 -> fill 1, 1 -> copy, .5 sqrt, 2, 3, -.5 rsqrt, -1, -2, else vectorised pow).
 void pow_scalar(const float* x, float* y, int64_t n, double e) {
@@ -163,7 +190,7 @@ void pow_scalar(const float* x, float* y, int64_t n, double e) {
   } else if (e == 1.0) {
     if (y != x) std::memcpy(y, x, n * sizeof(float));
   } else if (e == 0.5) {
-    for (int64_t i = 0; i < n; i++) y[i] = std::sqrt(x[i]);
+    sqrt_array(x, y, n);
   } else if (e == 2.0) {
     for (int64_t i = 0; i < n; i++) y[i] = x[i] * x[i];
   } else if (e == 3.0) {
@@ -192,14 +219,7 @@ void atan_array(const float* x, float* y, int64_t n) {
   if (n <= 0) return;
   const MathCfg& cfg = math_cfg();
   if (cfg.mkl_atan) {
-    const long long mode = 0x2LL | 0x140000LL | 0x100LL;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE
-    constexpr int64_t kChunk = 1 << 30;
-    for (int64_t i = 0; i < n; i += kChunk) {
-      // MKL_INT is 32-bit (LP64) or 64-bit (ILP64); a little-endian int64 holding a small count reads
-      // correctly as either.
-      const long long cnt = std::min<int64_t>(kChunk, n - i);
-      VMSATAN_(&cnt, x + i, y + i, &mode);
-    }
+    vml_array(VMSATAN_, x, y, n);
     return;
   }
   switch (cfg.vec) {

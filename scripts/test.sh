@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (or reuse) .venv with the test dependencies and run the whole test suite.
-YOLOV10_EXTRAS=test source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+YOLOV10_EXTRAS=test,export source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 # ultralytics is the parity oracle only; --no-deps keeps it from replacing torch or opencv
 "$V/python" -c "import ultralytics" 2>/dev/null || pip_q --no-deps ultralytics==8.3.253 torchvision==0.28.0
 if [ $# -eq 0 ]; then set -- tests; fi

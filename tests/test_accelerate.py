@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn as nn
 
 import yolov10_kernels
 from yolov10.head import v10Detect

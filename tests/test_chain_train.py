@@ -1,7 +1,7 @@
-"""Training-path fused conv chains (yolov10_kernels.ops.chain_train / dwconv / pwconv, read through modules.chain) against the reference
-modules in train mode. On the CPU the Triton kernels run through TRITON_INTERPRET=1 (tests/conftest.py), so the
-shapes are tiny; odd H/W, channel counts that are not multiples of 16, batch 1 and 3, stride 2 on odd sizes,
-NCHW and channels_last. Every buffer the ops allocate is NaN-poisoned, so an element a kernel forgets to write
+"""Training-path fused conv chains (yolov10_kernels.ops.chain_train / dwconv / pwconv, the chain read by
+yolov10_kernels.modules.chain) against the reference modules in train mode. On the CPU the Triton kernels run
+through TRITON_INTERPRET=1 (tests/conftest.py), so the shapes are tiny; odd H/W, channel counts that are not
+multiples of 16, batch 1 and 3, stride 2 on odd sizes, NCHW and channels_last. Every buffer the ops allocate is NaN-poisoned, so an element a kernel forgets to write
 fails the comparison."""
 import copy
 import os

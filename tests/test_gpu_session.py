@@ -38,3 +38,20 @@ def test_dry_run_writes_every_phase_file(tmp_path):
     assert bench["rows"] and all(not str(r["status"]).startswith("error") for r in bench["rows"])
     log = (tmp_path / "session.log").read_text()
     assert log.count("phase ") == 6 and "gpu_session: done" in log
+
+
+def test_comparison_rules():
+    """fp32: relative to max|ref| (or the case's gradient scale); fp16/bf16: at most twice PyTorch's own
+    low-precision error plus atol; a non-finite output always fails."""
+    import torch
+    from bench.gpu_check import compare
+    ref = torch.tensor([1.0, -2.0, 4.0])
+    assert compare(ref + 3e-4, ref, None, torch.float32)["ok"]           # 3e-4 <= 1e-4 * 4
+    assert not compare(ref + 5e-4, ref, None, torch.float32)["ok"]
+    tiny = ref * 1e-6  # a gradient that cancels to ~0 is judged against the case's scale
+    assert not compare(tiny * 1.1, tiny, None, torch.float32)["ok"]
+    assert compare(tiny * 1.1, tiny, None, torch.float32, scale=4.0)["ok"]
+    lowp = ref + 0.1  # PyTorch's own bf16 error: 0.1
+    assert compare(ref + 0.2 + 0.05 * 4 - 1e-3, ref, lowp, torch.bfloat16)["ok"]
+    assert not compare(ref + 0.2 + 0.05 * 4 + 1e-2, ref, lowp, torch.bfloat16)["ok"]
+    assert not compare(ref * float("nan"), ref, lowp, torch.float16)["ok"]

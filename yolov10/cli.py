@@ -27,16 +27,76 @@ def _info(argv):
 
 def _predict(argv):
     p = argparse.ArgumentParser(prog="yolov10 predict", description="NMS-free detection on images.")
-    p.add_argument("--weights", required=True, help="checkpoint (official YOLOv10, state_dict or ours)")
+    p.add_argument("--weights", required=True, help="checkpoint (official YOLOv10, state_dict or ours), or a "
+                   ".onnx file of `yolov10 export` (run in ONNX Runtime)")
     p.add_argument("--source", required=True, help="an image file or a directory of images")
     p.add_argument("--out", default="runs/predict", help="directory for annotated images and detections.json")
-    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training size, else 640")
     p.add_argument("--conf", type=float, default=0.25, help="score threshold for drawn/saved detections")
     p.add_argument("--device", default="cpu")
     p.add_argument("--kernels", default="reference", choices=KERNEL_CHOICES)
     a = p.parse_args(argv)
     from .predict import predict
-    predict(a.weights, a.source, a.out, imgsz=a.imgsz, conf=a.conf, device=a.device, kernels=a.kernels)
+    results = predict(a.weights, a.source, a.out, imgsz=a.imgsz, conf=a.conf, device=a.device, kernels=a.kernels)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _export(argv):
+    from .export import FORMATS
+    p = argparse.ArgumentParser(prog="yolov10 export", description="Export the fused one-to-one model with the "
+                                "NMS-free top-k in the graph ((B, 300, 6) output), then check it against PyTorch.")
+    p.add_argument("--weights", required=True, help="checkpoint (official YOLOv10, state_dict or ours)")
+    p.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)}")
+    p.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training size, else 640")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch dimension")
+    p.add_argument("--half", action="store_true", help="fp16 weights and inputs")
+    p.add_argument("--batch", type=int, default=1, help="batch size of a static (not --dynamic) export")
+    p.add_argument("--out", default=None, help="output file (default: the weights' path with the format's suffix)")
+    a = p.parse_args(argv)
+    from .export import export
+    export(a.weights, a.format, a.imgsz, a.dynamic, a.half, a.out, a.batch)
+    return 0
+
+
+def _benchmark(argv):
+    from .benchmark import ROWS
+    p = argparse.ArgumentParser(prog="yolov10 benchmark", description="Latency and throughput of eager NCHW, "
+                                "eager channels_last, accelerate, torch.compile and ONNX Runtime, side by side.")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", help="scale name (random weights)")
+    g.add_argument("--weights", help="checkpoint")
+    p.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training size, else 640")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--data", default=None, help="data YAML: also report the checkpoint's mAP50-95 on its val split")
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of: " + ", ".join(ROWS))
+    p.add_argument("--iters", type=int, default=20, help="timed calls per row (after 3 warm-up calls)")
+    p.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime CPU threads")
+    p.add_argument("--out", default="runs/benchmark", help="directory for the JSON and markdown table")
+    a = p.parse_args(argv)
+    import torch
+    from .benchmark import benchmark
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    benchmark(a.model, a.weights, a.imgsz, a.batch, a.device, a.data, [r.strip() for r in a.rows.split(",")],
+              iters=a.iters, out=a.out)
+    return 0
+
+
+def _rank(argv):
+    p = argparse.ArgumentParser(prog="yolov10 rank", description="Intrinsic numerical rank of the last conv of "
+                                "each stage (rank-guided block design): table, bar chart, CIB order.")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", help="scale name (random weights)")
+    g.add_argument("--weights", help="checkpoint")
+    p.add_argument("--threshold", type=float, default=0.5, help="count singular values above this x the largest")
+    p.add_argument("--out", default="runs/rank", help="directory for rank.png, rank.md, rank.json")
+    a = p.parse_args(argv)
+    from . import YOLOv10, load_checkpoint
+    from .rank import rank_report
+    model = load_checkpoint(a.weights) if a.weights else YOLOv10(a.model)
+    rank_report(model, a.out, a.weights or a.model, a.threshold)
+    return 0
 
 
 def _bool(s):
@@ -149,6 +209,9 @@ COMMANDS = {
     "train": (_train, "train a model (see `yolov10 train --help`)"),
     "val": (_val, "validate a checkpoint: COCO mAP (see `yolov10 val --help`)"),
     "data": (_data, "dataset tools: `yolov10 data synth --out DIR`"),
+    "export": (_export, "export to ONNX / TorchScript / pt2 with the NMS-free post-process, checked"),
+    "benchmark": (_benchmark, "latency of eager, channels_last, accelerate, compile, ONNX Runtime"),
+    "rank": (_rank, "numerical rank of each stage's last conv (rank-guided CIB design)"),
 }
 
 

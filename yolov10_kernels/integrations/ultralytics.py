@@ -205,3 +205,9 @@ def unpatch_ultralytics():
         setattr(owner, name, value)
     _patched.clear()
     return restored
+
+
+def __getattr__(name):  # pickle finds the fused class by name (ultralytics checkpoints hold the loss)
+    if name == "FusedTaskAlignedAssigner":
+        return fused_assigner_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

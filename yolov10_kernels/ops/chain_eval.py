@@ -12,7 +12,8 @@ A whole CIB block is 2 launches (dw_pw writes the one intermediate, 2c channels,
 reads it), the cls head 2 launches (dw_pw, dw_pw_pw), SCDown 1 launch.
 
 Weights come pre-folded (`FoldedLayer`, built by yolov10_kernels/modules/chain.py) in kernel-friendly
-layouts, fp32 (fp64 for fp64 inputs): depthwise weights as (k*k, C), pointwise weights transposed as (K_in, N_out), biases as (C,).
+layouts, fp32 (fp64 for fp64 inputs): depthwise weights as (k*k, C), pointwise weights transposed as
+(K_in, N_out), biases as (C,).
 Activations may be fp32/fp16/bf16 (fp64 for tests) in NCHW or channels_last; the accumulators are fp32
 (fp64), the PW matmuls run on tensor cores in the activation dtype (fp32: IEEE, no TF32).
 The eager composites (cib_infer, scdown_infer, cls_head_infer) call the implementations directly; traced and

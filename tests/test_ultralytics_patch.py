@@ -1,0 +1,278 @@
+"""yolov10_kernels.patch_ultralytics against the installed ultralytics itself: its TaskAlignedAssigner, its losses
+on its own models, and its trainer.
+
+This file runs twice in one suite run: in process against the oracle ultralytics 8.3.253, and in a subprocess
+against ultralytics 8.4.190 (tests/test_ultralytics84.py sets PYTHONPATH=.venv/ultralytics84), so every check
+below holds for both versions' semantics (8.4: stride_val enlargement, topk2, E2ELoss).
+"""
+import copy
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+
+from oracle import module as oracle
+
+NC = 80
+
+
+@pytest.fixture(autouse=True)
+def unpatched():
+    """Every test starts and ends with ultralytics unpatched."""
+    from yolov10_kernels.integrations.ultralytics import unpatch_ultralytics
+    unpatch_ultralytics()
+    yield
+    unpatch_ultralytics()
+
+
+def test_installed_version():
+    """The oracle this run tests against (tests/test_ultralytics84.py runs this file under 8.4.190)."""
+    import os
+    assert oracle("ultralytics").__version__ == os.environ.get("YOLOV10_EXPECT_ULTRALYTICS", "8.3.253")
+
+
+def ultra_version():
+    return tuple(int(p) for p in oracle("ultralytics").__version__.split(".")[:2])
+
+
+def tal_assigner(**kw):
+    """The installed class, with 8.4's stride argument where it exists."""
+    tal = oracle("ultralytics.utils.tal")
+    if ultra_version() >= (8, 4):
+        kw.setdefault("stride", [8.0, 16.0, 32.0])
+    else:
+        kw.pop("topk2", None)
+    return tal.TaskAlignedAssigner(**kw)
+
+
+def anchors(img):
+    from yolov10.head import make_anchors
+    feats = [torch.zeros(1, 1, img // s, img // s) for s in (8, 16, 32)]
+    ap, st = make_anchors(feats, [8.0, 16.0, 32.0], 0.5)
+    return ap * st
+
+
+def adversarial_inputs(B, M, img, seed, case):
+    """Random gts plus the hard cases: padded, zero-area, tiny (< stride_val), partly outside, edges exactly on
+    anchor centres, duplicates, and far predictions (all-zero metrics: exact ties)."""
+    g = torch.Generator().manual_seed(seed)
+    ap = anchors(img)
+    A = ap.shape[0]
+    c = torch.rand(B, M, 2, generator=g) * img
+    wh = torch.rand(B, M, 2, generator=g) * img / 4 + 1
+    gt = torch.cat([c - wh / 2, c + wh / 2], -1)
+    if case in ("mixed", "ties"):
+        n = max(M // 8, 1)
+        gt[:, :n, 2:] = gt[:, :n, :2]                              # zero area
+        gt[:, n:2 * n, 2:] = gt[:, n:2 * n, :2] + 2.5              # tiny: enlarged by 8.4
+        gt[:, 2 * n:3 * n, :2] -= img / 3                          # partly outside the image
+        gt[:, 3 * n:4 * n] = torch.floor(gt[:, 3 * n:4 * n] / 8) * 8 + 4  # edges on anchor centres
+        gt[:, 4 * n:5 * n] = gt[:, 5 * n:6 * n]                    # duplicates
+    lab = torch.randint(0, NC, (B, M, 1), generator=g).float()
+    mask = (torch.rand(B, M, 1, generator=g) >= 0.2).float()
+    gt, lab = gt * mask, lab * mask
+    if case == "ties":  # predictions away from every gt: zero overlaps, zero metrics
+        pc = torch.rand(B, A, 2, generator=g) * img
+        pd = torch.cat([pc - 1, pc + 1], -1)
+    else:
+        pick = torch.randint(0, max(M, 1), (B, A), generator=g)
+        base = torch.gather(gt, 1, pick[..., None].expand(-1, -1, 4)) if M else torch.rand(B, A, 4, generator=g)
+        pd = base + torch.randn(B, A, 4, generator=g) * 4
+    scores = torch.rand(B, A, NC, generator=g)
+    return scores, pd, ap, lab, gt, mask
+
+
+def assert_same_assignment(ref, ours):
+    """Bit-identical on the CPU, target_scores included (the issue asks 1e-6 for those)."""
+    names = ("target_labels", "target_bboxes", "target_scores", "fg_mask", "target_gt_idx")
+    for n, r, o in zip(names, ref, ours):
+        assert r.shape == o.shape and r.dtype == o.dtype, (n, r.shape, o.shape, r.dtype, o.dtype)
+        assert torch.equal(r, o), f"{n}: {int((r != o).sum())} elements differ, by up to {(r - o).abs().max()}"
+
+
+TOPKS = [(1, None), (7, 1), (10, None), (13, None)]  # v10 o2o (8.3), E2ELoss o2o (8.4), o2m, v8
+
+
+@pytest.mark.parametrize("topk,topk2", TOPKS, ids=[f"topk{k}-{k2}" for k, k2 in TOPKS])
+@pytest.mark.parametrize("B,M,img,case", [(2, 0, 128, "mixed"), (3, 24, 160, "mixed"), (2, 30, 256, "ties"),
+                                          (64, 6, 128, "mixed"), (1, 200, 320, "mixed")])
+def test_assigner_matches_installed(B, M, img, case, topk, topk2):
+    from yolov10_kernels.integrations.ultralytics import fused_assigner_class
+    x = adversarial_inputs(B, M, img, seed=B * 1000 + M, case=case)
+    kw = dict(topk=topk, num_classes=NC, alpha=0.5, beta=6.0, topk2=topk2)
+    ref = tal_assigner(**kw)(*x)
+    fused = fused_assigner_class()
+    calls = fused.calls
+    if ultra_version() >= (8, 4):
+        kw["stride"] = [8.0, 16.0, 32.0]
+    else:
+        kw.pop("topk2")
+    ours = fused(**kw)(*x)
+    assert_same_assignment(ref, ours)
+    assert fused.calls == calls + (M > 0)
+
+
+def test_assigner_many_gts():
+    """M = 5000 gts in one image (the reference's (B, M, A) tensors stay small at 160 px)."""
+    from yolov10_kernels.integrations.ultralytics import fused_assigner_class
+    x = adversarial_inputs(1, 5000, 160, seed=5, case="mixed")
+    for topk, topk2 in [(10, None), (7, 1)]:
+        kw = dict(topk=topk, num_classes=NC, alpha=0.5, beta=6.0, topk2=topk2)
+        ref = tal_assigner(**kw)(*x)
+        kw.update(stride=[8.0, 16.0, 32.0]) if ultra_version() >= (8, 4) else kw.pop("topk2")
+        assert_same_assignment(ref, fused_assigner_class()(**kw)(*x))
+
+
+# --------------------------------------------------------------------------------------------------------
+# ultralytics' own losses on its own models
+# --------------------------------------------------------------------------------------------------------
+def crowded_batch(imgsz=128, n=400, seed=0):
+    """Image 0 empty, image 1 with n boxes: random, tiny (a few px) and on the borders."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 0.9 + 0.05
+    wh = torch.rand(n, 2, generator=g) * 0.3 + 0.01
+    wh[: n // 4] = 2.0 / imgsz                          # tiny
+    xy[n // 4: n // 2, 0] = wh[n // 4: n // 2, 0] / 2   # touching the left border
+    xy[n // 2: 5 * n // 8, 1] = 1 - wh[n // 2: 5 * n // 8, 1] / 2  # touching the bottom border
+    return {"img": torch.rand(2, 3, imgsz, imgsz, generator=g), "batch_idx": torch.ones(n),
+            "cls": torch.randint(0, NC, (n, 1), generator=g).float(), "bboxes": torch.cat([xy, wh], 1)}
+
+
+def build_model(cfg):
+    tasks, get_cfg = oracle("ultralytics.nn.tasks"), oracle("ultralytics.cfg").get_cfg
+    torch.manual_seed(0)
+    model = tasks.DetectionModel(cfg, nc=NC, verbose=False)
+    model.args = get_cfg()
+    return model.train()
+
+
+def loss_and_grads(model, batch):
+    loss, items = model.loss(batch)
+    model.zero_grad()
+    loss.sum().backward()
+    return items, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("cfg", ["yolov10n.yaml", "yolov8n.yaml"])
+def test_loss_parity(cfg):
+    """Loss items and gradients of ultralytics' loss (v10: E2EDetectLoss / E2ELoss, v8: v8DetectionLoss) with
+    and without the patch on one model (an empty image beside one with 400 boxes)."""
+    from yolov10_kernels import patch_ultralytics
+    from yolov10_kernels.integrations.ultralytics import fused_assigner_class
+    plain = build_model(cfg)
+    patched = copy.deepcopy(plain)
+    sd_keys = list(plain.state_dict())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = patch_ultralytics(patched)
+        assert patch_ultralytics(patched) == report  # twice is harmless
+    assert list(patched.state_dict()) == sd_keys
+    v10 = cfg.startswith("yolov10")
+    assert (report["modules"]["cls_head"] > 0 and report["modules"]["scdown"] > 0) == v10
+    assert any("no YOLOv10 modules" in str(w.message) for w in caught) == (not v10)
+    batch = crowded_batch()
+    ref_items, ref_grads = loss_and_grads(plain, batch)
+    calls = fused_assigner_class().calls
+    items, grads = loss_and_grads(patched, batch)
+    assert fused_assigner_class().calls == calls + (2 if v10 else 1)
+    assert torch.equal(items, ref_items), (items, ref_items)
+    assert grads.keys() == ref_grads.keys()
+    different = [n for n in grads if not torch.equal(grads[n], ref_grads[n])]
+    assert not different, f"gradients differ: {different}"
+
+
+def test_model_patch_reaches_built_loss():
+    from yolov10_kernels import patch_ultralytics
+    from yolov10_kernels.integrations.ultralytics import fused_assigner_class
+    model = build_model("yolov10n.yaml")
+    model.loss(crowded_batch(n=10))  # the loss exists before the patch
+    report = patch_ultralytics(model, modules=False)
+    assert "modules" not in report and report["assigner"].startswith("2 assigner")
+    for part in (model.criterion.one2many, model.criterion.one2one):
+        assert type(part.assigner) is fused_assigner_class()
+
+
+def test_bad_input(monkeypatch):
+    import ultralytics
+
+    from yolov10_kernels import patch_ultralytics
+    from yolov10_kernels.integrations import ultralytics as integ
+    loss = oracle("ultralytics.utils.loss")
+    original = loss.TaskAlignedAssigner
+    monkeypatch.setattr(ultralytics, "__version__", "8.2.103")
+    with pytest.raises(RuntimeError, match=r">=8\.3\.0,<8\.5\.0; the installed version is 8\.2\.103"):
+        patch_ultralytics()
+    assert loss.TaskAlignedAssigner is original and not integ._patched  # nothing half-patched
+    monkeypatch.undo()
+    with pytest.raises(TypeError, match="DetectionModel or YOLO"):
+        patch_ultralytics(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="backend"):
+        patch_ultralytics(backend="fast")
+
+
+def test_kernels_off(monkeypatch):
+    from yolov10_kernels import patch_ultralytics
+    monkeypatch.setenv("YOLOV10_KERNELS", "off")
+    loss = oracle("ultralytics.utils.loss")
+    original = loss.TaskAlignedAssigner
+    assert "disabled" in patch_ultralytics()
+    assert loss.TaskAlignedAssigner is original
+
+
+# --------------------------------------------------------------------------------------------------------
+# the trainer: class-level patch, YOLO("yolov10n.yaml").train(...)
+# --------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def importable_torchvision(monkeypatch):
+    """`from ultralytics import YOLO` imports SAM 3, which imports torchvision at module level; the torchvision
+    wheel here is a CUDA build that cannot be imported with the CPU torch (shared/research/environment.md).
+    Training a detector never calls it (v10's validation has no NMS), so where the import fails, a stub whose
+    every use raises stands in for it during the test."""
+    try:
+        import torchvision  # noqa: F401
+        return
+    except (ImportError, RuntimeError):
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            monkeypatch.delitem(sys.modules, name)
+
+    def unusable(*args, **kwargs):
+        raise RuntimeError("torchvision is a stub in this test (the installed wheel cannot be imported)")
+
+    stub = {n: types.ModuleType(n) for n in ("torchvision", "torchvision.ops", "torchvision.ops.roi_align")}
+    stub["torchvision"].__version__ = "0.28.0"
+    stub["torchvision"].ops = stub["torchvision.ops"]
+    stub["torchvision.ops"].roi_align = stub["torchvision.ops.roi_align"]
+    stub["torchvision.ops.roi_align"].RoIAlign = unusable
+    for name, mod in stub.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+
+
+def train_losses(data, project, name):
+    YOLO = oracle("ultralytics").YOLO
+    model = YOLO("yolov10n.yaml")
+    model.train(data=str(data), epochs=1, imgsz=128, batch=4, device="cpu", workers=0, seed=0, deterministic=True,
+                project=str(project), name=name, exist_ok=True, plots=False, val=False, amp=False, verbose=False,
+                mosaic=0.0, warmup_epochs=0)
+    return model.trainer.tloss.clone(), model.trainer
+
+
+def test_train_class_level_patch(tmp_path, importable_torchvision):
+    from yolov10.data.synth import make_synthetic_dataset
+
+    from yolov10_kernels import patch_ultralytics, unpatch_ultralytics
+    from yolov10_kernels.integrations.ultralytics import fused_assigner_class
+    from yolov10_kernels.modules.scdown import FusedSCDown
+    data = make_synthetic_dataset(tmp_path / "synth", n_train=12, n_val=4, imgsz=128)  # 3 iterations at batch 4
+    ref, _ = train_losses(data, tmp_path / "runs", "plain")
+    report = patch_ultralytics()
+    assert set(report) >= {"assigner", "modules"} and patch_ultralytics() == report
+    calls = fused_assigner_class().calls
+    ours, trainer = train_losses(data, tmp_path / "runs", "patched")
+    assert fused_assigner_class().calls - calls >= 2 * 3  # o2m + o2o per iteration
+    assert any(isinstance(m, FusedSCDown) for m in trainer.model.modules())
+    assert torch.equal(ours, ref), (ours, ref)
+    restored = unpatch_ultralytics()
+    assert any("TaskAlignedAssigner" in r for r in restored)
+    assert oracle("ultralytics.utils.loss").TaskAlignedAssigner is oracle("ultralytics.utils.tal").TaskAlignedAssigner
