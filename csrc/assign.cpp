@@ -17,6 +17,7 @@
 //   top-topk2 of its row am(m, .) * won(m, .) (torch.topk over all A, ties as above); the others become
 //   background,
 //   target_scores[a, label] = am(w,a) * max_pos ov(w,.) / (max_pos am(w,.) + eps).
+// ciou84: CIoU's alpha term in ultralytics 8.4's op order (8.4 wrote v / (1 - iou + v + eps)).
 // Nothing of shape (B, M, A) is materialised: per (image, gt) only the anchors inside the gt are visited
 // (found through an anchor index sorted by (y, x)), their CIoU and metric are computed and a top-k is
 // selected; then per anchor the claims are resolved and the targets written. Images run in parallel
@@ -236,7 +237,8 @@ void atan_array(const float* x, float* y, int64_t n) {
 inline float wh_ratio(const float* b) { return (b[2] - b[0]) / ((b[3] - b[1]) + kIouEps); }
 
 // clamp(CIoU(gt, pd), 0) with bbox_iou's float32 op order; atan_g / atan_p = atan(w/h) of gt / pred.
-inline float ciou_clamped(const float* g, const float* p, float atan_g, float atan_p) {
+// alpha84: CIoU's alpha as ultralytics 8.4 writes it, v / (1 - iou + v + eps) (8.3: v / (v - iou + (1 + eps))).
+inline float ciou_clamped(const float* g, const float* p, float atan_g, float atan_p, bool alpha84) {
   const float w1 = g[2] - g[0], h1 = (g[3] - g[1]) + kIouEps;
   const float w2 = p[2] - p[0], h2 = (p[3] - p[1]) + kIouEps;
   const float iw = t_clamp0(t_min(g[2], p[2]) - t_max(g[0], p[0]));
@@ -252,7 +254,7 @@ inline float ciou_clamped(const float* g, const float* p, float atan_g, float at
   const float rho2 = (dx * dx + dy * dy) / 4.f;
   const float d = atan_p - atan_g;
   const float v = kVCoef * (d * d);
-  const float alpha = v / ((v - iou) + kOnePlusIouEps);
+  const float alpha = alpha84 ? v / (((1.f - iou) + v) + kIouEps) : v / ((v - iou) + kOnePlusIouEps);
   return t_clamp0(iou - (rho2 / c2 + v * alpha));
 }
 
@@ -297,6 +299,7 @@ struct Problem {
   int64_t B, A, M, C, K;
   int64_t K2;          // second top-k (ultralytics 8.4 topk2); 0 = none
   float stride_val;    // minimum gt side of the inside test (ultralytics 8.4); 0 = the gt as is
+  bool alpha84;        // CIoU alpha in ultralytics 8.4's op order
   double alpha, beta;
   float eps;
   const float* anc;   // (A, 2)
@@ -530,7 +533,7 @@ void assign_image(const Problem& P, const AnchorIndex& ix, const scalar_t* sc, i
     const int64_t c = label_col(m);
     for (int64_t j = 0; j < n; j++) {
       const int64_t a = w.cand[j];
-      w.cov[j] = ciou_clamped(g, pdb + 4 * a, w.atan_gt[m], w.atan_pd[a]);
+      w.cov[j] = ciou_clamped(g, pdb + 4 * a, w.atan_gt[m], w.atan_pd[a], P.alpha84);
       w.cam[j] = score_at(sc, sA, sC, a, c);
     }
     pow_scalar(w.cam, w.cam, n, P.alpha);  // bbox_scores.pow(alpha)
@@ -570,7 +573,7 @@ void assign_image(const Problem& P, const AnchorIndex& ix, const scalar_t* sc, i
     const float* p = pdb + 4 * a;
     auto ov_of = [&](int64_t m) -> float {
       if (!valb[m] || !inside(w.ibox + 4 * m, ax, ay)) return 0.f;
-      return ciou_clamped(gtb + 4 * m, p, w.atan_gt[m], w.atan_pd[a]);
+      return ciou_clamped(gtb + 4 * m, p, w.atan_gt[m], w.atan_pd[a], P.alpha84);
     };
     int64_t best = 0;
     float bv = ov_of(0);
@@ -657,7 +660,7 @@ void assign_cpu_impl(const Problem& P, const scalar_t* scores, int64_t sB, int64
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_aligned_assign_cpu(
     const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
     const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
-    int64_t num_classes, double alpha, double beta, double eps, double stride_val, int64_t topk2) {
+    int64_t num_classes, double alpha, double beta, double eps, double stride_val, int64_t topk2, bool ciou84) {
   auto [pd, anc, gt, lab, valid] = check_and_prepare(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
                                                      topk, num_classes, stride_val, topk2);
   const int64_t B = pd_scores.size(0), A = pd_scores.size(1), C = pd_scores.size(2), M = gt.size(1);
@@ -666,7 +669,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_alig
   auto [labels, bboxes, scores, fg, idx] = empty_outputs(pd_scores, B, A, C);
   if (B == 0 || A == 0) return {labels, bboxes, scores, fg, idx};
 
-  Problem P{B, A, M, C, topk, topk2, static_cast<float>(stride_val), alpha, beta, static_cast<float>(eps),
+  Problem P{B, A, M, C, topk, topk2, static_cast<float>(stride_val), ciou84, alpha, beta, static_cast<float>(eps),
             anc.data_ptr<float>(), pd.data_ptr<float>(), gt.data_ptr<float>(), lab.data_ptr<int64_t>(),
             valid.data_ptr<bool>()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pd_scores.scalar_type(), "task_aligned_assign_cpu", [&] {
@@ -684,7 +687,7 @@ TORCH_LIBRARY_FRAGMENT(yolov10_kernels, m) {
   m.def(
       "task_aligned_assign(Tensor pd_scores, Tensor pd_bboxes, Tensor anc_points, Tensor gt_labels, "
       "Tensor gt_bboxes, Tensor mask_gt, int topk, int num_classes, float alpha, float beta, float eps, "
-      "float stride_val=0., int topk2=0) -> "
+      "float stride_val=0., int topk2=0, bool ciou84=False) -> "
       "(Tensor target_labels, Tensor target_bboxes, Tensor target_scores, Tensor fg_mask, Tensor target_gt_idx)");
 }
 

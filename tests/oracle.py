@@ -34,6 +34,8 @@ class Lazy:
         return m if self._attr is None else getattr(m, self._attr)
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # pytest's collection probes module-level names (__test__, _pytestfixture...)
+            raise AttributeError(name)
         return getattr(self.resolve(), name)
 
     def __call__(self, *args, **kwargs):

@@ -171,13 +171,14 @@ def assign_inputs():
 @pytest.mark.parametrize("impl", ["reference", "ours"])
 def test_benchmark_assign(benchmark, assign_inputs, impl, topk):
     from yolov10.assign import TaskAlignedAssigner
-    from yolov10_kernels.assign import FusedTaskAlignedAssigner, load_op
+    from yolov10_kernels import FusedTaskAlignedAssigner
+    from bench.assign import op_status
     benchmark.group = f"assign topk={topk} B=2 M=30 A=8400"
     ref = TaskAlignedAssigner(topk=topk, num_classes=80, alpha=0.5, beta=6.0)
     if impl == "reference":
         fn = ref
     else:
-        ok, how = load_op()
+        ok, how = op_status("cpu")
         benchmark.extra_info["backend"] = how
         fn = FusedTaskAlignedAssigner(topk=topk, num_classes=80, alpha=0.5, beta=6.0)
     out = benchmark.pedantic(fn, args=tuple(assign_inputs), rounds=3, iterations=1, warmup_rounds=1)

@@ -301,3 +301,43 @@ def test_ddp_two_processes_match_one_process(tiny_data, tmp_path):
     assert moved > 100  # the runs really trained
     for r_a, r_b in zip(a["results"], b["results"]):  # rank 0's shard has the same per-box loss means
         np.testing.assert_allclose(r_b["losses"], r_a["losses"], rtol=1e-4)
+
+
+def test_cpu_training_and_validation_run_channels_last_and_checkpoints_stay_nchw(tiny_data, tmp_path):
+    """On the CPU the model and its input batches are channels_last in training and in validation (of the
+    EMA); the checkpoint holds the standard contiguous tensors, and a plain NCHW model loaded from it gives the
+    outputs of the channels_last EMA it was written from."""
+    cl = torch.channels_last
+    t = Trainer(_args(tiny_data, tmp_path, epochs=1, max_steps=1))
+    t.setup()
+    seen = {}
+
+    def record(name):
+        def hook(module, args):
+            conv = module.model[0].conv.weight
+            seen[name] = (args[0].is_contiguous(memory_format=cl) and not args[0].is_contiguous(),
+                          conv.is_contiguous(memory_format=cl) and not conv.is_contiguous())
+        return hook
+
+    t.model.register_forward_pre_hook(record("train"))
+    t.ema.ema.register_forward_pre_hook(record("val"))
+    t.train_epoch(0)
+    t.validate()
+    assert seen == {"train": (True, True), "val": (True, True)}
+    t.save(0, is_best=True)
+    ck = load_train_state(t.best)
+    for key in ("model", "ema"):
+        assert all(v.is_contiguous() for v in ck[key].values()), key
+    ema_sd = t.ema.ema.state_dict()
+    assert all(torch.equal(v, ema_sd[k]) for k, v in ck["ema"].items())
+    plain = YOLOv10("yolov10n", nc=8)
+    plain.load_state_dict(ck["ema"], strict=True)
+    assert all(torch.equal(v, ema_sd[k]) for k, v in plain.state_dict().items())
+    loaded = load_checkpoint(t.best).eval()
+    assert loaded.model[0].conv.weight.is_contiguous()
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        want = t.ema.ema.eval()(x.contiguous(memory_format=cl))
+        got_plain, got_loaded = plain.eval()(x), loaded(x)
+    torch.testing.assert_close(got_plain, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_loaded, got_plain, rtol=0, atol=0)

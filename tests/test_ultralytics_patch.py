@@ -148,6 +148,11 @@ def build_model(cfg):
     return model.train()
 
 
+def loss_vector(items):
+    """Loss items as one tensor (8.4 gives {name: item}, in a fixed order)."""
+    return torch.stack([v.detach() for v in items.values()]) if isinstance(items, dict) else items.detach().clone()
+
+
 def loss_and_grads(model, batch):
     loss, items = model.loss(batch)
     model.zero_grad()
@@ -177,7 +182,7 @@ def test_loss_parity(cfg):
     calls = fused_assigner_class().calls
     items, grads = loss_and_grads(patched, batch)
     assert fused_assigner_class().calls == calls + (2 if v10 else 1)
-    assert torch.equal(items, ref_items), (items, ref_items)
+    assert torch.equal(loss_vector(items), loss_vector(ref_items)), (items, ref_items)
     assert grads.keys() == ref_grads.keys()
     different = [n for n in grads if not torch.equal(grads[n], ref_grads[n])]
     assert not different, f"gradients differ: {different}"
@@ -226,24 +231,30 @@ def test_kernels_off(monkeypatch):
 # --------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def importable_torchvision(monkeypatch):
-    """`from ultralytics import YOLO` imports SAM 3, which imports torchvision at module level; the torchvision
+    """`from ultralytics import YOLO` (8.3: SAM 3) and the validator (8.4) import torchvision; the torchvision
     wheel here is a CUDA build that cannot be imported with the CPU torch (shared/research/environment.md).
-    Training a detector never calls it (v10's validation has no NMS), so where the import fails, a stub whose
-    every use raises stands in for it during the test."""
+    Where that import fails, a stub stands in for it during the test: NMS through ultralytics' own torch NMS,
+    every other use raises."""
     try:
         import torchvision  # noqa: F401
         return
-    except (ImportError, RuntimeError):
+    except RuntimeError as e:
+        if "torchvision" not in str(e):
+            raise
         for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
             monkeypatch.delitem(sys.modules, name)
 
     def unusable(*args, **kwargs):
         raise RuntimeError("torchvision is a stub in this test (the installed wheel cannot be imported)")
 
+    def nms(boxes, scores, iou_threshold):
+        return oracle("ultralytics.utils.nms").TorchNMS.nms(boxes, scores, iou_threshold)
+
     stub = {n: types.ModuleType(n) for n in ("torchvision", "torchvision.ops", "torchvision.ops.roi_align")}
     stub["torchvision"].__version__ = "0.28.0"
     stub["torchvision"].ops = stub["torchvision.ops"]
     stub["torchvision.ops"].roi_align = stub["torchvision.ops.roi_align"]
+    stub["torchvision.ops"].nms = nms
     stub["torchvision.ops.roi_align"].RoIAlign = unusable
     for name, mod in stub.items():
         monkeypatch.setitem(sys.modules, name, mod)
@@ -255,7 +266,7 @@ def train_losses(data, project, name):
     model.train(data=str(data), epochs=1, imgsz=128, batch=4, device="cpu", workers=0, seed=0, deterministic=True,
                 project=str(project), name=name, exist_ok=True, plots=False, val=False, amp=False, verbose=False,
                 mosaic=0.0, warmup_epochs=0)
-    return model.trainer.tloss.clone(), model.trainer
+    return loss_vector(model.trainer.tloss), model.trainer
 
 
 def test_train_class_level_patch(tmp_path, importable_torchvision):

@@ -44,7 +44,8 @@ from .ema import ModelEMA, unwrap
 from .kernels import accelerate, assigner_factory, fused_modules
 from .optim import build_optimizer, lr_lambda
 from .run_state import find_last, increment_dir, load_train_state, rng_state, set_rng_state
-from .utils import dist_env, epoch_seed, is_main, log, seed_everything, select_device
+from .utils import (contiguous_state_dict, dist_env, epoch_seed, is_main, log, machine_summary, memory_format,
+                    seed_everything, select_device)
 from .validator import Validator, fitness
 
 __all__ = ["Trainer", "train"]
@@ -165,7 +166,9 @@ class Trainer:
                                  + (", ".join(f"{k} x{v}" for k, v in swapped.items()) or "no module swapped")]
         factory, desc = assigner_factory(a["kernels"], self.rank)
         self.kernels_desc.append(desc)
-        self.model = model.to(self.device)
+        # channels_last on the CPU (the EMA deepcopy below inherits it); checkpoints are written contiguous
+        self.memory_format = memory_format(self.device)
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.loss_fn = V10DetectLoss(self.model, hyp={k: a[k] for k in LOSS_GAINS},
                                      assigner_factory=factory)
         self.amp = bool(a["amp"]) and self.device.type == "cuda"
@@ -221,13 +224,16 @@ class Trainer:
             f"{a['epochs']} epochs, device {self.device}"
             f"{f', DDP world size {self.world_size}' if self.world_size > 1 else ''}, AMP {'on' if self.amp else 'off'}, "
             f"{torch.get_num_threads()} threads, {a['workers']} workers", self.rank)
+        if is_main(self.rank):
+            log(f"machine: {machine_summary()}")
         log(f"kernels ({a['kernels']}): " + "; ".join(self.kernels_desc), self.rank)
         log(f"optimizer: {self.optim_desc}", self.rank)
         log(f"output: {self.save_dir}", self.rank)
 
     # -----------------------------------------------------------------------------------------------------
     def preprocess(self, batch):
-        batch["img"] = batch["img"].to(self.device, non_blocking=True).float() / 255
+        img = batch["img"].to(self.device, non_blocking=True, memory_format=self.memory_format)
+        batch["img"] = img.float() / 255
         for k in ("cls", "bboxes", "batch_idx"):
             batch[k] = batch[k].to(self.device)
         return batch
@@ -331,15 +337,16 @@ class Trainer:
         return v(self.ema.ema)
 
     def save(self, epoch, is_best):
-        extra = dict(ema=deepcopy(self.ema.ema.state_dict()), ema_updates=self.ema.updates,
+        extra = dict(ema=contiguous_state_dict(self.ema.ema), ema_updates=self.ema.updates,
                      optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.amp else None,
                      epoch=epoch, best_fitness=self.best_fitness, args=dict(self.args), results=list(self.history),
                      last_opt_step=self.last_opt_step, rng=rng_state(), date=datetime.now().isoformat(),
                      version="yolov10-kernels")
         from .checkpoint import save_checkpoint
-        save_checkpoint(self.last, unwrap(self.model), **extra)
+        model = deepcopy(unwrap(self.model)).to(memory_format=torch.contiguous_format)
+        save_checkpoint(self.last, model, **extra)
         if is_best:
-            save_checkpoint(self.best, unwrap(self.model), **extra)
+            save_checkpoint(self.best, model, **extra)
 
     def write_results(self):
         tmp = self.csv.with_suffix(".csv.tmp")
@@ -391,7 +398,8 @@ class Trainer:
                 self.save(epoch, is_best)
                 self.write_results()
                 log(f"epoch {epoch + 1}/{a['epochs']}: losses {' '.join(f'{x:.4f}' for x in tloss.tolist())} | "
-                    f"mAP50 {m['map50']:.4f} mAP50-95 {m['map50_95']:.4f} | {time.time() - t_start:.0f} s", self.rank)
+                    f"mAP50 {m['map50']:.4f} mAP50-95 {m['map50_95']:.4f} | {time.time() - t_start:.0f} s "
+                    f"(validation {m.get('time', 0.0):.0f} s)", self.rank)
             if self.world_size > 1:
                 dist.barrier()
         if is_main(self.rank):

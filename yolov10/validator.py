@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .boxes import xywh2xyxy
-from .utils import select_device
+from .utils import cpu_memory_format, select_device
 
 __all__ = ["Validator", "coco_evaluate", "scale_boxes", "fitness", "print_table", "build_val_loader", "validate"]
 
@@ -146,7 +146,8 @@ class Validator:
         self.speed_ms = None
 
     def collect(self, model):
-        """Run the model; returns (images, ground-truth annotations, detections) in original-image pixels."""
+        """Run the model; returns (images, ground-truth annotations, detections) in original-image pixels. On
+        the CPU the model's 4-D weights are moved to channels_last in place (same values; faster there)."""
         images, gts, dets = [], [], []
         was_training = model.training
         model.eval()
@@ -159,6 +160,7 @@ class Validator:
             with torch.inference_mode():
                 for batch in batches:
                     img = batch["img"].to(self.device, non_blocking=True).float() / 255
+                    img = cpu_memory_format(model, img)  # channels_last on the CPU, model included
                     t0 = time.perf_counter()
                     out = model(img)
                     if isinstance(out, (tuple, list)):

@@ -70,7 +70,7 @@ __device__ __forceinline__ float wh_ratio(const float* b) {
 }
 
 // clamp(CIoU(gt, pd), 0) in bbox_iou's float32 op order
-__device__ __forceinline__ float ciou_clamped(const float* g, const float* p, float atan_g, float atan_p,
+__device__ __forceinline__ float ciou_clamped(const float* g, const float* p, float atan_g, float atan_p, bool alpha84,
                                               const Consts& k) {
   const float w1 = __fsub_rn(g[2], g[0]), h1 = __fadd_rn(__fsub_rn(g[3], g[1]), kIouEps);
   const float w2 = __fsub_rn(p[2], p[0]), h2 = __fadd_rn(__fsub_rn(p[3], p[1]), kIouEps);
@@ -87,7 +87,8 @@ __device__ __forceinline__ float ciou_clamped(const float* g, const float* p, fl
   const float rho2 = __fdiv_rn(__fadd_rn(__fmul_rn(dx, dx), __fmul_rn(dy, dy)), 4.f);
   const float d = __fsub_rn(atan_p, atan_g);
   const float v = __fmul_rn(k.v_coef, __fmul_rn(d, d));
-  const float alpha = __fdiv_rn(v, __fadd_rn(__fsub_rn(v, iou), k.one_plus_eps));
+  const float alpha = alpha84 ? __fdiv_rn(v, __fadd_rn(__fadd_rn(__fsub_rn(1.f, iou), v), kIouEps))
+                              : __fdiv_rn(v, __fadd_rn(__fsub_rn(v, iou), k.one_plus_eps));
   return t_clamp0(__fsub_rn(iou, __fadd_rn(__fdiv_rn(rho2, c2), __fmul_rn(v, alpha))));
 }
 
@@ -119,6 +120,7 @@ struct Inputs {
   int K;
   int K2;               // second top-k (0 = none)
   float stride_val;     // minimum gt side of the inside test (0 = the gt as is)
+  bool alpha84;         // CIoU alpha in ultralytics 8.4's op order
   double alpha, beta;
   float eps;
   Consts k;
@@ -240,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) gt_topk_kernel(Inputs in, const scal
   int nb = 0;
   for (int64_t a = threadIdx.x; a < in.A; a += blockDim.x) {
     if (!inside(ib, in.anc[2 * a], in.anc[2 * a + 1])) continue;
-    const float ov = ciou_clamped(g, pdb + 4 * a, ag, apb[a], in.k);
+    const float ov = ciou_clamped(g, pdb + 4 * a, ag, apb[a], in.alpha84, in.k);
     const float am = align_metric(in, scores, sB, sA, sC, b, a, bm, ov);
     push_topk(best, nb, K, am, a);
   }
@@ -280,7 +282,7 @@ __global__ void resolve_kernel(Inputs in, const scalar_t* __restrict__ scores, i
   auto ov_of = [&](int64_t m) -> float {
     const int64_t bm = b * in.M + m;
     if (!in.valid[bm] || !inside(in.ibox + 4 * bm, ax, ay)) return 0.f;
-    return ciou_clamped(in.gt + 4 * bm, p, in.atan_gt[bm], atp, in.k);
+    return ciou_clamped(in.gt + 4 * bm, p, in.atan_gt[bm], atp, in.alpha84, in.k);
   };
   int64_t w;
   float ov;
@@ -388,7 +390,7 @@ inline unsigned int blocks_for(int64_t n, int threads) { return static_cast<unsi
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_aligned_assign_cuda(
     const at::Tensor& pd_scores, const at::Tensor& pd_bboxes, const at::Tensor& anc_points,
     const at::Tensor& gt_labels, const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
-    int64_t num_classes, double alpha, double beta, double eps, double stride_val, int64_t topk2) {
+    int64_t num_classes, double alpha, double beta, double eps, double stride_val, int64_t topk2, bool ciou84) {
   c10::cuda::CUDAGuard guard(pd_scores.device());
   auto [pd, anc, gt, lab, valid] = check_and_prepare(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
                                                      topk, num_classes, stride_val, topk2);
@@ -433,6 +435,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> task_alig
   in.K = static_cast<int>(topk);
   in.K2 = static_cast<int>(topk2);
   in.stride_val = static_cast<float>(stride_val);
+  in.alpha84 = ciou84;
   in.alpha = alpha;
   in.beta = beta;
   in.eps = static_cast<float>(eps);

@@ -72,10 +72,11 @@ def fused_assigner_class():
 
 
 def _op_options(assigner):
-    """The op's trailing arguments for the installed version's semantics (8.4: stride_val and topk2)."""
+    """The op's trailing arguments for the installed version's semantics (8.4: stride_val, topk2 and its CIoU op
+    order)."""
     if ultralytics_version()[:2] < (8, 4):
         return {}
-    return {"stride_val": float(assigner.stride_val), "topk2": int(assigner.topk2)}
+    return {"stride_val": float(assigner.stride_val), "topk2": int(assigner.topk2), "ciou84": True}
 
 
 def _use_op(device):

@@ -56,11 +56,13 @@ def update_running_stats(bn, mean, var, count):
         return
     with torch.no_grad():
         dt = mean.dtype
-        bn.num_batches_tracked.add_(1)
+        nbt = bn.num_batches_tracked
+        if nbt is not None:
+            nbt.add_(1)
         unbiased = var.detach() * (count / (count - 1))
         rm, rv = bn.running_mean, bn.running_var
-        if bn.momentum is None:  # a tensor factor keeps torch.compile graphs whole
-            f = 1.0 / bn.num_batches_tracked.to(dt)
+        if bn.momentum is None:  # a tensor factor keeps torch.compile graphs whole; no counter: no update
+            f = 1.0 / nbt.to(dt) if nbt is not None else 0.0
             rm.copy_((rm.to(dt) * (1.0 - f) + mean.detach() * f).to(rm.dtype))
             rv.copy_((rv.to(dt) * (1.0 - f) + unbiased * f).to(rv.dtype))
         else:
@@ -139,7 +141,7 @@ def batch_norm(x, bn, training):
     if bn is None:
         return x
     factor = 0.0 if bn.momentum is None else bn.momentum
-    if training and bn.running_mean is not None:
+    if training and bn.running_mean is not None and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
             factor = 1.0 / float(bn.num_batches_tracked)
