@@ -24,15 +24,14 @@ TARGET_SPEEDUP, TARGET_MEM_RATIO = 20.0, 20.0  # at M >= 300 on the CPU
 
 
 def assigners():
-    """(ultralytics' class, ours) for v8DetectionLoss's one-to-many assignment."""
-    import ultralytics
-    from ultralytics.utils import tal
-
-    from yolov10_kernels.integrations.ultralytics import fused_assigner_class
+    """(ultralytics' class, ours) as v8DetectionLoss builds them for the one-to-many assignment, and the
+    installed ultralytics version."""
+    from yolov10_kernels.integrations.ultralytics import assigner_pair, ultralytics_version
+    version = ultralytics_version()
     kw = dict(topk=10, num_classes=80, alpha=0.5, beta=6.0)
-    if tuple(int(p) for p in ultralytics.__version__.split(".")[:2]) >= (8, 4):
+    if version[:2] >= (8, 4):
         kw["stride"] = [8.0, 16.0, 32.0]
-    return tal.TaskAlignedAssigner(**kw), fused_assigner_class()(**kw)
+    return (*assigner_pair(**kw), ".".join(map(str, version)))
 
 
 def _row(impl, M, dev, meas, **extra):
@@ -43,13 +42,12 @@ def _row(impl, M, dev, meas, **extra):
 def run(device, quick=False):
     """Rows for ultralytics' assigner ("ultralytics") and ours ("ours"), the latter with speedup / mem_ratio /
     correctness against the former and, at M >= 300, the issue's CPU target."""
-    import ultralytics
-    ref, ours = assigners()
+    ref, ours, version = assigners()
     rows = []
     for M, reps in CASES[:2] if quick else CASES:
         x = make_inputs(B, M, device=device)
         r_meas, r_out = _measure(lambda: ref(*x), device, reps)
-        rows.append(_row("ultralytics", M, device, r_meas, version=ultralytics.__version__))
+        rows.append(_row("ultralytics", M, device, r_meas, version=version))
         o_meas, o_out = _measure(lambda: ours(*x), device, max(reps, 5))
         flips, same, diff = _check(r_out, o_out)
         row = _row("ours", M, device, o_meas, flips=flips, identical=same, max_score_diff=diff,

@@ -31,17 +31,33 @@ def assert_same_detections(out, ref, atol=1e-4):
         assert diff.amax(-1).amin(1).max() <= atol
 
 
-def max_rel_err(got, want):
-    """max |got - want| / max |want| (in float64), the closeness measure of the kernel tests."""
+def _max_rel_err(got, want):
+    """max |got - want| / max |want| (in float64)."""
     got, want = got.double(), want.double()
     return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
-def assert_close(got, want, rel=1e-4, what="output"):
-    """got equals want up to rel * max|want| everywhere (same shape and dtype, every element finite, so an
-    element a kernel never wrote, NaN under the poison switch, fails)."""
+def assert_close(got, want, rel=0.0, rtol=0.0, atol=0.0, what="output"):
+    """The tests' one closeness check: every element within
+
+        |got - want| <= rel * max|want| + rtol * |want| + atol      (in float64),
+
+    all three 0 (the default) meaning exactly equal (torch.equal, for integer and bool outputs too). `rel` is the
+    kernel tests' measure, relative to the largest |want| (near-zero elements are not held to a relative bound);
+    `rtol`/`atol` are torch.allclose's. got and want also have the same shape, dtype and device, and every element
+    of got is finite (an element a kernel never wrote is NaN under the poison switch)."""
     assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} vs {tuple(want.shape)}"
     assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} vs {want.dtype}"
-    assert torch.isfinite(got).all(), f"{what}: non-finite values (an unwritten element?)"
-    err = max_rel_err(got, want)
-    assert err <= rel, f"{what}: relative error {err:.3g} > {rel}"
+    assert got.device == want.device, f"{what}: device {got.device} vs {want.device}"
+    if got.is_floating_point():
+        assert torch.isfinite(got).all(), f"{what}: non-finite values (an unwritten element?)"
+    if rel == rtol == atol == 0:
+        assert torch.equal(got, want), f"{what}: not equal ({int((got != want).sum())} of {got.numel()} elements differ)"
+        return
+    if got.numel() == 0:
+        return
+    g, w = got.double(), want.double()
+    bad = (g - w).abs() > rel * w.abs().max() + rtol * w.abs() + atol
+    assert not bad.any(), (f"{what}: {int(bad.sum())} of {got.numel()} elements off by more than rel={rel} * max|want| "
+                           f"+ rtol={rtol} * |want| + atol={atol} (max |got - want| "
+                           f"{(g - w).abs().max().item():.3g}, relative to max|want| {_max_rel_err(got, want):.3g})")

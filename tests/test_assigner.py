@@ -20,6 +20,7 @@ from yolov10.head import make_anchors
 from yolov10_kernels.modules.assigner import FusedTaskAlignedAssigner
 from yolov10_kernels.ops import assign
 from yolov10_kernels.ops.assign import task_aligned_assign
+from helpers import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
 NC = 80
@@ -92,13 +93,13 @@ def assert_same(ref, ours, x=None, ties_ok=False):
         def per_gt(out, values):
             return torch.zeros(out[3].shape[0], M).scatter_add_(1, out[4].cpu(), values.float().cpu())
 
-        assert torch.equal(per_gt(ref, ref[3]), per_gt(ours, ours[3])), "positives per gt differ"
-        torch.testing.assert_close(per_gt(ref, ref[2].sum(-1)), per_gt(ours, ours[2].sum(-1)), atol=1e-5, rtol=0)
+        assert_close(per_gt(ours, ours[3]), per_gt(ref, ref[3]), what="positives per gt")
+        assert_close(per_gt(ours, ours[2].sum(-1)), per_gt(ref, ref[2].sum(-1)), atol=1e-5, what="score sum per gt")
         return nflip
     assert nflip == 0, f"{nflip} anchors assigned differently"
     for n in (0, 1, 3, 4):
-        assert torch.equal(ref[n], ours[n]), names[n]
-    assert (ref[2].float() - ours[2].float()).abs().max().item() <= 1e-6 if ref[2].numel() else True
+        assert_close(ours[n], ref[n], what=names[n])
+    assert_close(ours[2], ref[2], atol=1e-6, what=names[2])
     return 0
 
 
@@ -204,8 +205,8 @@ def test_half_inputs_upcast(dtype, device):
     assert ours[2].dtype == dtype and ours[1].dtype == gt.dtype
     assert flips(ref, ours) == 0
     for n in (0, 1, 3, 4):
-        assert torch.equal(ref[n], ours[n])
-    torch.testing.assert_close(ours[2].float(), ref[2].to(dtype).float(), atol=0, rtol=0)
+        assert_close(ours[n], ref[n])
+    assert_close(ours[2], ref[2].to(dtype))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -232,7 +233,7 @@ def test_loss_uses_fused_assigner():
                                    assigner_factory=lambda **kw: FusedTaskAlignedAssigner(**kw, backend="fused"))
         assert isinstance(fused_loss.assigner, FusedTaskAlignedAssigner)
         ours = fused_loss.loss([f.clone() for f in feats], targets)
-        torch.testing.assert_close(ours[0], ref[0], atol=1e-6, rtol=1e-6)
+        assert_close(ours[0], ref[0], rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ through TRITON_INTERPRET=1 (tests/conftest.py), so the shapes are tiny; odd H/W,
 multiples of 16, batch 1 and 3, stride 2 on odd sizes, NCHW and channels_last. Every buffer the ops allocate is NaN-poisoned, so an element a kernel forgets to write
 fails the comparison."""
 import copy
+import dataclasses
 import os
 
 import pytest
@@ -14,10 +15,11 @@ pytest.importorskip("triton")
 
 from yolov10.modules import CIB, Conv, SCDown  # noqa: E402
 from yolov10_kernels.modules.chain import read_chain  # noqa: E402
+from yolov10_kernels.ops.batchnorm import BatchNormSpec  # noqa: E402
 from yolov10_kernels.ops.chain_train import chain_train  # noqa: E402
 from yolov10_kernels.ops.dwconv import dw_conv_bn, dw_conv_bn_backward  # noqa: E402
 from yolov10_kernels.ops.pwconv import pw_conv_bn, pw_conv_bn_backward  # noqa: E402
-from helpers import max_rel_err, randomize_bn
+from helpers import assert_close, randomize_bn
 
 CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
 DEV = "cuda" if CUDA else "cpu"
@@ -87,17 +89,16 @@ def test_chain_matches_reference_fp32(kind, c, shape, cl):
     ref, mine, out_ref, out, xr, xm = run_pair(kind, c, shape, torch.float32, cl)
     assert out.shape == out_ref.shape and out.dtype == out_ref.dtype
     assert out.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-    assert max_rel_err(out, out_ref) <= 1e-4
-    assert max_rel_err(xm.grad, xr.grad) <= 1e-4
+    assert_close(out, out_ref, rel=1e-4)
+    assert_close(xm.grad, xr.grad, rel=1e-4, what="x.grad")
     for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
         assert p.grad is not None, name
-        assert p.grad.dtype == q.dtype and p.grad.shape == q.shape, name
-        assert max_rel_err(p.grad, q.grad) <= 1e-4, name
+        assert_close(p.grad, q.grad, rel=1e-4, what=name)
     for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
         if name.endswith("num_batches_tracked"):
             assert b.item() == r.item() == 4, name
         else:
-            assert max_rel_err(b, r) <= 1e-5, name
+            assert_close(b, r, rel=1e-5, what=name)
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
@@ -114,9 +115,10 @@ def test_chain_channel_slice_input(cl):
     out = conv_chain_train(bm.chunk(2, 1)[1], layers(mine), residual)
     out_ref.square().sum().backward()
     out.square().sum().backward()
-    assert max_rel_err(out, out_ref) <= 1e-4 and max_rel_err(bm.grad, br.grad) <= 1e-4
+    assert_close(out, out_ref, rel=1e-4)
+    assert_close(bm.grad, br.grad, rel=1e-4, what="x.grad")
     for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
-        assert max_rel_err(p.grad, q.grad) <= 1e-4, name
+        assert_close(p.grad, q.grad, rel=1e-4, what=name)
 
 
 @pytest.mark.parametrize("kind,c,shape", [("cib_lk", 4, (2, 4, 5, 7)), ("scdown", 6, (1, 6, 7, 5))])
@@ -126,20 +128,21 @@ def test_gpu_tap_loop_path_under_interpreter(monkeypatch, kind, c, shape):
     from yolov10_kernels.ops import dwconv
     monkeypatch.setattr(dwconv, "TAP_LOOP_ON_CPU", True)
     ref, mine, out_ref, out, xr, xm = run_pair(kind, c, shape, torch.float32, channels_last=kind == "scdown")
-    assert max_rel_err(out, out_ref) <= 1e-4 and max_rel_err(xm.grad, xr.grad) <= 1e-4
+    assert_close(out, out_ref, rel=1e-4)
+    assert_close(xm.grad, xr.grad, rel=1e-4, what="x.grad")
     for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
-        assert max_rel_err(p.grad, q.grad) <= 1e-4, name
+        assert_close(p.grad, q.grad, rel=1e-4, what=name)
 
 
 @pytest.mark.parametrize("kind", ["cib", "cib_lk"])
 def test_chain_matches_reference_fp64(kind):
     ref, mine, out_ref, out, xr, xm = run_pair(kind, 4, (2, 4, 5, 7), torch.float64)
-    assert max_rel_err(out, out_ref) <= 1e-10
-    assert max_rel_err(xm.grad, xr.grad) <= 1e-10
+    assert_close(out, out_ref, rel=1e-10)
+    assert_close(xm.grad, xr.grad, rel=1e-10, what="x.grad")
     for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
-        assert max_rel_err(p.grad, q.grad) <= 1e-10, name
+        assert_close(p.grad, q.grad, rel=1e-10, what=name)
     for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
-        assert torch.allclose(b, r, rtol=1e-12, atol=1e-12), name
+        assert_close(b, r, rtol=1e-12, atol=1e-12, what=name)
 
 
 def test_chain_running_stats_across_steps():
@@ -154,7 +157,7 @@ def test_chain_running_stats_across_steps():
         ref(x)
         conv_chain_train(x, layers(mine), residual)
     for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
-        assert torch.allclose(b.float(), r.float(), rtol=1e-5, atol=1e-6), name
+        assert_close(b.float(), r.float(), rtol=1e-5, atol=1e-6, what=name)
     assert mine.cv1.bn.num_batches_tracked.item() == 5
 
 
@@ -168,9 +171,60 @@ def test_chain_eval_mode_bn_uses_running_stats():
     out_ref, out = ref(xr), conv_chain_train(xm, layers(mine), residual)
     out_ref.sum().backward()
     out.sum().backward()
-    assert max_rel_err(out, out_ref) <= 1e-4 and max_rel_err(xm.grad, xr.grad) <= 1e-4
+    assert_close(out, out_ref, rel=1e-4)
+    assert_close(xm.grad, xr.grad, rel=1e-4, what="x.grad")
     for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
-        assert torch.equal(b, r), name
+        assert_close(b, r, what=name)
+
+
+def test_chain_takes_plain_batchnorm_specs():
+    """The op takes plain specs as well as the modules' BNs: BatchNormSpecs (the tensors and hyper-parameters,
+    no module) give the reference output and update the same running statistics."""
+    torch.manual_seed(14)
+    ref, layers, residual = make_block("cib_lk", 4)
+    mine = copy.deepcopy(ref)
+    plain = lambda bn: None if bn is None else BatchNormSpec.of(bn)  # noqa: E731
+    specs = [dataclasses.replace(s, bn=plain(s.bn), bn2=plain(s.bn2)) for s in read_chain(layers(mine))]
+    assert any(isinstance(s.bn2, BatchNormSpec) for s in specs)
+    x = torch.randn(2, 4, 5, 6, device=DEV)
+    assert_close(chain_train(x, specs, residual), ref(x), rel=1e-4)
+    for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
+        assert_close(b, r, rel=1e-5, what=name)
+
+
+# ------------------------------------------------------------------------------------------------ drop-in
+def test_dropin_reads_its_chain_once_and_follows_the_live_layers(monkeypatch):
+    """A drop-in reads its layers once and re-reads them only after train()/eval(), load_state_dict (assign=True
+    replaces the parameters) or .to() (which replaces the BN buffers); running statistics land in the module's
+    live buffers, and a BN switched to eval on its own (no drop-in method runs) is seen at once."""
+    from yolov10_kernels.modules import dropin
+    from yolov10_kernels.modules.scdown import FusedSCDown
+    reads = []
+    monkeypatch.setattr(dropin, "read_chain", lambda layers: reads.append(1) or read_chain(layers))
+    torch.manual_seed(13)
+    ref, _, _ = make_block("scdown", 6, torch.float64)
+    mine = FusedSCDown.from_module(copy.deepcopy(ref), backend="triton")
+
+    def step(dtype, rel):
+        x = torch.randn(2, 6, 5, 7, device=DEV, dtype=dtype)
+        assert_close(mine(x), ref(x), rel=rel)
+        for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
+            assert_close(b, r, rel=min(rel, 1e-5), what=name)
+    step(torch.float64, 1e-10)
+    step(torch.float64, 1e-10)
+    mine.cv2.bn.eval(), ref.cv2.bn.eval()  # a frozen BN: normalises with, and leaves, its running statistics
+    step(torch.float64, 1e-10)
+    assert len(reads) == 1
+    mine.train(), ref.train()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.1)
+    mine.load_state_dict(copy.deepcopy(ref.state_dict()), assign=True)
+    step(torch.float64, 1e-10)
+    assert len(reads) == 2
+    mine.float(), ref.float()
+    step(torch.float32, 1e-4)
+    assert len(reads) == 3
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -292,11 +346,12 @@ def test_torch_compile_fullgraph():
     out = compiled(xm, mine)
     out_ref.square().sum().backward()
     out.square().sum().backward()
-    assert max_rel_err(out, out_ref) <= 1e-5 and max_rel_err(xm.grad, xr.grad) <= 1e-5
+    assert_close(out, out_ref, rel=1e-5)
+    assert_close(xm.grad, xr.grad, rel=1e-5, what="x.grad")
     for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
-        assert max_rel_err(p.grad, q.grad) <= 1e-5, name
+        assert_close(p.grad, q.grad, rel=1e-5, what=name)
     for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
-        assert torch.allclose(b.float(), r.float(), rtol=1e-6, atol=1e-7), name
+        assert_close(b.float(), r.float(), rtol=1e-6, atol=1e-7, what=name)
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -345,10 +400,10 @@ def test_torch_export_runs_and_updates_running_stats():
     em = ep.module()
     em.load_state_dict(ref.state_dict(prefix="b."), strict=True)  # undo anything tracing touched
     out, out_ref = em(x), ref(x)
-    assert max_rel_err(out, out_ref) <= 1e-4
+    assert_close(out, out_ref, rel=1e-4)
     ref_buffers = dict(ref.named_buffers(prefix="b"))
     for name, b in em.named_buffers():
-        assert torch.allclose(b.float(), ref_buffers[name].float(), rtol=1e-5, atol=1e-6), name
+        assert_close(b.float(), ref_buffers[name].float(), rtol=1e-5, atol=1e-6, what=name)
 
 
 # ------------------------------------------------------------------------------------------------ low precision
@@ -380,9 +435,9 @@ def test_chain_low_precision(kind, cl, dtype):
     atol = 1e-2 if dtype == torch.float16 else 5e-2
 
     def check(a, b, c, what):
-        err, base = (c.float() - a.float()).abs().max().item(), (b.float() - a.float()).abs().max().item()
+        base = (b.float() - a.float()).abs().max().item()
         scale = max(1.0, a.float().abs().max().item())
-        assert err <= 2 * base + atol * scale, f"{what}: {err} > 2 * {base} + {atol} * {scale}"
+        assert_close(c.float(), a.float(), atol=2 * base + atol * scale, what=f"{what} (PyTorch's error {base:.3g})")
     check(outs[0], outs[1], outs[2], "out")
     check(xs[0].grad, xs[1].grad, xs[2].grad, "x.grad")
     for (name, a), (_, b), (_, c) in zip(ref32.named_parameters(), lowp_ref.named_parameters(),

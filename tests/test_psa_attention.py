@@ -20,7 +20,7 @@ from yolov10_kernels import accelerate  # noqa: E402
 from yolov10_kernels.modules.psa import FusedAttention, FusedPSA, swap  # noqa: E402
 from yolov10_kernels.ops import psa_attention as P  # noqa: E402
 from yolov10_kernels.ops.batchnorm import batch_var_mean  # noqa: E402
-from helpers import randomize_bn
+from helpers import assert_close, randomize_bn
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -44,8 +44,7 @@ def assert_close_all(a, b, rtol, atol):
     out_b, grads_b = b
     assert grads_a.keys() == grads_b.keys()
     for name, x, y in [("out", out_a, out_b)] + [(k, grads_a[k], grads_b[k]) for k in grads_a]:
-        tol = atol * max(1.0, y.abs().max().item())
-        torch.testing.assert_close(x, y, rtol=rtol, atol=tol, msg=lambda m: f"{name}: {m}")
+        assert_close(x, y, rtol=rtol, atol=atol * max(1.0, y.abs().max().item()), what=name)
 
 
 def assert_same_buffers(a, b, rtol=1e-6, atol=1e-7):
@@ -53,10 +52,8 @@ def assert_same_buffers(a, b, rtol=1e-6, atol=1e-7):
     assert list(bufs_b) == [n for n, _ in a.named_buffers()]
     for name, ba in a.named_buffers():
         bb = bufs_b[name]
-        if ba.dtype == torch.long:
-            assert torch.equal(ba, bb), name
-        else:
-            torch.testing.assert_close(ba, bb, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        tol = {} if ba.dtype == torch.long else dict(rtol=rtol, atol=atol)
+        assert_close(ba, bb, **tol, what=name)
 
 
 TOL = {torch.float32: (2e-4, 2e-5), torch.float64: (1e-9, 1e-10)}
@@ -137,8 +134,8 @@ def test_gradcheck_functional_training():
     ins = (r(2, CQ, 2, 3), r(CQ).abs() + 0.5, r(CQ) * 0.2, r(C, 1, 3, 3), r(C).abs() + 0.5, r(C) * 0.2)
     ins = tuple(t.requires_grad_() for t in ins)
     assert torch.autograd.gradcheck(f, ins, fast_mode=True)  # full mode: ~1 min in the interpreter
-    torch.testing.assert_close(f(*ins), P.psa_attention_reference(ins[0], bn(*ins[1:3], CQ), ins[3],
-                                                                  bn(*ins[4:], C), heads, kd, hd, True))
+    want = P.psa_attention_reference(ins[0], bn(*ins[1:3], CQ), ins[3], bn(*ins[4:], C), heads, kd, hd, True)
+    assert_close(f(*ins), want, rtol=1e-7, atol=1e-7)  # torch.testing.assert_close's float64 defaults
 
 
 def test_batch_var_mean_gradcheck():
@@ -146,7 +143,8 @@ def test_batch_var_mean_gradcheck():
     assert torch.autograd.gradcheck(batch_var_mean, (x,))
     var, mean = batch_var_mean(x)
     v_ref, m_ref = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-    torch.testing.assert_close((var, mean), (v_ref, m_ref))
+    assert_close(var, v_ref, rtol=1e-7, atol=1e-7, what="var")  # torch.testing.assert_close's float64 defaults
+    assert_close(mean, m_ref, rtol=1e-7, atol=1e-7, what="mean")
 
 
 def test_opcheck():
@@ -180,7 +178,7 @@ def test_torch_export_eval():
     ep = torch.export.export(fused, (x,))
     assert any("psa_attn_fwd" in str(n.target) for n in ep.graph.nodes)
     with torch.no_grad():
-        torch.testing.assert_close(ep.module()(x), ref(x), rtol=2e-4, atol=2e-5)
+        assert_close(ep.module()(x), ref(x), rtol=2e-4, atol=2e-5)
 
 def test_sdpa_rewrite_matches_reference():
     ref = randomize_bn(Attention(144, num_heads=2))
@@ -190,7 +188,7 @@ def test_sdpa_rewrite_matches_reference():
         args = lambda m, raw: (raw, m.qkv.bn, m.pe.conv.weight, m.pe.bn, 2, 36, 72, train)  # noqa: E731
         out_sdpa = a.proj(P.psa_attention_sdpa(*args(a, a.qkv.conv(x))))
         out_ref = b(x)
-        torch.testing.assert_close(out_sdpa, out_ref, rtol=1e-4, atol=1e-5)
+        assert_close(out_sdpa, out_ref, rtol=1e-4, atol=1e-5)
         assert_same_buffers(a, b)
 
 
@@ -219,7 +217,7 @@ def test_accelerate_swaps_psa_and_keeps_state_dict():
         elif isinstance(out, tuple):
             out, out_ref = out[0], out_ref[0]
         for a, b in zip(out if isinstance(out, list) else [out], out_ref if isinstance(out_ref, list) else [out_ref]):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+            assert_close(a, b, rtol=1e-4, atol=1e-4)
         assert_same_buffers(model, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -229,7 +227,7 @@ def test_auto_backend_on_cpu_uses_reference(monkeypatch):
     called = []
     monkeypatch.setattr("yolov10_kernels.modules.psa.psa_attention", lambda *a, **k: called.append(1))
     x = torch.randn(2, 128, 3, 3)
-    assert torch.equal(fused(x), ref(x))
+    assert_close(fused(x), ref(x))
     assert not called
 
 
@@ -250,9 +248,9 @@ def test_low_precision_gpu(lowp, c1, H, W):
         pairs = [("out", r[0], t[0], f[0])] + [(k, r[1][k], t[1][k], f[1][k]) for k in r[1]]
         for name, a, b, c in pairs:
             err_torch = (b.float() - a).abs().max().item()
-            err_fused = (c.float() - a).abs().max().item()
             atol = 1e-3 * max(a.abs().max().item(), 1e-6)
-            assert err_fused <= 2 * err_torch + atol, f"{lowp} train={train} {name}: {err_fused} vs torch {err_torch}"
+            assert_close(c.float(), a, atol=2 * err_torch + atol,
+                         what=f"{lowp} train={train} {name} (PyTorch's error {err_torch:.3g})")
 
 
 @cuda_only

@@ -287,3 +287,39 @@ def test_train_class_level_patch(tmp_path, importable_torchvision):
     restored = unpatch_ultralytics()
     assert any("TaskAlignedAssigner" in r for r in restored)
     assert oracle("ultralytics.utils.loss").TaskAlignedAssigner is oracle("ultralytics.utils.tal").TaskAlignedAssigner
+
+
+def test_op_option_errors():
+    from yolov10_kernels.ops import assign
+    assert assign.load()[0]
+    s, pd, ap, lab, gt, mask = adversarial_inputs(1, 4, 64, seed=0, case="mixed")
+    args = (s, pd, ap, lab, gt, mask, 10, NC)
+    with pytest.raises(RuntimeError, match="stride_val must be a finite number >= 0"):
+        assign.task_aligned_assign(*args, stride_val=-1.0)
+    with pytest.raises(RuntimeError, match=r"topk2 must lie in \[0, 84\]"):
+        assign.task_aligned_assign(*args, topk2=85)
+    with pytest.raises(RuntimeError, match=r"gt_labels must lie in \[-80, 80\)"):
+        assign.task_aligned_assign(s, pd, ap, lab + 100, gt, mask, 10, NC)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_capture():
+    """The CUDA op makes no host sync (labels are checked by a device assert): it captures into a CUDA graph,
+    and replays give the eager result, with every 8.4 option on."""
+    from yolov10_kernels.ops import assign
+    x = [t.cuda() for t in adversarial_inputs(4, 30, 256, seed=1, case="mixed")]
+    opts = dict(stride_val=16.0, topk2=1, ciou84=True)
+    eager = assign.task_aligned_assign(*x, 7, NC, **opts)
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        assign.task_aligned_assign(*x, 7, NC, **opts)  # warm-up on a side stream, as graph capture wants
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = assign.task_aligned_assign(*x, 7, NC, **opts)
+    graph.replay()
+    torch.cuda.synchronize()
+    for e, c in zip(eager, captured):
+        assert torch.equal(e, c)

@@ -29,10 +29,10 @@ class ModelEMA:
         self.updates += 1
         d = self.decay(self.updates)
         msd = unwrap(model).state_dict()
-        for k, v in self.ema.state_dict().items():
-            if v.dtype.is_floating_point:
-                v *= d
-                v += (1 - d) * msd[k].detach()
+        keys, ema = zip(*((k, v) for k, v in self.ema.state_dict().items() if v.dtype.is_floating_point))
+        # one multi-tensor op per step instead of ~800 small ones; the same arithmetic as v = d v + (1 - d) m
+        torch._foreach_mul_(ema, d)
+        torch._foreach_add_(ema, torch._foreach_mul([msd[k].detach() for k in keys], 1 - d))
 
     def state_dict(self):
         return {"updates": self.updates, "decay": self.decay_max, "tau": self.tau, "model": self.ema.state_dict()}

@@ -7,7 +7,10 @@ Mechanics:
   iterations (lr 0 -> lr0 * lf(epoch), bias lr warmup_bias_lr -> lr0 * lf(epoch), momentum 0.8 -> 0.937,
   accumulate 1 -> nbs / batch); linear LR decay lf(e) = (1 - e / epochs) * (1 - lrf) + lrf per epoch.
 - AMP (fp16 autocast + GradScaler) on CUDA, grad-norm clip 10, EMA (0.9999, tau 2000) of all float state;
-  validation (COCO mAP with pycocotools, one-to-one head) and checkpoints use the EMA. `.dfl` is frozen.
+  validation (COCO mAP with pycocotools, one-to-one head; every epoch, or the last val_epochs) and checkpoints
+  use the EMA. `.dfl` is frozen.
+- on the CPU the model, its EMA and the batches are channels_last (faster there); checkpoints hold contiguous
+  (NCHW) tensors, as any other loader expects.
 - seeds: torch/numpy/random are seeded from (seed, epoch, rank) at the start of every epoch, and the sampler
   shuffles with (seed, epoch), so `--resume` after epoch k reproduces an uninterrupted run exactly (CPU).
 - DDP: launch with torchrun (`torchrun --nproc_per_node 2 -m yolov10 train ...`); the process group comes
@@ -331,6 +334,11 @@ class Trainer:
         self.scheduler.step()
         return tloss if tloss is not None else torch.full((6,), math.nan)
 
+    def _validates(self, epoch):
+        """Validate after this epoch? Every epoch, or the last val_epochs ones (the last always)."""
+        a = self.args
+        return self.val_loader is not None and (not a["val_epochs"] or epoch >= a["epochs"] - a["val_epochs"])
+
     def validate(self, final=False):
         v = Validator(self.val_loader, self.names, self.device, save_dir=self.save_dir, verbose=final,
                       progress=True)
@@ -384,7 +392,7 @@ class Trainer:
             tloss = self.train_epoch(epoch)
             final = epoch + 1 == a["epochs"]
             if is_main(self.rank):
-                if self.val_loader is not None:
+                if self._validates(epoch):
                     m = self.validate(final=final)
                 else:
                     m = {"map50": math.nan, "map50_95": math.nan}

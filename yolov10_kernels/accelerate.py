@@ -1,7 +1,7 @@
 """accelerate(model): swap a model's modules for fused drop-ins, in place (Liger-style patcher), and
 swapped(model): which drop-ins a model holds. State-dict keys stay the same, so checkpoints load into
 accelerated and plain models alike."""
-from .backend import check_backend, kernels_disabled, warn_once
+from .backend import TRITON_IMPORT_ERROR, check_backend, kernels_disabled, warn_once
 from .modules import cib, cls_head, psa, scdown
 from .modules.cib import FusedCIB
 from .modules.cls_head import FusedClsHead
@@ -17,7 +17,9 @@ DROPINS = {"cib": FusedCIB, "scdown": FusedSCDown, "cls_head": FusedClsHead, "ps
 def accelerate(model, ops=None, backend="auto"):
     """Swap the modules named in `ops` (None = all of "cib", "scdown", "cls_head", "psa") for fused drop-ins.
     backend: "auto" (Triton on CUDA tensors, reference on the CPU), "triton" (always Triton; on the CPU this
-    needs TRITON_INTERPRET=1) or "reference". Returns the model; swapped(model) tells what is in it."""
+    needs TRITON_INTERPRET=1) or "reference". Returns the model; swapped(model) tells what is in it.
+    Where triton cannot be imported, "auto" and "reference" leave the model unchanged with one warning (every
+    op here is a Triton kernel) and "triton" is a RuntimeError."""
     names = tuple(OPS) if ops is None else ((ops,) if isinstance(ops, str) else tuple(ops))
     unknown = [n for n in names if n not in OPS]
     if unknown:
@@ -25,6 +27,10 @@ def accelerate(model, ops=None, backend="auto"):
     check_backend(backend)
     if kernels_disabled():
         warn_once("disabled", "YOLOV10_KERNELS=off: accelerate() leaves the model unchanged")
+        return model
+    if TRITON_IMPORT_ERROR:
+        warn_once("no-triton", f"yolov10_kernels: {TRITON_IMPORT_ERROR}; accelerate() leaves the model unchanged "
+                               "(the reference modules run)")
         return model
     for name in names:
         OPS[name](model, backend)

@@ -6,7 +6,7 @@ from .ops.utils import TRITON_IMPORT_ERROR, kernels_disabled, triton_interpreted
 
 BACKENDS = ("auto", "triton", "reference")
 
-__all__ = ["BACKENDS", "available", "check_backend", "kernels_disabled", "triton_interpreted", "triton_status",
+__all__ = ["BACKENDS", "TRITON_IMPORT_ERROR", "available", "check_backend", "kernels_disabled", "triton_interpreted", "triton_status",
            "use_triton", "warn_once"]
 
 

@@ -71,6 +71,12 @@ def fused_assigner_class():
     return _assigner_classes[base]
 
 
+def assigner_pair(**kwargs):
+    """(the installed TaskAlignedAssigner, the fused one) built with the same arguments, for side-by-side use."""
+    from ultralytics.utils import tal
+    return tal.TaskAlignedAssigner(**kwargs), fused_assigner_class()(**kwargs)
+
+
 def _op_options(assigner):
     """The op's trailing arguments for the installed version's semantics (8.4: stride_val, topk2 and its CIoU op
     order)."""

@@ -1,6 +1,9 @@
 """The one reader of reference layers: a chain of Conv / RepVGGDW / nn.Conv2d layers -> op specs
-(`ConvSpec`, BN as `BatchNormSpec`), shared by the eval path (`fold_chain`: BN folded into the weights the
-eval kernels read) and the train path (`ops.chain_train.chain_train` takes the specs as they are).
+(`ConvSpec`), shared by the eval path (`fold_chain`: BN folded into the weights the eval kernels read) and the
+train path (`ops.chain_train.chain_train` takes the specs as they are). A drop-in reads its chain once and keeps
+the specs (modules/dropin.py), so they hold the layers' live state: the conv weights (Parameters, which
+.to()/.half() convert in place) and the nn.BatchNorm2d modules themselves (a BN as ops/batchnorm.py takes it),
+whose mode, eps, momentum and running-statistics buffers (replaced by .to()) are read when the op runs.
 
 Layers are recognised by structure, not by class, so the official (ultralytics) modules read the same:
 - a Conv: `.conv` an nn.Conv2d, `.bn` an nn.BatchNorm2d (absent once folded by fuse_bn()), `.act` (SiLU or
@@ -11,7 +14,7 @@ This is the only module that reads layer internals."""
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.batchnorm import BatchNormSpec, fold_into_conv
+from ..ops.batchnorm import fold_into_conv
 from ..ops.chain_eval import FoldedChain, FoldedLayer
 from ..ops.chain_train import ConvSpec
 
@@ -65,8 +68,7 @@ def _conv_spec(m, where):
         raise ValueError(f"{where}: .bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
     if bn is not None and m.conv.bias is not None:
         raise ValueError(f"{where}: a conv followed by a BN must have no bias")
-    return ConvSpec(kind, m.conv.weight, BatchNormSpec.of(bn) if bn is not None else None, _act_flag(m.act, where),
-                    stride, bias=m.conv.bias)
+    return ConvSpec(kind, m.conv.weight, bn, _act_flag(m.act, where), stride, bias=m.conv.bias)
 
 
 def _repvggdw_spec(m, where):

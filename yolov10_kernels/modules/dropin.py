@@ -105,34 +105,40 @@ def swap_modules(model, ref_classes, dropin, supported, backend, parents=None):
     return sum(isinstance(m, dropin) for m in model.modules())
 
 
-class FoldCache:
-    """Folded weights, rebuilt when any tracked tensor changes (storage, dtype, device or in-place version:
-    optimizer steps, load_state_dict and BN running-stat updates all bump versions). Owners also clear it on
-    train()/eval() and on .to()/.half()/... Not used while torch.compile traces (folding is traced instead)."""
+class ChainCache:
+    """What a chain drop-in keeps between calls: its layers' specs, read once (they hold the layers' parameters
+    and BN modules, so BN mode, hyper-parameters and running statistics are always the live ones), and the
+    eval-mode folded weights, rebuilt when a tracked tensor changes (storage, dtype, device or in-place version:
+    optimizer steps, load_state_dict and BN running-stat updates all bump versions). The owner clears both where
+    the layers may change: train()/eval(), .to()/.half()/... and load_state_dict. Not used while torch.compile
+    traces (reading and folding are traced instead); never pickled or copied with the module."""
 
     def __init__(self):
-        self.key = None
-        self.value = None
+        self.clear()
 
     def clear(self):
-        self.key = self.value = None
+        self.specs = self.fold_key = self.folded = None
 
-    def get(self, tensors, build, extra=()):
+    def get_specs(self, read):
+        if torch.compiler.is_compiling():
+            return read()
+        if self.specs is None:
+            self.specs = read()
+        return self.specs
+
+    def get_folded(self, tensors, build, extra=()):
         if torch.compiler.is_compiling():
             return build()
         try:
             key = (tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors), tuple(extra))
         except RuntimeError:  # e.g. inference tensors carry no version counter
             return build()
-        if key != self.key:
-            self.value, self.key = build(), key
-        return self.value
+        if key != self.fold_key:
+            self.folded, self.fold_key = build(), key
+        return self.folded
 
-    def __getstate__(self):  # never pickled or deep-copied with the module
-        return {"key": None, "value": None}
-
-    def __deepcopy__(self, memo):
-        return FoldCache()
+    def __reduce__(self):  # pickle and deepcopy make an empty cache
+        return ChainCache, ()
 
 
 def _autocast_input(x):
@@ -150,7 +156,7 @@ class ChainDropIn(DropIn):
 
     def set_backend(self, backend):
         super().set_backend(backend)
-        self._fold_cache = FoldCache()
+        self._cache = ChainCache()
 
     def layers(self):
         raise NotImplementedError
@@ -161,34 +167,44 @@ class ChainDropIn(DropIn):
     def infer(self, x, folded):
         raise NotImplementedError
 
-    def folded(self, specs=None):
+    def specs(self):
+        """The layers' ConvSpecs (modules/chain.py), read on first use and kept (see ChainCache)."""
+        return self._cache.get_specs(lambda: read_chain(self.layers()))
+
+    def folded(self):
         """The eval-mode folded weights (cached until a parameter or buffer changes)."""
-        specs = read_chain(self.layers()) if specs is None else specs
+        specs = self.specs()
 
         def build():
             with torch.no_grad():
                 return fold_chain(specs, self.residual())
         tensors = list(self.parameters()) + list(self.buffers())
-        return self._fold_cache.get(tensors, build, extra=[bn.eps for s in specs for bn in (s.bn, s.bn2) if bn])
+        return self._cache.get_folded(tensors, build, extra=[bn.eps for s in specs for bn in (s.bn, s.bn2) if bn])
 
     def forward(self, x):
         if not use_triton_on(self.backend, x.device.type):
             return self.reference_forward(x)
-        specs = read_chain(self.layers())
+        specs = self.specs()
         if not any(bn.training for s in specs for bn in (s.bn, s.bn2) if bn is not None):
             if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
                 return self.reference_forward(x)  # the eval kernels have no backward
-            return self.infer(_autocast_input(x), self.folded(specs))
+            return self.infer(_autocast_input(x), self.folded())
         if trainable(specs):
             return chain_train(x, specs, residual=self.residual())
         return self.reference_forward(x)
 
+    def _clear_cache(self):
+        if getattr(self, "_cache", None) is not None:  # set by set_backend()
+            self._cache.clear()
+
     def train(self, mode=True):
-        if getattr(self, "_fold_cache", None) is not None:
-            self._fold_cache.clear()
+        self._clear_cache()
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):
-        if getattr(self, "_fold_cache", None) is not None:
-            self._fold_cache.clear()
+        self._clear_cache()  # .to()/.half()/.cuda() replace the buffers (and, by a torch.__future__ flag, parameters)
         return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._clear_cache()  # load_state_dict(assign=True) replaces parameters and buffers
+        return super()._load_from_state_dict(*args, **kwargs)

@@ -2,8 +2,9 @@
 
 Every op that fuses a BN (the chain ops, PSA attention, the eval-mode fold of the drop-ins) gets it here, from
 the running statistics (eval) or from batch statistics (train), and train mode updates the running statistics
-exactly as nn.BatchNorm2d does. A BN is anything with nn.BatchNorm2d's attribute names: the module itself, or a
-`BatchNormSpec` (its tensors and hyper-parameters, the plain form the chain ops take)."""
+exactly as nn.BatchNorm2d does. A BN is anything with nn.BatchNorm2d's attribute names: the module itself (what
+the drop-ins pass, so mode, hyper-parameters and buffers are the live ones), or a `BatchNormSpec` (its tensors and
+hyper-parameters as plain values, for callers that hold tensors rather than modules)."""
 from dataclasses import dataclass
 from typing import Optional
 

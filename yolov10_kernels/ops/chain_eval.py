@@ -29,11 +29,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import triton
-import triton.language as tl
 
-from .utils import (conv_out_size, dot_precision, empty, empty_4d, is_channels_last, next_pow2, op_name,
-                    strides4, target_programs, triton_interpreted)
+from .utils import (check_device, conv_out_size, dot_precision, empty, empty_4d, is_channels_last, next_pow2,
+                    op_name, strides4, target_programs, tl, triton, triton_interpreted)
 
 _INTERPRET = triton_interpreted()
 
@@ -56,301 +54,292 @@ class FoldedChain:
 # ----------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------
-@triton.jit
-def _silu(x):
-    return x * tl.sigmoid(x)
+if triton is not None:  # without triton the ops import, and their launchers raise (utils.check_device)
+    @triton.jit
+    def _silu(x):
+        return x * tl.sigmoid(x)
 
+    @triton.jit
+    def _dw_tap(acc, base, h, w, pmask, kk, kmask, H, W, sxh, sxw, dww_ptr, K, t, dy, dx):
+        hh = h + dy
+        ww = w + dx
+        m = pmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        xv = tl.load(base + (dy * sxh + dx * sxw), mask=m[:, None] & kmask[None, :], other=0.0)
+        wv = tl.load(dww_ptr + t * K + kk, mask=kmask, other=0.0)
+        return acc + xv.to(acc.dtype) * wv[None, :]
 
-@triton.jit
-def _dw_tap(acc, base, h, w, pmask, kk, kmask, H, W, sxh, sxw, dww_ptr, K, t, dy, dx):
-    hh = h + dy
-    ww = w + dx
-    m = pmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-    xv = tl.load(base + (dy * sxh + dx * sxw), mask=m[:, None] & kmask[None, :], other=0.0)
-    wv = tl.load(dww_ptr + t * K + kk, mask=kmask, other=0.0)
-    return acc + xv.to(acc.dtype) * wv[None, :]
+    @triton.jit
+    def _dw_tile(x_ptr, pix_off, h, w, pmask, kk, kmask, H, W, sxc, sxh, sxw, dww_ptr, dwb_ptr, K,
+                 KS: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Depthwise KSxKS conv (stride 1, zero padding KS//2) + bias (+SiLU) at pixels (h, w) for channels kk:
+        a (BLOCK_P, BLOCK_K) tile in the weights' dtype (fp32/fp64). Rows with pmask False hold garbage.
+        3x3 taps are unrolled; larger kernels (the folded RepVGGDW 7x7) loop, which keeps compile times sane."""
+        PAD: tl.constexpr = KS // 2
+        acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=dww_ptr.dtype.element_ty)
+        base = x_ptr + (pix_off + h * sxh + w * sxw)[:, None] + (kk * sxc)[None, :]
+        if KS <= 3:
+            for t in tl.static_range(KS * KS):
+                acc = _dw_tap(acc, base, h, w, pmask, kk, kmask, H, W, sxh, sxw, dww_ptr, K, t, t // KS - PAD, t % KS - PAD)
+        else:
+            for t in range(KS * KS):
+                acc = _dw_tap(acc, base, h, w, pmask, kk, kmask, H, W, sxh, sxw, dww_ptr, K, t, t // KS - PAD, t % KS - PAD)
+        acc += tl.load(dwb_ptr + kk, mask=kmask, other=0.0)[None, :]
+        if ACT:
+            acc = _silu(acc)
+        return acc
 
-
-@triton.jit
-def _dw_tile(x_ptr, pix_off, h, w, pmask, kk, kmask, H, W, sxc, sxh, sxw, dww_ptr, dwb_ptr, K,
-             KS: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Depthwise KSxKS conv (stride 1, zero padding KS//2) + bias (+SiLU) at pixels (h, w) for channels kk:
-    a (BLOCK_P, BLOCK_K) tile in the weights' dtype (fp32/fp64). Rows with pmask False hold garbage.
-    3x3 taps are unrolled; larger kernels (the folded RepVGGDW 7x7) loop, which keeps compile times sane."""
-    PAD: tl.constexpr = KS // 2
-    acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=dww_ptr.dtype.element_ty)
-    base = x_ptr + (pix_off + h * sxh + w * sxw)[:, None] + (kk * sxc)[None, :]
-    if KS <= 3:
-        for t in tl.static_range(KS * KS):
-            acc = _dw_tap(acc, base, h, w, pmask, kk, kmask, H, W, sxh, sxw, dww_ptr, K, t, t // KS - PAD, t % KS - PAD)
-    else:
-        for t in range(KS * KS):
-            acc = _dw_tap(acc, base, h, w, pmask, kk, kmask, H, W, sxh, sxw, dww_ptr, K, t, t // KS - PAD, t % KS - PAD)
-    acc += tl.load(dwb_ptr + kk, mask=kmask, other=0.0)[None, :]
-    if ACT:
-        acc = _silu(acc)
-    return acc
-
-
-@triton.jit(do_not_specialize=["NPIX", "H", "W"])
-def _dw_pw_kernel(x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, out_ptr,
-                  NPIX, H, W, K, N,
-                  sxb, sxc, sxh, sxw, sob, soc, soh, sow,
-                  KS: tl.constexpr, ACT_DW: tl.constexpr, ACT_PW: tl.constexpr, DOT_PREC: tl.constexpr,
-                  BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[p, n] = act(b_pw[n] + sum_k Wpw[k, n] * act(DW(x)[p, k])): DW -> PW with the DW tile in registers.
-    Program = (pixel block, output-channel block), channel block fastest so neighbours share the x tile in L2."""
-    pid = tl.program_id(0)
-    num_nb = tl.cdiv(N, BLOCK_N)
-    nb = pid % num_nb
-    pb = pid // num_nb
-    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = p < NPIX
-    hw = p % (H * W)
-    b = (p // (H * W)).to(tl.int64)
-    h = hw // W
-    w = hw % W
-    nn = nb * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = nn < N
-    dot_t = x_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        kmask = kk < K
-        a = _dw_tile(x_ptr, b * sxb, h, w, pmask, kk, kmask, H, W, sxc, sxh, sxw, dww_ptr, dwb_ptr, K,
-                     KS, ACT_DW, BLOCK_P, BLOCK_K)
-        wt = tl.load(pww_ptr + kk[:, None] * N + nn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
-        acc += tl.dot(a.to(dot_t), wt.to(dot_t), input_precision=DOT_PREC)
-    acc += tl.load(pwb_ptr + nn, mask=nmask, other=0.0)[None, :]
-    if ACT_PW:
-        acc = _silu(acc)
-    optr = out_ptr + (b * sob + h * soh + w * sow)[:, None] + (nn * soc)[None, :]
-    tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & nmask[None, :])
-
-
-@triton.jit(do_not_specialize=["NPIX", "H", "W"])
-def _dw_pw_pw_kernel(x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, pw2w_ptr, pw2b_ptr, out_ptr,
-                     NPIX, H, W, K, N1, N2,
-                     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
-                     KS: tl.constexpr, ACT_DW: tl.constexpr, ACT_PW: tl.constexpr, ACT_PW2: tl.constexpr,
-                     DOT_PREC: tl.constexpr, N1P: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N2: tl.constexpr):
-    """DW -> PW (K -> N1, all N1 channels of a pixel block in registers) -> PW (N1 -> N2, + bias)."""
-    pid = tl.program_id(0)
-    p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = p < NPIX
-    hw = p % (H * W)
-    b = (p // (H * W)).to(tl.int64)
-    h = hw // W
-    w = hw % W
-    n1 = tl.arange(0, N1P)
-    n1mask = n1 < N1
-    dot_t = x_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_P, N1P), dtype=pww_ptr.dtype.element_ty)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        kmask = kk < K
-        a = _dw_tile(x_ptr, b * sxb, h, w, pmask, kk, kmask, H, W, sxc, sxh, sxw, dww_ptr, dwb_ptr, K,
-                     KS, ACT_DW, BLOCK_P, BLOCK_K)
-        wt = tl.load(pww_ptr + kk[:, None] * N1 + n1[None, :], mask=kmask[:, None] & n1mask[None, :], other=0.0)
-        acc += tl.dot(a.to(dot_t), wt.to(dot_t), input_precision=DOT_PREC)
-    acc += tl.load(pwb_ptr + n1, mask=n1mask, other=0.0)[None, :]
-    if ACT_PW:
-        acc = _silu(acc)  # padded channels stay exactly 0 (zero weights, zero bias, silu(0) = 0)
-    hid = acc.to(dot_t)
-    obase = (b * sob + h * soh + w * sow)[:, None]
-    for n0 in range(0, N2, BLOCK_N2):
-        n2 = n0 + tl.arange(0, BLOCK_N2)
-        n2mask = n2 < N2
-        w2 = tl.load(pw2w_ptr + n1[:, None] * N2 + n2[None, :], mask=n1mask[:, None] & n2mask[None, :], other=0.0)
-        o = tl.dot(hid, w2.to(dot_t), input_precision=DOT_PREC).to(acc.dtype)
-        o += tl.load(pw2b_ptr + n2, mask=n2mask, other=0.0)[None, :]
-        if ACT_PW2:
-            o = _silu(o)
-        tl.store(out_ptr + obase + (n2 * soc)[None, :], o.to(out_ptr.dtype.element_ty),
-                 mask=pmask[:, None] & n2mask[None, :])
-
-
-@triton.jit(do_not_specialize=["NQ", "H", "W", "HO", "WO"])
-def _pw_dw_kernel(x_ptr, pww_ptr, pwb_ptr, dww_ptr, dwb_ptr, out_ptr,
-                  NQ, H, W, HO, WO, K, N,
-                  sxb, sxc, sxh, sxw, sob, soc, soh, sow,
-                  KS: tl.constexpr, STRIDE: tl.constexpr, ACT_PW: tl.constexpr, ACT_DW: tl.constexpr,
-                  DOT_PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[q, n] = act(b_dw[n] + sum_t Wdw[t, n] * act(PW(x)[q*s + t, n])): PW -> DW (stride s). The PW output
-    at each tap's input pixel is recomputed in registers (9 small matmuls per tile; for stride 2 that is 9/4 of
-    the unfused PW work, traded for never writing the PW output, which is 4x the size of the block's output)."""
-    PAD: tl.constexpr = KS // 2
-    pid = tl.program_id(0)
-    num_nb = tl.cdiv(N, BLOCK_N)
-    nb = pid % num_nb
-    qb = pid // num_nb
-    q = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    qmask = q < NQ
-    ohw = q % (HO * WO)
-    b = (q // (HO * WO)).to(tl.int64)
-    oh = ohw // WO
-    ow = ohw % WO
-    nn = nb * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = nn < N
-    dot_t = x_ptr.dtype.element_ty
-    pwb = tl.load(pwb_ptr + nn, mask=nmask, other=0.0)
-    out = tl.zeros((BLOCK_Q, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
-    for t in tl.static_range(KS * KS):
-        ih = oh * STRIDE + (t // KS - PAD)
-        iw = ow * STRIDE + (t % KS - PAD)
-        valid = qmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        xrow = x_ptr + (b * sxb + ih * sxh + iw * sxw)[:, None]
-        acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
-        for k0 in range(0, K, BLOCK_K):
-            kk = k0 + tl.arange(0, BLOCK_K)
-            kmask = kk < K
-            xv = tl.load(xrow + (kk * sxc)[None, :], mask=valid[:, None] & kmask[None, :], other=0.0)
-            wt = tl.load(pww_ptr + kk[:, None] * N + nn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
-            acc += tl.dot(xv.to(dot_t), wt.to(dot_t), input_precision=DOT_PREC)
-        y = acc + pwb[None, :]
-        if ACT_PW:
-            y = _silu(y)
-        y = tl.where(valid[:, None], y, 0.0)  # zero padding of the PW output
-        out += y * tl.load(dww_ptr + t * N + nn, mask=nmask, other=0.0)[None, :]
-    out += tl.load(dwb_ptr + nn, mask=nmask, other=0.0)[None, :]
-    if ACT_DW:
-        out = _silu(out)
-    optr = out_ptr + (b * sob + oh * soh + ow * sow)[:, None] + (nn * soc)[None, :]
-    tl.store(optr, out.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & nmask[None, :])
-
-
-@triton.jit(do_not_specialize=["B", "H", "W"])
-def _dw_pw_dw_kernel(x_ptr, dw1w_ptr, dw1b_ptr, pww_ptr, pwb_ptr, dw2w_ptr, dw2b_ptr, res_ptr, out_ptr, scr_ptr,
-                     B, H, W, K, N,
-                     sxb, sxc, sxh, sxw, srb, src, srh, srw, sob, soc, soh, sow,
-                     KS1: tl.constexpr, KS2: tl.constexpr, ACT1: tl.constexpr, ACT_PW: tl.constexpr,
-                     ACT2: tl.constexpr, HAS_RES: tl.constexpr, DOT_PREC: tl.constexpr,
-                     BLOCK_E: tl.constexpr, MAX_EW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """DW KS1 (+SiLU) -> PW (+SiLU) -> DW KS2 (+SiLU) (+ residual), all stride 1.
-
-    Persistent: each program loops over (image, spatial tile, output-channel block) work items. For a tile of
-    TH x TW output pixels it computes the PW output on the tile plus a KS2//2 halo (EH x EW <= BLOCK_E pixels,
-    flattened) for BLOCK_N channels, parks it in its own scratch slot (BLOCK_E x BLOCK_N, reused every
-    iteration, so it stays in L1/L2), then runs the second DW from there."""
-    P2: tl.constexpr = KS2 // 2
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    EW = tl.minimum(W + 2 * P2, MAX_EW)
-    EH = BLOCK_E // EW
-    TW = EW - 2 * P2
-    TH = EH - 2 * P2
-    tiles_w = tl.cdiv(W, TW)
-    tiles_h = tl.cdiv(H, TH)
-    num_nb = tl.cdiv(N, BLOCK_N)
-    total = B * tiles_h * tiles_w * num_nb
-    e = tl.arange(0, BLOCK_E)
-    er = e // EW
-    ec = e % EW
-    in_ext = e < EH * EW
-    orow = e // TW
-    ocol = e % TW
-    in_tile = e < TH * TW
-    nl = tl.arange(0, BLOCK_N)
-    scr = scr_ptr + pid * (BLOCK_E * BLOCK_N)
-    dot_t = x_ptr.dtype.element_ty
-    for work in range(pid, total, nprog):
-        nb = work % num_nb
-        tile = work // num_nb
-        tw_i = tile % tiles_w
-        th_i = (tile // tiles_w) % tiles_h
-        b = (tile // (tiles_w * tiles_h)).to(tl.int64)
-        nn = nb * BLOCK_N + nl
+    @triton.jit(do_not_specialize=["NPIX", "H", "W"])
+    def _dw_pw_kernel(x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, out_ptr,
+                      NPIX, H, W, K, N,
+                      sxb, sxc, sxh, sxw, sob, soc, soh, sow,
+                      KS: tl.constexpr, ACT_DW: tl.constexpr, ACT_PW: tl.constexpr, DOT_PREC: tl.constexpr,
+                      BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """out[p, n] = act(b_pw[n] + sum_k Wpw[k, n] * act(DW(x)[p, k])): DW -> PW with the DW tile in registers.
+        Program = (pixel block, output-channel block), channel block fastest so neighbours share the x tile in L2."""
+        pid = tl.program_id(0)
+        num_nb = tl.cdiv(N, BLOCK_N)
+        nb = pid % num_nb
+        pb = pid // num_nb
+        p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+        pmask = p < NPIX
+        hw = p % (H * W)
+        b = (p // (H * W)).to(tl.int64)
+        h = hw // W
+        w = hw % W
+        nn = nb * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = nn < N
-        # stage 1: DW1 -> PW on the tile + halo
-        h = th_i * TH - P2 + er
-        w = tw_i * TW - P2 + ec
-        emask = in_ext & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        acc = tl.zeros((BLOCK_E, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
+        dot_t = x_ptr.dtype.element_ty
+        acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + tl.arange(0, BLOCK_K)
             kmask = kk < K
-            a = _dw_tile(x_ptr, b * sxb, h, w, emask, kk, kmask, H, W, sxc, sxh, sxw, dw1w_ptr, dw1b_ptr, K,
-                         KS1, ACT1, BLOCK_E, BLOCK_K)
+            a = _dw_tile(x_ptr, b * sxb, h, w, pmask, kk, kmask, H, W, sxc, sxh, sxw, dww_ptr, dwb_ptr, K,
+                         KS, ACT_DW, BLOCK_P, BLOCK_K)
             wt = tl.load(pww_ptr + kk[:, None] * N + nn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
             acc += tl.dot(a.to(dot_t), wt.to(dot_t), input_precision=DOT_PREC)
         acc += tl.load(pwb_ptr + nn, mask=nmask, other=0.0)[None, :]
         if ACT_PW:
             acc = _silu(acc)
-        acc = tl.where(emask[:, None], acc, 0.0)  # zero padding for DW2
-        tl.debug_barrier()  # every thread is done reading the previous work item's scratch
-        tl.store(scr + e[:, None] * BLOCK_N + nl[None, :], acc.to(scr_ptr.dtype.element_ty))
-        tl.debug_barrier()  # the whole tile is in scratch
-        # stage 2: DW2 from scratch
-        oh = th_i * TH + orow
-        ow = tw_i * TW + ocol
-        omask = in_tile & (oh < H) & (ow < W)
-        o = tl.zeros((BLOCK_E, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
-        for t in tl.static_range(KS2 * KS2):
-            se = (orow + t // KS2) * EW + (ocol + t % KS2)
-            v = tl.load(scr + se[:, None] * BLOCK_N + nl[None, :], mask=omask[:, None], other=0.0)
-            o += v.to(o.dtype) * tl.load(dw2w_ptr + t * N + nn, mask=nmask, other=0.0)[None, :]
-        o += tl.load(dw2b_ptr + nn, mask=nmask, other=0.0)[None, :]
-        if ACT2:
-            o = _silu(o)
-        m2 = omask[:, None] & nmask[None, :]
-        if HAS_RES:
-            r = tl.load(res_ptr + (b * srb + oh * srh + ow * srw)[:, None] + (nn * src)[None, :], mask=m2, other=0.0)
-            o += r.to(o.dtype)
-        tl.store(out_ptr + (b * sob + oh * soh + ow * sow)[:, None] + (nn * soc)[None, :],
-                 o.to(out_ptr.dtype.element_ty), mask=m2)
+        optr = out_ptr + (b * sob + h * soh + w * sow)[:, None] + (nn * soc)[None, :]
+        tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & nmask[None, :])
 
+    @triton.jit(do_not_specialize=["NPIX", "H", "W"])
+    def _dw_pw_pw_kernel(x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, pw2w_ptr, pw2b_ptr, out_ptr,
+                         NPIX, H, W, K, N1, N2,
+                         sxb, sxc, sxh, sxw, sob, soc, soh, sow,
+                         KS: tl.constexpr, ACT_DW: tl.constexpr, ACT_PW: tl.constexpr, ACT_PW2: tl.constexpr,
+                         DOT_PREC: tl.constexpr, N1P: tl.constexpr,
+                         BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N2: tl.constexpr):
+        """DW -> PW (K -> N1, all N1 channels of a pixel block in registers) -> PW (N1 -> N2, + bias)."""
+        pid = tl.program_id(0)
+        p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+        pmask = p < NPIX
+        hw = p % (H * W)
+        b = (p // (H * W)).to(tl.int64)
+        h = hw // W
+        w = hw % W
+        n1 = tl.arange(0, N1P)
+        n1mask = n1 < N1
+        dot_t = x_ptr.dtype.element_ty
+        acc = tl.zeros((BLOCK_P, N1P), dtype=pww_ptr.dtype.element_ty)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            kmask = kk < K
+            a = _dw_tile(x_ptr, b * sxb, h, w, pmask, kk, kmask, H, W, sxc, sxh, sxw, dww_ptr, dwb_ptr, K,
+                         KS, ACT_DW, BLOCK_P, BLOCK_K)
+            wt = tl.load(pww_ptr + kk[:, None] * N1 + n1[None, :], mask=kmask[:, None] & n1mask[None, :], other=0.0)
+            acc += tl.dot(a.to(dot_t), wt.to(dot_t), input_precision=DOT_PREC)
+        acc += tl.load(pwb_ptr + n1, mask=n1mask, other=0.0)[None, :]
+        if ACT_PW:
+            acc = _silu(acc)  # padded channels stay exactly 0 (zero weights, zero bias, silu(0) = 0)
+        hid = acc.to(dot_t)
+        obase = (b * sob + h * soh + w * sow)[:, None]
+        for n0 in range(0, N2, BLOCK_N2):
+            n2 = n0 + tl.arange(0, BLOCK_N2)
+            n2mask = n2 < N2
+            w2 = tl.load(pw2w_ptr + n1[:, None] * N2 + n2[None, :], mask=n1mask[:, None] & n2mask[None, :], other=0.0)
+            o = tl.dot(hid, w2.to(dot_t), input_precision=DOT_PREC).to(acc.dtype)
+            o += tl.load(pw2b_ptr + n2, mask=n2mask, other=0.0)[None, :]
+            if ACT_PW2:
+                o = _silu(o)
+            tl.store(out_ptr + obase + (n2 * soc)[None, :], o.to(out_ptr.dtype.element_ty),
+                     mask=pmask[:, None] & n2mask[None, :])
 
-# ----------------------------------------------------------------------------------------------------------
-# Autotuning on a GPU. The interpreter cannot autotune over several configs: there `_launch` calls the bare
-# kernel with blocks sized to the problem (capped by INTERPRET_MAX_BLOCK) to keep the interpreted programs few.
-# ----------------------------------------------------------------------------------------------------------
-def _cfg(num_warps=4, num_stages=2, **kw):
-    return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
+    @triton.jit(do_not_specialize=["NQ", "H", "W", "HO", "WO"])
+    def _pw_dw_kernel(x_ptr, pww_ptr, pwb_ptr, dww_ptr, dwb_ptr, out_ptr,
+                      NQ, H, W, HO, WO, K, N,
+                      sxb, sxc, sxh, sxw, sob, soc, soh, sow,
+                      KS: tl.constexpr, STRIDE: tl.constexpr, ACT_PW: tl.constexpr, ACT_DW: tl.constexpr,
+                      DOT_PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """out[q, n] = act(b_dw[n] + sum_t Wdw[t, n] * act(PW(x)[q*s + t, n])): PW -> DW (stride s). The PW output
+        at each tap's input pixel is recomputed in registers (9 small matmuls per tile; for stride 2 that is 9/4 of
+        the unfused PW work, traded for never writing the PW output, which is 4x the size of the block's output)."""
+        PAD: tl.constexpr = KS // 2
+        pid = tl.program_id(0)
+        num_nb = tl.cdiv(N, BLOCK_N)
+        nb = pid % num_nb
+        qb = pid // num_nb
+        q = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        qmask = q < NQ
+        ohw = q % (HO * WO)
+        b = (q // (HO * WO)).to(tl.int64)
+        oh = ohw // WO
+        ow = ohw % WO
+        nn = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = nn < N
+        dot_t = x_ptr.dtype.element_ty
+        pwb = tl.load(pwb_ptr + nn, mask=nmask, other=0.0)
+        out = tl.zeros((BLOCK_Q, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
+        for t in tl.static_range(KS * KS):
+            ih = oh * STRIDE + (t // KS - PAD)
+            iw = ow * STRIDE + (t % KS - PAD)
+            valid = qmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xrow = x_ptr + (b * sxb + ih * sxh + iw * sxw)[:, None]
+            acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
+            for k0 in range(0, K, BLOCK_K):
+                kk = k0 + tl.arange(0, BLOCK_K)
+                kmask = kk < K
+                xv = tl.load(xrow + (kk * sxc)[None, :], mask=valid[:, None] & kmask[None, :], other=0.0)
+                wt = tl.load(pww_ptr + kk[:, None] * N + nn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
+                acc += tl.dot(xv.to(dot_t), wt.to(dot_t), input_precision=DOT_PREC)
+            y = acc + pwb[None, :]
+            if ACT_PW:
+                y = _silu(y)
+            y = tl.where(valid[:, None], y, 0.0)  # zero padding of the PW output
+            out += y * tl.load(dww_ptr + t * N + nn, mask=nmask, other=0.0)[None, :]
+        out += tl.load(dwb_ptr + nn, mask=nmask, other=0.0)[None, :]
+        if ACT_DW:
+            out = _silu(out)
+        optr = out_ptr + (b * sob + oh * soh + ow * sow)[:, None] + (nn * soc)[None, :]
+        tl.store(optr, out.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & nmask[None, :])
 
+    @triton.jit(do_not_specialize=["B", "H", "W"])
+    def _dw_pw_dw_kernel(x_ptr, dw1w_ptr, dw1b_ptr, pww_ptr, pwb_ptr, dw2w_ptr, dw2b_ptr, res_ptr, out_ptr, scr_ptr,
+                         B, H, W, K, N,
+                         sxb, sxc, sxh, sxw, srb, src, srh, srw, sob, soc, soh, sow,
+                         KS1: tl.constexpr, KS2: tl.constexpr, ACT1: tl.constexpr, ACT_PW: tl.constexpr,
+                         ACT2: tl.constexpr, HAS_RES: tl.constexpr, DOT_PREC: tl.constexpr,
+                         BLOCK_E: tl.constexpr, MAX_EW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """DW KS1 (+SiLU) -> PW (+SiLU) -> DW KS2 (+SiLU) (+ residual), all stride 1.
 
-# Spatial sizes are not specialised on (do_not_specialize), so a new image size re-tunes but does not recompile.
-_DW_PW_CONFIGS = [
-    _cfg(BLOCK_P=64, BLOCK_N=64, BLOCK_K=32, num_warps=4),
-    _cfg(BLOCK_P=128, BLOCK_N=64, BLOCK_K=32, num_warps=8),
-    _cfg(BLOCK_P=64, BLOCK_N=128, BLOCK_K=32, num_warps=8),
-    _cfg(BLOCK_P=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
-    _cfg(BLOCK_P=32, BLOCK_N=32, BLOCK_K=32, num_warps=4),
-]
-_DW_PW_PW_CONFIGS = [
-    _cfg(BLOCK_P=16, BLOCK_K=32, BLOCK_N2=64, num_warps=4),
-    _cfg(BLOCK_P=32, BLOCK_K=32, BLOCK_N2=64, num_warps=4),
-    _cfg(BLOCK_P=32, BLOCK_K=32, BLOCK_N2=32, num_warps=8),
-    _cfg(BLOCK_P=64, BLOCK_K=32, BLOCK_N2=64, num_warps=8),
-]
-_PW_DW_CONFIGS = [
-    _cfg(BLOCK_Q=64, BLOCK_N=64, BLOCK_K=32, num_warps=4),
-    _cfg(BLOCK_Q=128, BLOCK_N=64, BLOCK_K=32, num_warps=8),
-    _cfg(BLOCK_Q=64, BLOCK_N=128, BLOCK_K=32, num_warps=8),
-    _cfg(BLOCK_Q=32, BLOCK_N=32, BLOCK_K=32, num_warps=4),
-]
-_DW_PW_DW_CONFIGS = [  # BLOCK_E // MAX_EW >= 3 (a tile needs >= 1 output row besides the halo)
-    _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=64, BLOCK_K=32, num_warps=4),
-    _cfg(BLOCK_E=128, MAX_EW=32, BLOCK_N=64, BLOCK_K=32, num_warps=8),
-    _cfg(BLOCK_E=256, MAX_EW=32, BLOCK_N=64, BLOCK_K=32, num_warps=8),
-    _cfg(BLOCK_E=128, MAX_EW=16, BLOCK_N=128, BLOCK_K=32, num_warps=8),
-    _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=32, BLOCK_K=32, num_warps=4),  # more programs for batch-1 P5 maps
-]
+        Persistent: each program loops over (image, spatial tile, output-channel block) work items. For a tile of
+        TH x TW output pixels it computes the PW output on the tile plus a KS2//2 halo (EH x EW <= BLOCK_E pixels,
+        flattened) for BLOCK_N channels, parks it in its own scratch slot (BLOCK_E x BLOCK_N, reused every
+        iteration, so it stays in L1/L2), then runs the second DW from there."""
+        P2: tl.constexpr = KS2 // 2
+        pid = tl.program_id(0)
+        nprog = tl.num_programs(0)
+        EW = tl.minimum(W + 2 * P2, MAX_EW)
+        EH = BLOCK_E // EW
+        TW = EW - 2 * P2
+        TH = EH - 2 * P2
+        tiles_w = tl.cdiv(W, TW)
+        tiles_h = tl.cdiv(H, TH)
+        num_nb = tl.cdiv(N, BLOCK_N)
+        total = B * tiles_h * tiles_w * num_nb
+        e = tl.arange(0, BLOCK_E)
+        er = e // EW
+        ec = e % EW
+        in_ext = e < EH * EW
+        orow = e // TW
+        ocol = e % TW
+        in_tile = e < TH * TW
+        nl = tl.arange(0, BLOCK_N)
+        scr = scr_ptr + pid * (BLOCK_E * BLOCK_N)
+        dot_t = x_ptr.dtype.element_ty
+        for work in range(pid, total, nprog):
+            nb = work % num_nb
+            tile = work // num_nb
+            tw_i = tile % tiles_w
+            th_i = (tile // tiles_w) % tiles_h
+            b = (tile // (tiles_w * tiles_h)).to(tl.int64)
+            nn = nb * BLOCK_N + nl
+            nmask = nn < N
+            # stage 1: DW1 -> PW on the tile + halo
+            h = th_i * TH - P2 + er
+            w = tw_i * TW - P2 + ec
+            emask = in_ext & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            acc = tl.zeros((BLOCK_E, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
+            for k0 in range(0, K, BLOCK_K):
+                kk = k0 + tl.arange(0, BLOCK_K)
+                kmask = kk < K
+                a = _dw_tile(x_ptr, b * sxb, h, w, emask, kk, kmask, H, W, sxc, sxh, sxw, dw1w_ptr, dw1b_ptr, K,
+                             KS1, ACT1, BLOCK_E, BLOCK_K)
+                wt = tl.load(pww_ptr + kk[:, None] * N + nn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
+                acc += tl.dot(a.to(dot_t), wt.to(dot_t), input_precision=DOT_PREC)
+            acc += tl.load(pwb_ptr + nn, mask=nmask, other=0.0)[None, :]
+            if ACT_PW:
+                acc = _silu(acc)
+            acc = tl.where(emask[:, None], acc, 0.0)  # zero padding for DW2
+            tl.debug_barrier()  # every thread is done reading the previous work item's scratch
+            tl.store(scr + e[:, None] * BLOCK_N + nl[None, :], acc.to(scr_ptr.dtype.element_ty))
+            tl.debug_barrier()  # the whole tile is in scratch
+            # stage 2: DW2 from scratch
+            oh = th_i * TH + orow
+            ow = tw_i * TW + ocol
+            omask = in_tile & (oh < H) & (ow < W)
+            o = tl.zeros((BLOCK_E, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
+            for t in tl.static_range(KS2 * KS2):
+                se = (orow + t // KS2) * EW + (ocol + t % KS2)
+                v = tl.load(scr + se[:, None] * BLOCK_N + nl[None, :], mask=omask[:, None], other=0.0)
+                o += v.to(o.dtype) * tl.load(dw2w_ptr + t * N + nn, mask=nmask, other=0.0)[None, :]
+            o += tl.load(dw2b_ptr + nn, mask=nmask, other=0.0)[None, :]
+            if ACT2:
+                o = _silu(o)
+            m2 = omask[:, None] & nmask[None, :]
+            if HAS_RES:
+                r = tl.load(res_ptr + (b * srb + oh * srh + ow * srw)[:, None] + (nn * src)[None, :], mask=m2, other=0.0)
+                o += r.to(o.dtype)
+            tl.store(out_ptr + (b * sob + oh * soh + ow * sow)[:, None] + (nn * soc)[None, :],
+                     o.to(out_ptr.dtype.element_ty), mask=m2)
 
+    # ----------------------------------------------------------------------------------------------------------
+    # Autotuning on a GPU. The interpreter cannot autotune over several configs: there `_launch` calls the bare
+    # kernel with blocks sized to the problem (capped by INTERPRET_MAX_BLOCK) to keep the interpreted programs few.
+    # ----------------------------------------------------------------------------------------------------------
+    def _cfg(num_warps=4, num_stages=2, **kw):
+        return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
 
-def _prune_pw_pw(configs, named_args, **kwargs):
-    n1p = kwargs.get("N1P", named_args.get("N1P", 64))
-    kept = [c for c in configs if c.kwargs["BLOCK_P"] * n1p <= 16384]  # register budget of the hidden tile
-    return kept or configs[:1]
+    # Spatial sizes are not specialised on (do_not_specialize), so a new image size re-tunes but does not recompile.
+    _DW_PW_CONFIGS = [
+        _cfg(BLOCK_P=64, BLOCK_N=64, BLOCK_K=32, num_warps=4),
+        _cfg(BLOCK_P=128, BLOCK_N=64, BLOCK_K=32, num_warps=8),
+        _cfg(BLOCK_P=64, BLOCK_N=128, BLOCK_K=32, num_warps=8),
+        _cfg(BLOCK_P=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+        _cfg(BLOCK_P=32, BLOCK_N=32, BLOCK_K=32, num_warps=4),
+    ]
+    _DW_PW_PW_CONFIGS = [
+        _cfg(BLOCK_P=16, BLOCK_K=32, BLOCK_N2=64, num_warps=4),
+        _cfg(BLOCK_P=32, BLOCK_K=32, BLOCK_N2=64, num_warps=4),
+        _cfg(BLOCK_P=32, BLOCK_K=32, BLOCK_N2=32, num_warps=8),
+        _cfg(BLOCK_P=64, BLOCK_K=32, BLOCK_N2=64, num_warps=8),
+    ]
+    _PW_DW_CONFIGS = [
+        _cfg(BLOCK_Q=64, BLOCK_N=64, BLOCK_K=32, num_warps=4),
+        _cfg(BLOCK_Q=128, BLOCK_N=64, BLOCK_K=32, num_warps=8),
+        _cfg(BLOCK_Q=64, BLOCK_N=128, BLOCK_K=32, num_warps=8),
+        _cfg(BLOCK_Q=32, BLOCK_N=32, BLOCK_K=32, num_warps=4),
+    ]
+    _DW_PW_DW_CONFIGS = [  # BLOCK_E // MAX_EW >= 3 (a tile needs >= 1 output row besides the halo)
+        _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=64, BLOCK_K=32, num_warps=4),
+        _cfg(BLOCK_E=128, MAX_EW=32, BLOCK_N=64, BLOCK_K=32, num_warps=8),
+        _cfg(BLOCK_E=256, MAX_EW=32, BLOCK_N=64, BLOCK_K=32, num_warps=8),
+        _cfg(BLOCK_E=128, MAX_EW=16, BLOCK_N=128, BLOCK_K=32, num_warps=8),
+        _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=32, BLOCK_K=32, num_warps=4),  # more programs for batch-1 P5 maps
+    ]
 
+    def _prune_pw_pw(configs, named_args, **kwargs):
+        n1p = kwargs.get("N1P", named_args.get("N1P", 64))
+        kept = [c for c in configs if c.kwargs["BLOCK_P"] * n1p <= 16384]  # register budget of the hidden tile
+        return kept or configs[:1]
 
-_dw_pw = triton.autotune(_DW_PW_CONFIGS, key=["NPIX", "K", "N", "KS"])(_dw_pw_kernel)
-_dw_pw_pw = triton.autotune(_DW_PW_PW_CONFIGS, key=["NPIX", "K", "N1", "N2", "KS"],
-                            prune_configs_by=None if _INTERPRET else {"early_config_prune": _prune_pw_pw}
-                            )(_dw_pw_pw_kernel)
-_pw_dw = triton.autotune(_PW_DW_CONFIGS, key=["NQ", "K", "N", "KS", "STRIDE"])(_pw_dw_kernel)
-_dw_pw_dw = triton.autotune(_DW_PW_DW_CONFIGS, key=["B", "H", "W", "K", "N", "KS1"])(_dw_pw_dw_kernel)
-_SCRATCH_PER_PROGRAM = max(c.kwargs["BLOCK_E"] * c.kwargs["BLOCK_N"] for c in _DW_PW_DW_CONFIGS)
+    _dw_pw = triton.autotune(_DW_PW_CONFIGS, key=["NPIX", "K", "N", "KS"])(_dw_pw_kernel)
+    _dw_pw_pw = triton.autotune(_DW_PW_PW_CONFIGS, key=["NPIX", "K", "N1", "N2", "KS"],
+                                prune_configs_by=None if _INTERPRET else {"early_config_prune": _prune_pw_pw}
+                                )(_dw_pw_pw_kernel)
+    _pw_dw = triton.autotune(_PW_DW_CONFIGS, key=["NQ", "K", "N", "KS", "STRIDE"])(_pw_dw_kernel)
+    _dw_pw_dw = triton.autotune(_DW_PW_DW_CONFIGS, key=["B", "H", "W", "K", "N", "KS1"])(_dw_pw_dw_kernel)
+    _SCRATCH_PER_PROGRAM = max(c.kwargs["BLOCK_E"] * c.kwargs["BLOCK_N"] for c in _DW_PW_DW_CONFIGS)
 
 
 INTERPRET_MAX_BLOCK = 256  # channel-block cap under TRITON_INTERPRET=1 (tests lower it to cover multi-block paths)
@@ -387,6 +376,7 @@ def _check(x, weights):
     """weights: {name: (tensor, expected shape)}."""
     if x.dim() != 4:
         raise ValueError(f"expected a (B, C, H, W) input, got shape {tuple(x.shape)}")
+    check_device(x)
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         raise TypeError(f"unsupported input dtype {x.dtype}")
     for name, (t, shape) in weights.items():

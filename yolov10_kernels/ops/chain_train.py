@@ -9,7 +9,8 @@ light cls head), on the ops in dwconv.py and pwconv.py.
 - "repvgg": a RepVGGDW, two stride-1 depthwise convs + BNs (weight/bn the large one, weight2/bn2 the small
   one), summed, then act;
 - "final": a plain 1x1 conv with an optional bias and no BN, as the last layer only (the cls head's end).
-BNs are `BatchNormSpec`s (ops/batchnorm.py). `residual=True` adds x to the result (the CIB shortcut).
+BNs are nn.BatchNorm2d modules or `BatchNormSpec`s (ops/batchnorm.py). `residual=True` adds x to the result
+(the CIB shortcut).
 
 Semantics equal the reference modules in train mode: each BN normalises with the batch mean and biased variance
 and its eps; running_mean/running_var (unbiased) and num_batches_tracked are updated in place exactly as
@@ -46,7 +47,7 @@ class ConvSpec:
     """One layer of a chain (see the module docstring); tensors are shared with the layer it describes."""
     kind: str
     weight: torch.Tensor
-    bn: Optional[BatchNormSpec] = None
+    bn: Optional[BatchNormSpec] = None  # or an nn.BatchNorm2d: anything with its attribute names
     act: bool = False
     stride: int = 1
     weight2: Optional[torch.Tensor] = None  # "repvgg": the small branch

@@ -23,274 +23,271 @@ under the interpreter they are a third tile dimension (TAPS_VEC), many times fas
 from typing import Optional
 
 import torch
-import triton
-import triton.language as tl
 
 from .utils import (acc_dtype, check_device, check_tensor, conv_out_size, empty, empty_4d, is_channels_last,
-                    load_channel_pair, load_stat_grads, merge_stats, next_pow2, op_name, partial_stats, silu_fwd,
-                    silu_fwd_bwd, split_tiles, strides4, tile_stats_merge, tl_acc, triton_interpreted, vec)
+                    merge_stats, next_pow2, op_name, partial_stats, split_tiles, strides4, tl, tl_acc, triton,
+                    triton_interpreted, vec)
 
 Tensor = torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------------- kernels
-@triton.jit
-def _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
-                  K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-                  ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
-                  BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Raw depthwise conv outputs at output positions (oh, ow) [BLOCK_P] x channels c [BLOCK_C], the prologue
-    applied to every input tap on the fly (recomputed per tap instead of staged). TAPS_VEC: the k*k taps as a
-    third tile dimension (the interpreter's fast path: few, large ops); else an unrolled loop over taps (GPU)."""
-    PAD: tl.constexpr = K // 2
-    if TAPS_VEC:
-        tap = tl.arange(0, KK_PAD)
-        ih = oh[:, None] * STRIDE - PAD + (tap // K)[None, :]
-        iw = ow[:, None] * STRIDE - PAD + (tap % K)[None, :]
-        ok = pmask[:, None] & (tap < K * K)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        m3 = ok[:, :, None] & cmask[None, None, :]
-        xp = x_ptr + n.to(tl.int64)[:, None, None] * sxn + c[None, None, :].to(tl.int64) * sxc \
-            + ih[:, :, None] * sxh + iw[:, :, None] * sxw
-        xv = tl.load(xp, mask=m3, other=0.0).to(ACC)
-        if IN_AFFINE:
-            xv = xv * s_in[None, None, :] + t_in[None, None, :]
-        if IN_ACT:
-            xv = silu_fwd(xv)
-        if IN_AFFINE or IN_ACT:
-            xv = tl.where(m3, xv, 0.0)
-        wv = tl.load(w_ptr + c[None, :] * (K * K) + tap[:, None], mask=(tap < K * K)[:, None] & cmask[None, :],
-                     other=0.0).to(ACC)
-        return tl.sum(xv * wv[None, :, :], axis=1)
-    acc = tl.zeros([BLOCK_P, BLOCK_C], ACC)
-    xb = x_ptr + n.to(tl.int64)[:, None] * sxn + c[None, :].to(tl.int64) * sxc
-    for kh in tl.static_range(K):
-        ih = oh * STRIDE - PAD + kh
-        hok = pmask & (ih >= 0) & (ih < H)
-        for kw in tl.static_range(K):
-            iw = ow * STRIDE - PAD + kw
-            m = (hok & (iw >= 0) & (iw < W))[:, None] & cmask[None, :]
-            xv = tl.load(xb + ih[:, None] * sxh + iw[:, None] * sxw, mask=m, other=0.0).to(ACC)
+if triton is not None:  # without triton the ops import, and their launchers raise (utils.check_device)
+    from .utils import load_channel_pair, load_stat_grads, silu_fwd, silu_fwd_bwd, tile_stats_merge
+
+    @triton.jit
+    def _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
+                      K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
+                      ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
+                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Raw depthwise conv outputs at output positions (oh, ow) [BLOCK_P] x channels c [BLOCK_C], the prologue
+        applied to every input tap on the fly (recomputed per tap instead of staged). TAPS_VEC: the k*k taps as a
+        third tile dimension (the interpreter's fast path: few, large ops); else an unrolled loop over taps (GPU)."""
+        PAD: tl.constexpr = K // 2
+        if TAPS_VEC:
+            tap = tl.arange(0, KK_PAD)
+            ih = oh[:, None] * STRIDE - PAD + (tap // K)[None, :]
+            iw = ow[:, None] * STRIDE - PAD + (tap % K)[None, :]
+            ok = pmask[:, None] & (tap < K * K)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            m3 = ok[:, :, None] & cmask[None, None, :]
+            xp = x_ptr + n.to(tl.int64)[:, None, None] * sxn + c[None, None, :].to(tl.int64) * sxc \
+                + ih[:, :, None] * sxh + iw[:, :, None] * sxw
+            xv = tl.load(xp, mask=m3, other=0.0).to(ACC)
             if IN_AFFINE:
-                xv = xv * s_in[None, :] + t_in[None, :]
+                xv = xv * s_in[None, None, :] + t_in[None, None, :]
             if IN_ACT:
                 xv = silu_fwd(xv)
             if IN_AFFINE or IN_ACT:
-                xv = tl.where(m, xv, 0.0)  # the conv zero-pads the activation, not the raw input
-            wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=cmask, other=0.0).to(ACC)
-            acc += xv * wv[None, :]
-    return acc
+                xv = tl.where(m3, xv, 0.0)
+            wv = tl.load(w_ptr + c[None, :] * (K * K) + tap[:, None], mask=(tap < K * K)[:, None] & cmask[None, :],
+                         other=0.0).to(ACC)
+            return tl.sum(xv * wv[None, :, :], axis=1)
+        acc = tl.zeros([BLOCK_P, BLOCK_C], ACC)
+        xb = x_ptr + n.to(tl.int64)[:, None] * sxn + c[None, :].to(tl.int64) * sxc
+        for kh in tl.static_range(K):
+            ih = oh * STRIDE - PAD + kh
+            hok = pmask & (ih >= 0) & (ih < H)
+            for kw in tl.static_range(K):
+                iw = ow * STRIDE - PAD + kw
+                m = (hok & (iw >= 0) & (iw < W))[:, None] & cmask[None, :]
+                xv = tl.load(xb + ih[:, None] * sxh + iw[:, None] * sxw, mask=m, other=0.0).to(ACC)
+                if IN_AFFINE:
+                    xv = xv * s_in[None, :] + t_in[None, :]
+                if IN_ACT:
+                    xv = silu_fwd(xv)
+                if IN_AFFINE or IN_ACT:
+                    xv = tl.where(m, xv, 0.0)  # the conv zero-pads the activation, not the raw input
+                wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=cmask, other=0.0).to(ACC)
+                acc += xv * wv[None, :]
+        return acc
 
-
-@triton.jit
-def _dw_fwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, r_ptr, y_ptr, pcnt_ptr, pmean_ptr, pm2_ptr,
-                   C, H, W, OH, OW, NP, tiles_per_prog,
-                   sxn, sxc, sxh, sxw, syn, syc, syh, syw, srn, src, srh, srw,
-                   K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-                   OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr, HAS_RES: tl.constexpr,
-                   WRITE_OUT: tl.constexpr, STATS: tl.constexpr, ACC: tl.constexpr,
-                   TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    s_in, t_in = load_channel_pair(is_ptr, it_ptr, c, cmask, IN_AFFINE, ACC, BLOCK_C)
-    s_out, t_out = load_channel_pair(os_ptr, ot_ptr, c, cmask, OUT_AFFINE, ACC, BLOCK_C)
-    n_run = tl.zeros([BLOCK_C], ACC)
-    mean_run = tl.zeros([BLOCK_C], ACC)
-    m2_run = tl.zeros([BLOCK_C], ACC)
-    OHW = OH * OW
-    for i in range(tiles_per_prog):
-        pf = (pid * tiles_per_prog + i) * BLOCK_P + tl.arange(0, BLOCK_P)  # flat (n, oh, ow) positions
-        pmask = pf < NP
-        n = pf // OHW
-        p = pf % OHW
-        oh = p // OW
-        ow = p % OW
-        m2d = pmask[:, None] & cmask[None, :]
-        acc = _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
-                            K, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD, BLOCK_P, BLOCK_C)
-        if STATS:
-            nb = tl.sum(pmask.to(ACC), axis=0)
-            n_run, mean_run, m2_run = tile_stats_merge(n_run, mean_run, m2_run, acc, m2d, nb)
-        if WRITE_OUT:
-            v = acc
-            if OUT_AFFINE:
-                v = v * s_out[None, :] + t_out[None, :]
-            if OUT_ACT:
-                v = silu_fwd(v)
-            if HAS_RES:
-                rp = r_ptr + n.to(tl.int64)[:, None] * srn + c[None, :].to(tl.int64) * src + oh[:, None] * srh + ow[:, None] * srw
-                v += tl.load(rp, mask=m2d, other=0.0).to(ACC)
-            yp = y_ptr + n.to(tl.int64)[:, None] * syn + c[None, :].to(tl.int64) * syc + oh[:, None] * syh + ow[:, None] * syw
-            tl.store(yp, v.to(y_ptr.dtype.element_ty), mask=m2d)
-    if STATS:
-        tl.store(pcnt_ptr + pid + tl.arange(0, BLOCK_C) * 0, n_run, mask=tl.arange(0, BLOCK_C) == 0)
-        tl.store(pmean_ptr + pid * C + c, mean_run, mask=cmask)
-        tl.store(pm2_ptr + pid * C + c, m2_run, mask=cmask)
-
-
-@triton.jit
-def _dw_grad_y_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, go_ptr, mean_ptr, gmean_ptr, gvar_ptr,
-                      g_ptr, pgos_ptr, pgot_ptr, inv_m,
-                      C, H, W, OH, OW, NP, tiles_per_prog,
-                      sxn, sxc, sxh, sxw, son, soc, soh, sow, sgn, sgc, sgh, sgw,
-                      K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-                      OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr, HAS_GO: tl.constexpr, STATS: tl.constexpr,
-                      ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
-                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """g = d loss / d y with y recomputed: through the epilogue (affine + act) and the batch statistics."""
-    pid = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    s_in, t_in = load_channel_pair(is_ptr, it_ptr, c, cmask, IN_AFFINE, ACC, BLOCK_C)
-    s_out, t_out = load_channel_pair(os_ptr, ot_ptr, c, cmask, OUT_AFFINE, ACC, BLOCK_C)
-    mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, c, cmask, inv_m, STATS, ACC, BLOCK_C)
-    gos = tl.zeros([BLOCK_C], ACC)
-    got = tl.zeros([BLOCK_C], ACC)
-    OHW = OH * OW
-    for i in range(tiles_per_prog):
-        pf = (pid * tiles_per_prog + i) * BLOCK_P + tl.arange(0, BLOCK_P)  # flat (n, oh, ow) positions
-        pmask = pf < NP
-        n = pf // OHW
-        p = pf % OHW
-        oh = p // OW
-        ow = p % OW
-        m2d = pmask[:, None] & cmask[None, :]
-        y = _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
-                          K, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD, BLOCK_P, BLOCK_C)
-        gy = tl.zeros([BLOCK_P, BLOCK_C], ACC)
-        if HAS_GO:
-            gp = go_ptr + n.to(tl.int64)[:, None] * son + c[None, :].to(tl.int64) * soc + oh[:, None] * soh + ow[:, None] * sow
-            gy = tl.load(gp, mask=m2d, other=0.0).to(ACC)
-            if OUT_ACT:
-                v = y
+    @triton.jit
+    def _dw_fwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, r_ptr, y_ptr, pcnt_ptr, pmean_ptr, pm2_ptr,
+                       C, H, W, OH, OW, NP, tiles_per_prog,
+                       sxn, sxc, sxh, sxw, syn, syc, syh, syw, srn, src, srh, srw,
+                       K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
+                       OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr, HAS_RES: tl.constexpr,
+                       WRITE_OUT: tl.constexpr, STATS: tl.constexpr, ACC: tl.constexpr,
+                       TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        pid = tl.program_id(0)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        s_in, t_in = load_channel_pair(is_ptr, it_ptr, c, cmask, IN_AFFINE, ACC, BLOCK_C)
+        s_out, t_out = load_channel_pair(os_ptr, ot_ptr, c, cmask, OUT_AFFINE, ACC, BLOCK_C)
+        n_run = tl.zeros([BLOCK_C], ACC)
+        mean_run = tl.zeros([BLOCK_C], ACC)
+        m2_run = tl.zeros([BLOCK_C], ACC)
+        OHW = OH * OW
+        for i in range(tiles_per_prog):
+            pf = (pid * tiles_per_prog + i) * BLOCK_P + tl.arange(0, BLOCK_P)  # flat (n, oh, ow) positions
+            pmask = pf < NP
+            n = pf // OHW
+            p = pf % OHW
+            oh = p // OW
+            ow = p % OW
+            m2d = pmask[:, None] & cmask[None, :]
+            acc = _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
+                                K, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD, BLOCK_P, BLOCK_C)
+            if STATS:
+                nb = tl.sum(pmask.to(ACC), axis=0)
+                n_run, mean_run, m2_run = tile_stats_merge(n_run, mean_run, m2_run, acc, m2d, nb)
+            if WRITE_OUT:
+                v = acc
                 if OUT_AFFINE:
-                    v = y * s_out[None, :] + t_out[None, :]
-                _, dact = silu_fwd_bwd(v)
-                gy = gy * dact
-            if OUT_AFFINE:
-                gy = tl.where(m2d, gy, 0.0)
-                gos += tl.sum(gy * y, axis=0)
-                got += tl.sum(gy, axis=0)
-                gy = gy * s_out[None, :]
+                    v = v * s_out[None, :] + t_out[None, :]
+                if OUT_ACT:
+                    v = silu_fwd(v)
+                if HAS_RES:
+                    rp = r_ptr + n.to(tl.int64)[:, None] * srn + c[None, :].to(tl.int64) * src + oh[:, None] * srh + ow[:, None] * srw
+                    v += tl.load(rp, mask=m2d, other=0.0).to(ACC)
+                yp = y_ptr + n.to(tl.int64)[:, None] * syn + c[None, :].to(tl.int64) * syc + oh[:, None] * syh + ow[:, None] * syw
+                tl.store(yp, v.to(y_ptr.dtype.element_ty), mask=m2d)
         if STATS:
-            gy += gm[None, :] + gv2[None, :] * (y - mu[None, :])
-        gptr = g_ptr + n.to(tl.int64)[:, None] * sgn + c[None, :].to(tl.int64) * sgc + oh[:, None] * sgh + ow[:, None] * sgw
-        tl.store(gptr, gy, mask=m2d)
-    if OUT_AFFINE:
-        tl.store(pgos_ptr + pid * C + c, gos, mask=cmask)
-        tl.store(pgot_ptr + pid * C + c, got, mask=cmask)
+            tl.store(pcnt_ptr + pid + tl.arange(0, BLOCK_C) * 0, n_run, mask=tl.arange(0, BLOCK_C) == 0)
+            tl.store(pmean_ptr + pid * C + c, mean_run, mask=cmask)
+            tl.store(pm2_ptr + pid * C + c, m2_run, mask=cmask)
 
+    @triton.jit
+    def _dw_grad_y_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, go_ptr, mean_ptr, gmean_ptr, gvar_ptr,
+                          g_ptr, pgos_ptr, pgot_ptr, inv_m,
+                          C, H, W, OH, OW, NP, tiles_per_prog,
+                          sxn, sxc, sxh, sxw, son, soc, soh, sow, sgn, sgc, sgh, sgw,
+                          K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
+                          OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr, HAS_GO: tl.constexpr, STATS: tl.constexpr,
+                          ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
+                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """g = d loss / d y with y recomputed: through the epilogue (affine + act) and the batch statistics."""
+        pid = tl.program_id(0)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        s_in, t_in = load_channel_pair(is_ptr, it_ptr, c, cmask, IN_AFFINE, ACC, BLOCK_C)
+        s_out, t_out = load_channel_pair(os_ptr, ot_ptr, c, cmask, OUT_AFFINE, ACC, BLOCK_C)
+        mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, c, cmask, inv_m, STATS, ACC, BLOCK_C)
+        gos = tl.zeros([BLOCK_C], ACC)
+        got = tl.zeros([BLOCK_C], ACC)
+        OHW = OH * OW
+        for i in range(tiles_per_prog):
+            pf = (pid * tiles_per_prog + i) * BLOCK_P + tl.arange(0, BLOCK_P)  # flat (n, oh, ow) positions
+            pmask = pf < NP
+            n = pf // OHW
+            p = pf % OHW
+            oh = p // OW
+            ow = p % OW
+            m2d = pmask[:, None] & cmask[None, :]
+            y = _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
+                              K, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD, BLOCK_P, BLOCK_C)
+            gy = tl.zeros([BLOCK_P, BLOCK_C], ACC)
+            if HAS_GO:
+                gp = go_ptr + n.to(tl.int64)[:, None] * son + c[None, :].to(tl.int64) * soc + oh[:, None] * soh + ow[:, None] * sow
+                gy = tl.load(gp, mask=m2d, other=0.0).to(ACC)
+                if OUT_ACT:
+                    v = y
+                    if OUT_AFFINE:
+                        v = y * s_out[None, :] + t_out[None, :]
+                    _, dact = silu_fwd_bwd(v)
+                    gy = gy * dact
+                if OUT_AFFINE:
+                    gy = tl.where(m2d, gy, 0.0)
+                    gos += tl.sum(gy * y, axis=0)
+                    got += tl.sum(gy, axis=0)
+                    gy = gy * s_out[None, :]
+            if STATS:
+                gy += gm[None, :] + gv2[None, :] * (y - mu[None, :])
+            gptr = g_ptr + n.to(tl.int64)[:, None] * sgn + c[None, :].to(tl.int64) * sgc + oh[:, None] * sgh + ow[:, None] * sgw
+            tl.store(gptr, gy, mask=m2d)
+        if OUT_AFFINE:
+            tl.store(pgos_ptr + pid * C + c, gos, mask=cmask)
+            tl.store(pgot_ptr + pid * C + c, got, mask=cmask)
 
-@triton.jit
-def _dw_bwd_taps_loop(g_ptr, w_ptr, n, ih, iw, qmask, c, cmask, kk, a, dw_acc, OH, OW, sgn, sgc, sgh, sgw,
-                      K: tl.constexpr, STRIDE: tl.constexpr, ACC: tl.constexpr, KK_PAD: tl.constexpr,
-                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """GPU path of the backward tap loop: grad a at input positions (ih, iw) = sum over the taps that read them of
-    g(out) * w(tap), and dw_acc[tap] += sum over positions of g(out) * a(in)."""
-    PAD: tl.constexpr = K // 2
-    ga = tl.zeros([BLOCK_P, BLOCK_C], ACC)
-    gb = g_ptr + n.to(tl.int64)[:, None] * sgn + c[None, :].to(tl.int64) * sgc
-    for kh in tl.static_range(K):
-        th = ih + PAD - kh
-        if STRIDE == 1:
-            oh = th
-            hok = qmask & (th >= 0) & (th < OH)
-        else:
-            oh = th // STRIDE
-            hok = qmask & (th >= 0) & ((th % STRIDE) == 0) & (oh < OH)
-        for kw in tl.static_range(K):
-            tw = iw + PAD - kw
-            if STRIDE == 1:
-                ow = tw
-                wok = (tw >= 0) & (tw < OW)
-            else:
-                ow = tw // STRIDE
-                wok = (tw >= 0) & ((tw % STRIDE) == 0) & (ow < OW)
-            m = (hok & wok)[:, None] & cmask[None, :]
-            gv = tl.load(gb + oh[:, None] * sgh + ow[:, None] * sgw, mask=m, other=0.0).to(ACC)
-            wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=cmask, other=0.0).to(ACC)
-            ga += gv * wv[None, :]
-            contrib = tl.sum(gv * a, axis=0)
-            dw_acc += tl.where(kk[:, None] == (kh * K + kw), contrib[None, :], 0.0)
-    return ga, dw_acc
-
-
-@triton.jit
-def _dw_bwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, g_ptr, gx_ptr, pdw_ptr, pgs_ptr, pgt_ptr,
-                   C, H, W, OH, OW, NP, tiles_per_prog,
-                   sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, sdn, sdc, sdh, sdw,
-                   K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-                   ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
-                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Over input positions: grad x = prologue'(x) * sum_taps g(out of tap) * w(tap), and per-program partial
-    weight gradients sum g(out) * a(in) (a recomputed from x) and prologue-parameter gradients."""
-    PAD: tl.constexpr = K // 2
-    pid = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    kk = tl.arange(0, KK_PAD)
-    s_in, t_in = load_channel_pair(is_ptr, it_ptr, c, cmask, IN_AFFINE, ACC, BLOCK_C)
-    dw_acc = tl.zeros([KK_PAD, BLOCK_C], ACC)
-    gs = tl.zeros([BLOCK_C], ACC)
-    gt = tl.zeros([BLOCK_C], ACC)
-    HW = H * W
-    for i in range(tiles_per_prog):
-        qf = (pid * tiles_per_prog + i) * BLOCK_P + tl.arange(0, BLOCK_P)  # flat (n, ih, iw) positions
-        qmask = qf < NP
-        n = qf // HW
-        q = qf % HW
-        ih = q // W
-        iw = q % W
-        m2d = qmask[:, None] & cmask[None, :]
-        xp = x_ptr + n.to(tl.int64)[:, None] * sxn + c[None, :].to(tl.int64) * sxc + ih[:, None] * sxh + iw[:, None] * sxw
-        xv = tl.load(xp, mask=m2d, other=0.0).to(ACC)
-        u = xv
-        if IN_AFFINE:
-            u = xv * s_in[None, :] + t_in[None, :]
-        a = u
-        da = tl.zeros([BLOCK_P, BLOCK_C], ACC) + 1.0
-        if IN_ACT:
-            a, da = silu_fwd_bwd(u)
-        a = tl.where(m2d, a, 0.0)
-        if TAPS_VEC:
-            th = ih[:, None] + PAD - (kk // K)[None, :]
-            tw = iw[:, None] + PAD - (kk % K)[None, :]
+    @triton.jit
+    def _dw_bwd_taps_loop(g_ptr, w_ptr, n, ih, iw, qmask, c, cmask, kk, a, dw_acc, OH, OW, sgn, sgc, sgh, sgw,
+                          K: tl.constexpr, STRIDE: tl.constexpr, ACC: tl.constexpr, KK_PAD: tl.constexpr,
+                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """GPU path of the backward tap loop: grad a at input positions (ih, iw) = sum over the taps that read them of
+        g(out) * w(tap), and dw_acc[tap] += sum over positions of g(out) * a(in)."""
+        PAD: tl.constexpr = K // 2
+        ga = tl.zeros([BLOCK_P, BLOCK_C], ACC)
+        gb = g_ptr + n.to(tl.int64)[:, None] * sgn + c[None, :].to(tl.int64) * sgc
+        for kh in tl.static_range(K):
+            th = ih + PAD - kh
             if STRIDE == 1:
                 oh = th
-                ow = tw
-                ok = (th >= 0) & (th < OH) & (tw >= 0) & (tw < OW)
+                hok = qmask & (th >= 0) & (th < OH)
             else:
                 oh = th // STRIDE
-                ow = tw // STRIDE
-                ok = (th >= 0) & ((th % STRIDE) == 0) & (oh < OH) & (tw >= 0) & ((tw % STRIDE) == 0) & (ow < OW)
-            ok = ok & qmask[:, None] & (kk < K * K)[None, :]
-            m3 = ok[:, :, None] & cmask[None, None, :]
-            gp = g_ptr + n.to(tl.int64)[:, None, None] * sgn + c[None, None, :].to(tl.int64) * sgc \
-                + oh[:, :, None] * sgh + ow[:, :, None] * sgw
-            gv = tl.load(gp, mask=m3, other=0.0).to(ACC)
-            wv = tl.load(w_ptr + c[None, :] * (K * K) + kk[:, None], mask=(kk < K * K)[:, None] & cmask[None, :],
-                         other=0.0).to(ACC)
-            ga = tl.sum(gv * wv[None, :, :], axis=1)
-            dw_acc += tl.sum(gv * a[:, None, :], axis=0)
-        else:
-            ga, dw_acc = _dw_bwd_taps_loop(g_ptr, w_ptr, n, ih, iw, qmask, c, cmask, kk, a, dw_acc, OH, OW, sgn, sgc,
-                                           sgh, sgw, K, STRIDE, ACC, KK_PAD, BLOCK_P, BLOCK_C)
-        gu = ga
-        if IN_ACT:
-            gu = ga * da
+                hok = qmask & (th >= 0) & ((th % STRIDE) == 0) & (oh < OH)
+            for kw in tl.static_range(K):
+                tw = iw + PAD - kw
+                if STRIDE == 1:
+                    ow = tw
+                    wok = (tw >= 0) & (tw < OW)
+                else:
+                    ow = tw // STRIDE
+                    wok = (tw >= 0) & ((tw % STRIDE) == 0) & (ow < OW)
+                m = (hok & wok)[:, None] & cmask[None, :]
+                gv = tl.load(gb + oh[:, None] * sgh + ow[:, None] * sgw, mask=m, other=0.0).to(ACC)
+                wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=cmask, other=0.0).to(ACC)
+                ga += gv * wv[None, :]
+                contrib = tl.sum(gv * a, axis=0)
+                dw_acc += tl.where(kk[:, None] == (kh * K + kw), contrib[None, :], 0.0)
+        return ga, dw_acc
+
+    @triton.jit
+    def _dw_bwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, g_ptr, gx_ptr, pdw_ptr, pgs_ptr, pgt_ptr,
+                       C, H, W, OH, OW, NP, tiles_per_prog,
+                       sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, sdn, sdc, sdh, sdw,
+                       K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
+                       ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
+                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Over input positions: grad x = prologue'(x) * sum_taps g(out of tap) * w(tap), and per-program partial
+        weight gradients sum g(out) * a(in) (a recomputed from x) and prologue-parameter gradients."""
+        PAD: tl.constexpr = K // 2
+        pid = tl.program_id(0)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        kk = tl.arange(0, KK_PAD)
+        s_in, t_in = load_channel_pair(is_ptr, it_ptr, c, cmask, IN_AFFINE, ACC, BLOCK_C)
+        dw_acc = tl.zeros([KK_PAD, BLOCK_C], ACC)
+        gs = tl.zeros([BLOCK_C], ACC)
+        gt = tl.zeros([BLOCK_C], ACC)
+        HW = H * W
+        for i in range(tiles_per_prog):
+            qf = (pid * tiles_per_prog + i) * BLOCK_P + tl.arange(0, BLOCK_P)  # flat (n, ih, iw) positions
+            qmask = qf < NP
+            n = qf // HW
+            q = qf % HW
+            ih = q // W
+            iw = q % W
+            m2d = qmask[:, None] & cmask[None, :]
+            xp = x_ptr + n.to(tl.int64)[:, None] * sxn + c[None, :].to(tl.int64) * sxc + ih[:, None] * sxh + iw[:, None] * sxw
+            xv = tl.load(xp, mask=m2d, other=0.0).to(ACC)
+            u = xv
+            if IN_AFFINE:
+                u = xv * s_in[None, :] + t_in[None, :]
+            a = u
+            da = tl.zeros([BLOCK_P, BLOCK_C], ACC) + 1.0
+            if IN_ACT:
+                a, da = silu_fwd_bwd(u)
+            a = tl.where(m2d, a, 0.0)
+            if TAPS_VEC:
+                th = ih[:, None] + PAD - (kk // K)[None, :]
+                tw = iw[:, None] + PAD - (kk % K)[None, :]
+                if STRIDE == 1:
+                    oh = th
+                    ow = tw
+                    ok = (th >= 0) & (th < OH) & (tw >= 0) & (tw < OW)
+                else:
+                    oh = th // STRIDE
+                    ow = tw // STRIDE
+                    ok = (th >= 0) & ((th % STRIDE) == 0) & (oh < OH) & (tw >= 0) & ((tw % STRIDE) == 0) & (ow < OW)
+                ok = ok & qmask[:, None] & (kk < K * K)[None, :]
+                m3 = ok[:, :, None] & cmask[None, None, :]
+                gp = g_ptr + n.to(tl.int64)[:, None, None] * sgn + c[None, None, :].to(tl.int64) * sgc \
+                    + oh[:, :, None] * sgh + ow[:, :, None] * sgw
+                gv = tl.load(gp, mask=m3, other=0.0).to(ACC)
+                wv = tl.load(w_ptr + c[None, :] * (K * K) + kk[:, None], mask=(kk < K * K)[:, None] & cmask[None, :],
+                             other=0.0).to(ACC)
+                ga = tl.sum(gv * wv[None, :, :], axis=1)
+                dw_acc += tl.sum(gv * a[:, None, :], axis=0)
+            else:
+                ga, dw_acc = _dw_bwd_taps_loop(g_ptr, w_ptr, n, ih, iw, qmask, c, cmask, kk, a, dw_acc, OH, OW, sgn, sgc,
+                                               sgh, sgw, K, STRIDE, ACC, KK_PAD, BLOCK_P, BLOCK_C)
+            gu = ga
+            if IN_ACT:
+                gu = ga * da
+            if IN_AFFINE:
+                gu = tl.where(m2d, gu, 0.0)
+                gs += tl.sum(gu * xv, axis=0)
+                gt += tl.sum(gu, axis=0)
+                gu = gu * s_in[None, :]
+            dp = gx_ptr + n.to(tl.int64)[:, None] * sdn + c[None, :].to(tl.int64) * sdc + ih[:, None] * sdh + iw[:, None] * sdw
+            tl.store(dp, gu.to(gx_ptr.dtype.element_ty), mask=m2d)
+        KK: tl.constexpr = K * K
+        tl.store(pdw_ptr + pid * (KK * C) + kk[:, None] * C + c[None, :], dw_acc,
+                 mask=(kk[:, None] < KK) & cmask[None, :])
         if IN_AFFINE:
-            gu = tl.where(m2d, gu, 0.0)
-            gs += tl.sum(gu * xv, axis=0)
-            gt += tl.sum(gu, axis=0)
-            gu = gu * s_in[None, :]
-        dp = gx_ptr + n.to(tl.int64)[:, None] * sdn + c[None, :].to(tl.int64) * sdc + ih[:, None] * sdh + iw[:, None] * sdw
-        tl.store(dp, gu.to(gx_ptr.dtype.element_ty), mask=m2d)
-    KK: tl.constexpr = K * K
-    tl.store(pdw_ptr + pid * (KK * C) + kk[:, None] * C + c[None, :], dw_acc,
-             mask=(kk[:, None] < KK) & cmask[None, :])
-    if IN_AFFINE:
-        tl.store(pgs_ptr + pid * C + c, gs, mask=cmask)
-        tl.store(pgt_ptr + pid * C + c, gt, mask=cmask)
+            tl.store(pgs_ptr + pid * C + c, gs, mask=cmask)
+            tl.store(pgt_ptr + pid * C + c, gt, mask=cmask)
 
 
 # ---------------------------------------------------------------------------------------------------- launchers

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from .batchnorm import batch_norm, scale_shift
-from .utils import (acc_dtype, dot_precision, empty, next_pow2, op_name, tl, tl_acc, triton,
+from .utils import (acc_dtype, check_device, dot_precision, empty, next_pow2, op_name, tl, tl_acc, triton,
                     triton_interpreted)
 
 LOG2E = 1.4426950408889634
@@ -343,6 +343,7 @@ def _check(qkv, qa, qb, pe, pa, pb, num_heads, key_dim, head_dim):
         raise ValueError("one scale / shift vector per channel of qkv and of pe is needed")
     if pe.dtype != qkv.dtype:
         raise ValueError(f"qkv and pe must have one dtype, got {qkv.dtype} and {pe.dtype}")
+    check_device(qkv)
 
 
 # --------------------------------------------------------------------------------------------------------

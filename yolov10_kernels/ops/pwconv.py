@@ -15,166 +15,161 @@ cores with fp32 accumulation (fp32 operands under the interpreter, whose bf16 do
 from typing import Optional
 
 import torch
-import triton
-import triton.language as tl
 
-from .utils import (acc_dtype, check_device, check_tensor, empty, empty_4d, load_stat_grads, merge_stats, next_pow2,
-                    op_name, partial_stats, silu_fwd_bwd, target_programs, tile_stats_merge, tl_acc,
-                    triton_interpreted, vec)
+from .utils import (acc_dtype, check_device, check_tensor, empty, empty_4d, merge_stats, next_pow2, op_name,
+                    partial_stats, target_programs, tl, tl_acc, triton, triton_interpreted, vec)
 
 Tensor = torch.Tensor
 
-_TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
-
 
 # ---------------------------------------------------------------------------------------------------- kernels
-@triton.jit
-def _prologue(x_ptr, row, ci, m, sxc, s_ptr, t_ptr, kmask, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-              ACC: tl.constexpr):
-    """(raw x, activation a, d a / d u) for a [BLOCK_M, BLOCK_K] tile; a is 0 outside the mask."""
-    xv = tl.load(x_ptr + row[:, None] + ci[None, :].to(tl.int64) * sxc, mask=m, other=0.0).to(ACC)
-    u = xv
-    if IN_AFFINE:
-        s = tl.load(s_ptr + ci, mask=kmask, other=0.0).to(ACC)
-        t = tl.load(t_ptr + ci, mask=kmask, other=0.0).to(ACC)
-        u = xv * s[None, :] + t[None, :]
-    a = u
-    da = tl.zeros_like(u) + 1.0
-    if IN_ACT:
-        a, da = silu_fwd_bwd(u)
-    a = tl.where(m, a, 0.0)
-    return xv, a, da
+if triton is not None:  # without triton the ops import, and their launchers raise (utils.check_device)
+    from .utils import load_stat_grads, silu_fwd_bwd, tile_stats_merge
 
+    _TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
 
-@triton.jit
-def _dot(a, b, DOT_DT: tl.constexpr, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a.to(DOT_DT), b.to(DOT_DT), input_precision="ieee")
-    return tl.dot(a.to(DOT_DT), b.to(DOT_DT))
+    @triton.jit
+    def _prologue(x_ptr, row, ci, m, sxc, s_ptr, t_ptr, kmask, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
+                  ACC: tl.constexpr):
+        """(raw x, activation a, d a / d u) for a [BLOCK_M, BLOCK_K] tile; a is 0 outside the mask."""
+        xv = tl.load(x_ptr + row[:, None] + ci[None, :].to(tl.int64) * sxc, mask=m, other=0.0).to(ACC)
+        u = xv
+        if IN_AFFINE:
+            s = tl.load(s_ptr + ci, mask=kmask, other=0.0).to(ACC)
+            t = tl.load(t_ptr + ci, mask=kmask, other=0.0).to(ACC)
+            u = xv * s[None, :] + t[None, :]
+        a = u
+        da = tl.zeros_like(u) + 1.0
+        if IN_ACT:
+            a, da = silu_fwd_bwd(u)
+        a = tl.where(m, a, 0.0)
+        return xv, a, da
 
+    @triton.jit
+    def _dot(a, b, DOT_DT: tl.constexpr, IEEE: tl.constexpr):
+        if IEEE:
+            return tl.dot(a.to(DOT_DT), b.to(DOT_DT), input_precision="ieee")
+        return tl.dot(a.to(DOT_DT), b.to(DOT_DT))
 
-@triton.jit
-def _grad_y(gy_ptr, y_ptr, row_g, row_y, co, m, sgc, syc, mu, gm, gv2, HAS_GY: tl.constexpr, STATS: tl.constexpr,
-            ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """g = dL/dy + dL/dmean / M + dL/dvar * 2 (y - mean) / M on a [BLOCK_M, BLOCK_N] tile (0 outside the mask)."""
-    g = tl.zeros([BLOCK_M, BLOCK_N], ACC)
-    if HAS_GY:
-        g = tl.load(gy_ptr + row_g[:, None] + co[None, :].to(tl.int64) * sgc, mask=m, other=0.0).to(ACC)
-    if STATS:
-        y = tl.load(y_ptr + row_y[:, None] + co[None, :].to(tl.int64) * syc, mask=m, other=0.0).to(ACC)
-        g += gm[None, :] + gv2[None, :] * (y - mu[None, :])
-    return tl.where(m, g, 0.0)
+    @triton.jit
+    def _grad_y(gy_ptr, y_ptr, row_g, row_y, co, m, sgc, syc, mu, gm, gv2, HAS_GY: tl.constexpr, STATS: tl.constexpr,
+                ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """g = dL/dy + dL/dmean / M + dL/dvar * 2 (y - mean) / M on a [BLOCK_M, BLOCK_N] tile (0 outside the mask)."""
+        g = tl.zeros([BLOCK_M, BLOCK_N], ACC)
+        if HAS_GY:
+            g = tl.load(gy_ptr + row_g[:, None] + co[None, :].to(tl.int64) * sgc, mask=m, other=0.0).to(ACC)
+        if STATS:
+            y = tl.load(y_ptr + row_y[:, None] + co[None, :].to(tl.int64) * syc, mask=m, other=0.0).to(ACC)
+            g += gm[None, :] + gv2[None, :] * (y - mu[None, :])
+        return tl.where(m, g, 0.0)
 
-
-@triton.jit
-def _pw_fwd_kernel(x_ptr, w_ptr, s_ptr, t_ptr, b_ptr, y_ptr, pcnt_ptr, pmean_ptr, pm2_ptr,
-                   M, HW, CI, CO, sxn, sxc, sxp, syn, syc, syp, swo, swi,
-                   IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STATS: tl.constexpr,
-                   ACC: tl.constexpr, DOT_DT: tl.constexpr, IEEE: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mmask = rm < M
-    img = (rm // HW).to(tl.int64)
-    hw = (rm % HW).to(tl.int64)
-    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    comask = co < CO
-    acc = tl.zeros([BLOCK_M, BLOCK_N], ACC)
-    for k0 in range(0, CI, BLOCK_K):
-        ci = k0 + tl.arange(0, BLOCK_K)
-        kmask = ci < CI
-        _, a, _ = _prologue(x_ptr, img * sxn + hw * sxp, ci, mmask[:, None] & kmask[None, :], sxc, s_ptr, t_ptr,
-                            kmask, IN_AFFINE, IN_ACT, ACC)
-        wt = tl.load(w_ptr + co[None, :] * swo + ci[:, None] * swi, mask=kmask[:, None] & comask[None, :], other=0.0)
-        acc += _dot(a, wt, DOT_DT, IEEE).to(ACC)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + co, mask=comask, other=0.0).to(ACC)[None, :]
-    m2d = mmask[:, None] & comask[None, :]
-    tl.store(y_ptr + (img * syn + hw * syp)[:, None] + co[None, :].to(tl.int64) * syc,
-             acc.to(y_ptr.dtype.element_ty), mask=m2d)
-    if STATS:
-        z = tl.zeros([BLOCK_N], ACC)
-        nb = tl.sum(mmask.to(ACC), axis=0)
-        n_t, mean_t, m2_t = tile_stats_merge(z, z, z, acc, m2d, nb)
-        tl.store(pcnt_ptr + pid_m + tl.arange(0, BLOCK_N) * 0, n_t, mask=tl.arange(0, BLOCK_N) == 0)
-        tl.store(pmean_ptr + pid_m * CO + co, mean_t, mask=comask)
-        tl.store(pm2_ptr + pid_m * CO + co, m2_t, mask=comask)
-
-
-@triton.jit
-def _pw_dgrad_kernel(gy_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m, w_ptr, x_ptr, s_ptr, t_ptr,
-                     gx_ptr, pgs_ptr, pgt_ptr,
-                     M, HW, CI, CO, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp, sdn, sdc, sdp, swo, swi,
-                     HAS_GY: tl.constexpr, STATS: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-                     ACC: tl.constexpr, DOT_DT: tl.constexpr, IEEE: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """grad a = g @ W over a [BLOCK_M rows, BLOCK_K input channels] tile, then grad x = grad a * a'(u) * scale."""
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mmask = rm < M
-    img = (rm // HW).to(tl.int64)
-    hw = (rm % HW).to(tl.int64)
-    ci = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    kmask = ci < CI
-    ga = tl.zeros([BLOCK_M, BLOCK_K], ACC)
-    for n0 in range(0, CO, BLOCK_N):
-        co = n0 + tl.arange(0, BLOCK_N)
-        comask = co < CO
-        mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, co, comask, inv_m, STATS, ACC, BLOCK_N)
-        g = _grad_y(gy_ptr, y_ptr, img * sgn + hw * sgp, img * syn + hw * syp, co, mmask[:, None] & comask[None, :],
-                    sgc, syc, mu, gm, gv2, HAS_GY, STATS, ACC, BLOCK_M, BLOCK_N)
-        wt = tl.load(w_ptr + co[:, None] * swo + ci[None, :] * swi, mask=comask[:, None] & kmask[None, :], other=0.0)
-        ga += _dot(g, wt, DOT_DT, IEEE).to(ACC)
-    m2d = mmask[:, None] & kmask[None, :]
-    xv, _, da = _prologue(x_ptr, img * sxn + hw * sxp, ci, m2d, sxc, s_ptr, t_ptr, kmask, IN_AFFINE, IN_ACT, ACC)
-    gu = ga
-    if IN_ACT:
-        gu = ga * da
-    if IN_AFFINE:
-        gu = tl.where(m2d, gu, 0.0)
-        tl.store(pgs_ptr + pid_m * CI + ci, tl.sum(gu * xv, axis=0), mask=kmask)
-        tl.store(pgt_ptr + pid_m * CI + ci, tl.sum(gu, axis=0), mask=kmask)
-        s = tl.load(s_ptr + ci, mask=kmask, other=0.0).to(ACC)
-        gu = gu * s[None, :]
-    tl.store(gx_ptr + (img * sdn + hw * sdp)[:, None] + ci[None, :].to(tl.int64) * sdc,
-             gu.to(gx_ptr.dtype.element_ty), mask=m2d)
-
-
-@triton.jit
-def _pw_wgrad_kernel(gy_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m, x_ptr, s_ptr, t_ptr, pgw_ptr, pgb_ptr,
-                     M, HW, CI, CO, rows_per_split, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp,
-                     HAS_GY: tl.constexpr, STATS: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, DOT_DT: tl.constexpr, IEEE: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Partial grad W [BLOCK_N, BLOCK_K] = sum over this split's rows of g^T a (fp32), and partial grad bias."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    split = tl.program_id(2)
-    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    comask = co < CO
-    ci = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    kmask = ci < CI
-    mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, co, comask, inv_m, STATS, ACC, BLOCK_N)
-    acc = tl.zeros([BLOCK_N, BLOCK_K], ACC)
-    gb = tl.zeros([BLOCK_N], ACC)
-    for r0 in range(0, rows_per_split, BLOCK_M):
-        rm = split * rows_per_split + r0 + tl.arange(0, BLOCK_M)
+    @triton.jit
+    def _pw_fwd_kernel(x_ptr, w_ptr, s_ptr, t_ptr, b_ptr, y_ptr, pcnt_ptr, pmean_ptr, pm2_ptr,
+                       M, HW, CI, CO, sxn, sxc, sxp, syn, syc, syp, swo, swi,
+                       IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STATS: tl.constexpr,
+                       ACC: tl.constexpr, DOT_DT: tl.constexpr, IEEE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         mmask = rm < M
         img = (rm // HW).to(tl.int64)
         hw = (rm % HW).to(tl.int64)
-        g = _grad_y(gy_ptr, y_ptr, img * sgn + hw * sgp, img * syn + hw * syp, co, mmask[:, None] & comask[None, :],
-                    sgc, syc, mu, gm, gv2, HAS_GY, STATS, ACC, BLOCK_M, BLOCK_N)
-        _, a, _ = _prologue(x_ptr, img * sxn + hw * sxp, ci, mmask[:, None] & kmask[None, :], sxc, s_ptr, t_ptr,
-                            kmask, IN_AFFINE, IN_ACT, ACC)
-        acc += _dot(tl.trans(g), a, DOT_DT, IEEE).to(ACC)
+        co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        comask = co < CO
+        acc = tl.zeros([BLOCK_M, BLOCK_N], ACC)
+        for k0 in range(0, CI, BLOCK_K):
+            ci = k0 + tl.arange(0, BLOCK_K)
+            kmask = ci < CI
+            _, a, _ = _prologue(x_ptr, img * sxn + hw * sxp, ci, mmask[:, None] & kmask[None, :], sxc, s_ptr, t_ptr,
+                                kmask, IN_AFFINE, IN_ACT, ACC)
+            wt = tl.load(w_ptr + co[None, :] * swo + ci[:, None] * swi, mask=kmask[:, None] & comask[None, :], other=0.0)
+            acc += _dot(a, wt, DOT_DT, IEEE).to(ACC)
         if HAS_BIAS:
-            gb += tl.sum(g, axis=0)
-    tl.store(pgw_ptr + split * (CO * CI) + co[:, None] * CI + ci[None, :], acc,
-             mask=comask[:, None] & kmask[None, :])
-    if HAS_BIAS:
-        tl.store(pgb_ptr + split * CO + co, gb, mask=comask & (pid_k == 0))
+            acc += tl.load(b_ptr + co, mask=comask, other=0.0).to(ACC)[None, :]
+        m2d = mmask[:, None] & comask[None, :]
+        tl.store(y_ptr + (img * syn + hw * syp)[:, None] + co[None, :].to(tl.int64) * syc,
+                 acc.to(y_ptr.dtype.element_ty), mask=m2d)
+        if STATS:
+            z = tl.zeros([BLOCK_N], ACC)
+            nb = tl.sum(mmask.to(ACC), axis=0)
+            n_t, mean_t, m2_t = tile_stats_merge(z, z, z, acc, m2d, nb)
+            tl.store(pcnt_ptr + pid_m + tl.arange(0, BLOCK_N) * 0, n_t, mask=tl.arange(0, BLOCK_N) == 0)
+            tl.store(pmean_ptr + pid_m * CO + co, mean_t, mask=comask)
+            tl.store(pm2_ptr + pid_m * CO + co, m2_t, mask=comask)
+
+    @triton.jit
+    def _pw_dgrad_kernel(gy_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m, w_ptr, x_ptr, s_ptr, t_ptr,
+                         gx_ptr, pgs_ptr, pgt_ptr,
+                         M, HW, CI, CO, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp, sdn, sdc, sdp, swo, swi,
+                         HAS_GY: tl.constexpr, STATS: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
+                         ACC: tl.constexpr, DOT_DT: tl.constexpr, IEEE: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """grad a = g @ W over a [BLOCK_M rows, BLOCK_K input channels] tile, then grad x = grad a * a'(u) * scale."""
+        pid_m = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        mmask = rm < M
+        img = (rm // HW).to(tl.int64)
+        hw = (rm % HW).to(tl.int64)
+        ci = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        kmask = ci < CI
+        ga = tl.zeros([BLOCK_M, BLOCK_K], ACC)
+        for n0 in range(0, CO, BLOCK_N):
+            co = n0 + tl.arange(0, BLOCK_N)
+            comask = co < CO
+            mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, co, comask, inv_m, STATS, ACC, BLOCK_N)
+            g = _grad_y(gy_ptr, y_ptr, img * sgn + hw * sgp, img * syn + hw * syp, co, mmask[:, None] & comask[None, :],
+                        sgc, syc, mu, gm, gv2, HAS_GY, STATS, ACC, BLOCK_M, BLOCK_N)
+            wt = tl.load(w_ptr + co[:, None] * swo + ci[None, :] * swi, mask=comask[:, None] & kmask[None, :], other=0.0)
+            ga += _dot(g, wt, DOT_DT, IEEE).to(ACC)
+        m2d = mmask[:, None] & kmask[None, :]
+        xv, _, da = _prologue(x_ptr, img * sxn + hw * sxp, ci, m2d, sxc, s_ptr, t_ptr, kmask, IN_AFFINE, IN_ACT, ACC)
+        gu = ga
+        if IN_ACT:
+            gu = ga * da
+        if IN_AFFINE:
+            gu = tl.where(m2d, gu, 0.0)
+            tl.store(pgs_ptr + pid_m * CI + ci, tl.sum(gu * xv, axis=0), mask=kmask)
+            tl.store(pgt_ptr + pid_m * CI + ci, tl.sum(gu, axis=0), mask=kmask)
+            s = tl.load(s_ptr + ci, mask=kmask, other=0.0).to(ACC)
+            gu = gu * s[None, :]
+        tl.store(gx_ptr + (img * sdn + hw * sdp)[:, None] + ci[None, :].to(tl.int64) * sdc,
+                 gu.to(gx_ptr.dtype.element_ty), mask=m2d)
+
+    @triton.jit
+    def _pw_wgrad_kernel(gy_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m, x_ptr, s_ptr, t_ptr, pgw_ptr, pgb_ptr,
+                         M, HW, CI, CO, rows_per_split, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp,
+                         HAS_GY: tl.constexpr, STATS: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
+                         HAS_BIAS: tl.constexpr, ACC: tl.constexpr, DOT_DT: tl.constexpr, IEEE: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Partial grad W [BLOCK_N, BLOCK_K] = sum over this split's rows of g^T a (fp32), and partial grad bias."""
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        split = tl.program_id(2)
+        co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        comask = co < CO
+        ci = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        kmask = ci < CI
+        mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, co, comask, inv_m, STATS, ACC, BLOCK_N)
+        acc = tl.zeros([BLOCK_N, BLOCK_K], ACC)
+        gb = tl.zeros([BLOCK_N], ACC)
+        for r0 in range(0, rows_per_split, BLOCK_M):
+            rm = split * rows_per_split + r0 + tl.arange(0, BLOCK_M)
+            mmask = rm < M
+            img = (rm // HW).to(tl.int64)
+            hw = (rm % HW).to(tl.int64)
+            g = _grad_y(gy_ptr, y_ptr, img * sgn + hw * sgp, img * syn + hw * syp, co, mmask[:, None] & comask[None, :],
+                        sgc, syc, mu, gm, gv2, HAS_GY, STATS, ACC, BLOCK_M, BLOCK_N)
+            _, a, _ = _prologue(x_ptr, img * sxn + hw * sxp, ci, mmask[:, None] & kmask[None, :], sxc, s_ptr, t_ptr,
+                                kmask, IN_AFFINE, IN_ACT, ACC)
+            acc += _dot(tl.trans(g), a, DOT_DT, IEEE).to(ACC)
+            if HAS_BIAS:
+                gb += tl.sum(g, axis=0)
+        tl.store(pgw_ptr + split * (CO * CI) + co[:, None] * CI + ci[None, :], acc,
+                 mask=comask[:, None] & kmask[None, :])
+        if HAS_BIAS:
+            tl.store(pgb_ptr + split * CO + co, gb, mask=comask & (pid_k == 0))
 
 
 # ---------------------------------------------------------------------------------------------------- launchers

@@ -76,9 +76,12 @@ def is_fake(t):
 
 
 def check_device(x):
-    """Triton runs on CUDA tensors, or on CPU tensors through the interpreter (TRITON_INTERPRET=1)."""
+    """Triton runs on CUDA tensors, or on CPU tensors through the interpreter (TRITON_INTERPRET=1); every
+    launcher calls this first (the kernels are not even defined where triton cannot be imported)."""
     if is_fake(x):
         return
+    if TRITON_IMPORT_ERROR:
+        raise RuntimeError(f"yolov10_kernels Triton ops cannot run: {TRITON_IMPORT_ERROR}")
     if x.device.type == "cuda":
         if triton_interpreted():
             raise RuntimeError("TRITON_INTERPRET=1 runs Triton kernels on CPU tensors only; got a CUDA tensor")

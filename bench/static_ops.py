@@ -1,0 +1,124 @@
+"""Per op and mode: host ops dispatched (ours vs eager), kernel launches, and a byte model.
+
+Counts run on the meta device with autograd (forward + backward in train; eval forward under no_grad), through a
+TorchDispatchMode that counts every aten op except views and metadata ops. Ours: the drop-in with its Triton path
+forced on (meta tensors are not CUDA), each custom op counted once plus the aten ops its launcher issues; Triton
+launches are recorded (not run). Byte model: each counted op reads its tensor inputs and writes its outputs once
+(eager: every aten op; ours: the glue ops plus each Triton launch's tensor arguments); the ceiling speed-up of a
+memory-bound op is eager bytes / ours bytes."""
+import collections
+import contextlib
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+FREE = ("view", "detach", "alias", "expand", "unsqueeze", "squeeze", "split", "slice", "select", "permute",
+        "transpose", "t", "as_strided", "lift_fresh", "_unsafe_view", "reshape", "unbind", "empty", "empty_like",
+        "new_empty", "empty_strided", "sym_size", "sym_stride", "sym_numel", "is_same_size", "_has_compatible_shallow_copy_type")
+
+
+def _nbytes(x):
+    return sum(t.numel() * t.element_size() for t in torch.utils._pytree.tree_leaves(x) if isinstance(t, torch.Tensor))
+
+
+class Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name not in FREE:
+            self.ops[str(func.overloadpacket)] += 1
+            if func.namespace != "yolov10_kernels":  # a custom op's bytes are its launches'
+                self.bytes += _nbytes((args, kwargs)) + _nbytes(out)
+        return out
+
+
+def _run(m, xs, train):
+    if not train:
+        with torch.no_grad():
+            m(*xs)
+        return
+    out = m(*xs)
+    out = out if isinstance(out, (list, tuple)) else [out]
+    torch.autograd.backward([o.float() for o in out], [torch.ones_like(o, dtype=torch.float32) for o in out])
+
+
+@contextlib.contextmanager
+def _ours_on_meta(recorder, counter):
+    """The drop-ins' Triton path on meta tensors: custom ops run their launchers under `counter`, launches
+    are recorded by `recorder` instead of run."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+    from yolov10_kernels.modules import dropin, psa
+    from .static_capture import _custom_ops, _direct_config, _patched
+
+    def jit_run(self, *args, grid, warmup, **kwargs):
+        recorder.record(self, args, kwargs, [_direct_config(self, kwargs)], tuned=False)
+
+    def tuner_run(self, *args, **kwargs):
+        recorder.record(self.fn, args, kwargs, [], tuned=True)
+
+    def counted(op):
+        def run(*args, **kwargs):
+            with counter:
+                return op._init_fn(*args, **kwargs)
+        return run
+    with contextlib.ExitStack() as stack:
+        for obj, name, value in ((JITFunction, "run", jit_run), (Autotuner, "run", tuner_run),
+                                 (dropin, "use_triton_on", lambda b, d: True), (psa, "use_triton_on", lambda b, d: True),
+                                 (dropin, "_autocast_input", lambda x: x)):  # no autocast on meta
+            stack.enter_context(_patched(obj, name, value))
+        for op in _custom_ops():
+            stack.enter_context(_patched(op, "_abstract_fn", counted(op)))
+        yield
+
+
+def count_op(op, scale, train, batch):
+    """{eager: {host_ops, bytes}, ours: {host_ops, launches, bytes}} on the meta device."""
+    from . import ops
+    from .static_capture import Recorder
+    module, _, in_shapes = ops.op_module(op, scale)
+    module.train(train)
+    with _patched_cuda():
+        ours = ops.make_ours(op, module, "cuda", "train_full" if train else "infer")
+    res = {}
+    for name, m in (("eager", module if train else ops.fold_bn(module)), ("ours", ours)):
+        m = m.to("meta").train(train)
+        xs = [torch.empty((batch,) + tuple(s[1:]), device="meta", requires_grad=train) for s in in_shapes]
+        counter, rec = Count(), Recorder()
+        ctx = _ours_on_meta(rec, counter) if name == "ours" else contextlib.nullcontext()
+        with ctx, counter:
+            _run(m, xs, train)
+        launches = len(rec.launches) if name == "ours" else sum(counter.ops.values())
+        res[name] = {"host_ops": sum(counter.ops.values()), "launches": launches,
+                     "bytes": counter.bytes + sum(ln.tensor_bytes for ln in rec.launches)}
+    return res
+
+
+def _patched_cuda():
+    from .static_capture import _patched
+    return _patched(torch.cuda, "is_available", lambda: True)
+
+
+def op_summary(launches, scales, log=print):
+    """One entry per op / scale / mode (fp32 tensors on meta: bytes scale with the dtype, op counts do not)."""
+    from . import ops
+    out = []
+    for scale in scales:
+        for op in ops.OPS:
+            for train in (False, True):
+                batch = 64 if train else 1
+                c = count_op(op, scale, train, batch)
+                e, o = c["eager"], c["ours"]
+                out.append({"op": op, "scale": scale, "mode": "train" if train else "eval", "batch": batch,
+                            "host_ops_ours": o["host_ops"], "host_ops_eager": e["host_ops"],
+                            "launches_ours": o["launches"], "launches_eager": e["launches"],
+                            "bytes_ours": o["bytes"], "bytes_eager": e["bytes"],
+                            "byte_ceiling": round(e["bytes"] / max(o["bytes"], 1), 2)})
+                log(f"ops {op} {scale} {'train' if train else 'eval'}: host ops ours {o['host_ops']} eager "
+                    f"{e['host_ops']}, ceiling {out[-1]['byte_ceiling']}x")
+    return out
