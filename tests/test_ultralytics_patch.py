@@ -6,16 +6,21 @@ against ultralytics 8.4.190 (tests/test_ultralytics84.py sets PYTHONPATH=.venv/u
 below holds for both versions' semantics (8.4: stride_val enlargement, topk2, E2ELoss).
 """
 import copy
+import functools
+import os
+import subprocess
 import sys
-import types
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import assert_close
 from oracle import module as oracle
 
 NC = 80
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +34,6 @@ def unpatched():
 
 def test_installed_version():
     """The oracle this run tests against (tests/test_ultralytics84.py runs this file under 8.4.190)."""
-    import os
     assert oracle("ultralytics").__version__ == os.environ.get("YOLOV10_EXPECT_ULTRALYTICS", "8.3.253")
 
 
@@ -199,6 +203,87 @@ def test_model_patch_reaches_built_loss():
         assert type(part.assigner) is fused_assigner_class()
 
 
+
+def counting(monkeypatch, owner, name, counts):
+    """Wrap owner.name so that counts[name] says how often it ran."""
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        counts[name] = counts.get(name, 0) + 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+def outputs_and_grads(module, x):
+    """Output and the gradients of <out, g> (g random) w.r.t. x and every parameter, keyed by name."""
+    x = x.detach().clone().requires_grad_(True)
+    out = module(x)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    names, params = zip(*[(n, p) for n, p in module.named_parameters()])
+    grads = torch.autograd.grad(out, (x, *params), g)
+    return {"out": out.detach(), **dict(zip(("input", *names), grads))}
+
+
+def first_of_each_kind(model, kinds):
+    found = {}
+    for name, m in model.named_modules():
+        for kind in kinds:
+            if isinstance(m, kind):
+                found.setdefault(kind.__name__, name)
+    return found
+
+
+def test_triton_dropins_in_yolov10n(monkeypatch):
+    """patch_ultralytics(model, backend="triton") on ultralytics' yolov10n (64 px, TRITON_INTERPRET=1 on the
+    CPU): every CIB, SCDown, PSA (its Attention) and light cls branch becomes a drop-in, state_dict keys stay;
+    the kernels give the eval outputs of the plain model, and the train-mode outputs, gradients and BN statistics
+    of the first module of each kind (the whole model's train step through the interpreter takes minutes)."""
+    from yolov10_kernels import patch_ultralytics
+    from yolov10_kernels.modules import dropin, psa
+    from yolov10_kernels.modules.cib import FusedCIB
+    from yolov10_kernels.modules.cls_head import FusedClsHead
+    from yolov10_kernels.modules.scdown import FusedSCDown
+    block, head = oracle("ultralytics.nn.modules.block"), oracle("ultralytics.nn.modules.head")
+    plain = build_model("yolov10n.yaml")
+    patched = copy.deepcopy(plain)
+    heads = [m for m in plain.modules() if isinstance(m, head.v10Detect)]
+    expect = {"cib": sum(type(m) is block.CIB for m in plain.modules()),
+              "scdown": sum(type(m) is block.SCDown for m in plain.modules()),
+              "psa": sum(type(m) is block.Attention for m in plain.modules()),
+              "cls_head": sum(len(getattr(h, b)) for h in heads for b in ("cv3", "one2one_cv3"))}
+    assert min(expect.values()) > 0
+    assert patch_ultralytics(patched, backend="triton")["modules"] == expect
+    assert list(patched.state_dict()) == list(plain.state_dict())
+    kinds = (FusedCIB, FusedSCDown, psa.FusedPSA, FusedClsHead)
+    names = first_of_each_kind(patched, kinds)
+    assert len(names) == len(kinds) and isinstance(patched.get_submodule(names["FusedPSA"]).attn, psa.FusedAttention)
+    counts = {}
+    for owner, name in ((psa, "psa_attention"), (dropin.ChainDropIn, "folded"), (dropin, "chain_train")):
+        counting(monkeypatch, owner, name, counts)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, ours = plain.eval()(x), patched.eval()(x)
+    assert counts == {"psa_attention": expect["psa"], "folded": expect["cib"] + expect["scdown"] + expect["cls_head"]}
+    assert_close(ours[0], ref[0], rel=1e-5, what="eval detections")
+    inputs = {}
+    probe = copy.deepcopy(plain).train()  # the plain modules' own statistics stay untouched
+    hooks = [probe.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: inputs.setdefault(n, a[0]))
+             for n in names.values()]
+    probe(x)
+    for h in hooks:
+        h.remove()
+    for kind, name in names.items():
+        a, b = plain.get_submodule(name).train(), patched.get_submodule(name).train()
+        want, got = outputs_and_grads(a, inputs[name]), outputs_and_grads(b, inputs[name])
+        for key in want:
+            assert_close(got[key], want[key], rtol=1e-4, atol=1e-4 * max(1.0, want[key].abs().max().item()),
+                         what=f"{kind} {name} {key}")
+        for (key, ba), bb in zip(a.named_buffers(), b.buffers()):
+            assert_close(bb, ba, **({} if ba.dtype == torch.long else dict(rtol=1e-5, atol=1e-6)),
+                         what=f"{kind} {name} {key}")
+    assert counts["psa_attention"] == 2 * expect["psa"] and counts["chain_train"] == 3
+
 def test_bad_input(monkeypatch):
     import ultralytics
 
@@ -229,51 +314,51 @@ def test_kernels_off(monkeypatch):
 # --------------------------------------------------------------------------------------------------------
 # the trainer: class-level patch, YOLO("yolov10n.yaml").train(...)
 # --------------------------------------------------------------------------------------------------------
+TORCHVISION_STUB = Path(__file__).resolve().parent / "torchvision_stub"
+
+
+@functools.lru_cache(maxsize=None)
+def torchvision_importable():
+    """Asked of a fresh process: here a failed import leaves half-imported modules behind that a second import
+    takes for the real thing."""
+    run = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 or "torchvision" in run.stderr, run.stderr[-3000:]
+    return run.returncode == 0
+
+
 @pytest.fixture
 def importable_torchvision(monkeypatch):
-    """`from ultralytics import YOLO` (8.3: SAM 3) and the validator (8.4) import torchvision; the torchvision
-    wheel here is a CUDA build that cannot be imported with the CPU torch (shared/research/environment.md).
-    Where that import fails, a stub stands in for it during the test: NMS through ultralytics' own torch NMS,
-    every other use raises."""
-    try:
-        import torchvision  # noqa: F401
+    """`from ultralytics import YOLO` (8.3: SAM 3) and the validator (8.4) import torchvision; where the installed
+    wheel cannot be imported, tests/torchvision_stub stands in for it during the test (see its docstring)."""
+    if torchvision_importable():
         return
-    except RuntimeError as e:
-        if "torchvision" not in str(e):
-            raise
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            monkeypatch.delitem(sys.modules, name)
-
-    def unusable(*args, **kwargs):
-        raise RuntimeError("torchvision is a stub in this test (the installed wheel cannot be imported)")
-
-    def nms(boxes, scores, iou_threshold):
-        return oracle("ultralytics.utils.nms").TorchNMS.nms(boxes, scores, iou_threshold)
-
-    stub = {n: types.ModuleType(n) for n in ("torchvision", "torchvision.ops", "torchvision.ops.roi_align")}
-    stub["torchvision"].__version__ = "0.28.0"
-    stub["torchvision"].ops = stub["torchvision.ops"]
-    stub["torchvision.ops"].roi_align = stub["torchvision.ops.roi_align"]
-    stub["torchvision.ops"].nms = nms
-    stub["torchvision.ops.roi_align"].RoIAlign = unusable
-    for name, mod in stub.items():
-        monkeypatch.setitem(sys.modules, name, mod)
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(TORCHVISION_STUB))
+    import torchvision.ops.roi_align
+    for name in ("torchvision", "torchvision.ops", "torchvision.ops.roi_align"):  # gone again after the test
+        monkeypatch.setitem(sys.modules, name, sys.modules[name])
+    assert torchvision.__file__.startswith(str(TORCHVISION_STUB))
 
 
-def train_losses(data, project, name):
+def train_losses(data, project, name, callbacks=None):
     YOLO = oracle("ultralytics").YOLO
     model = YOLO("yolov10n.yaml")
+    for event, fn in (callbacks or {}).items():
+        model.add_callback(event, fn)
     model.train(data=str(data), epochs=1, imgsz=128, batch=4, device="cpu", workers=0, seed=0, deterministic=True,
                 project=str(project), name=name, exist_ok=True, plots=False, val=False, amp=False, verbose=False,
                 mosaic=0.0, warmup_epochs=0)
     return loss_vector(model.trainer.tloss), model.trainer
 
 
-def test_train_class_level_patch(tmp_path, importable_torchvision):
+def test_train_class_level_patch_and_callback(tmp_path, importable_torchvision):
+    """YOLO("yolov10n.yaml").train(...) plain, after the class-level patch, and (unpatched again) with the
+    callback form: the same losses, the fused assigner ran, the trainer's model holds the drop-ins."""
     from yolov10.data.synth import make_synthetic_dataset
 
     from yolov10_kernels import patch_ultralytics, unpatch_ultralytics
-    from yolov10_kernels.integrations.ultralytics import fused_assigner_class
+    from yolov10_kernels.integrations.ultralytics import callbacks, fused_assigner_class
     from yolov10_kernels.modules.scdown import FusedSCDown
     data = make_synthetic_dataset(tmp_path / "synth", n_train=12, n_val=4, imgsz=128)  # 3 iterations at batch 4
     ref, _ = train_losses(data, tmp_path / "runs", "plain")
@@ -287,6 +372,60 @@ def test_train_class_level_patch(tmp_path, importable_torchvision):
     restored = unpatch_ultralytics()
     assert any("TaskAlignedAssigner" in r for r in restored)
     assert oracle("ultralytics.utils.loss").TaskAlignedAssigner is oracle("ultralytics.utils.tal").TaskAlignedAssigner
+
+    calls = fused_assigner_class().calls
+    ours, trainer = train_losses(data, tmp_path / "runs", "callback", callbacks=callbacks())
+    assert fused_assigner_class().calls - calls >= 2 * 3
+    assert any(isinstance(m, FusedSCDown) for m in trainer.model.modules())
+    assert torch.equal(ours, ref), (ours, ref)
+    assert oracle("ultralytics.utils.loss").TaskAlignedAssigner is oracle("ultralytics.utils.tal").TaskAlignedAssigner
+    assert not isinstance(build_model("yolov10n.yaml").model[5], FusedSCDown)  # nothing at class level
+
+
+def test_callback_unwraps_and_checks_up_front():
+    from yolov10_kernels.integrations.ultralytics import _unwrap, callbacks
+    model = build_model("yolov10n.yaml")
+    wrapped = torch.compile(torch.nn.parallel.DataParallel(model))  # .module and ._orig_mod, as DDP and compile
+    assert _unwrap(wrapped) is model and _unwrap(model) is model
+    with pytest.raises(ValueError, match="backend"):
+        callbacks(backend="fast")
+
+
+def yolo_command(*args, cwd):
+    """Run `python -m yolov10_kernels.integrations.yolo ARGS` in a fresh process (with the torchvision stub on
+    its path where the installed wheel cannot be imported); returns (exit status, stdout + stderr)."""
+    env = dict(os.environ)
+    if not torchvision_importable():
+        env["PYTHONPATH"] = os.pathsep.join([str(TORCHVISION_STUB)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["PYTHONPATH"] = os.pathsep.join([env.get("PYTHONPATH", ""), str(ROOT)]).strip(os.pathsep)
+    run = subprocess.run([sys.executable, "-m", "yolov10_kernels.integrations.yolo", *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=600)
+    return run.returncode, run.stdout + run.stderr
+
+
+def test_yolo_command_trains_patched(tmp_path):
+    """The `yolo train` way in: a fresh process that never called patch_ultralytics runs ultralytics' entrypoint
+    with the arguments after the patch's own: one epoch of yolov10n at 64 px (2 iterations at batch 4)."""
+    import re
+
+    from yolov10.data.synth import make_synthetic_dataset
+
+    from yolov10_kernels import patch_ultralytics
+    from yolov10_kernels.modules.dropin import DropIn
+    data = make_synthetic_dataset(tmp_path / "synth", n_train=8, n_val=4, imgsz=64)
+    rc, out = yolo_command("--backend", "reference", "train", "model=yolov10n.yaml", f"data={data}", "epochs=1",
+                           "imgsz=64", "batch=4", "device=cpu", "workers=0", f"project={tmp_path / 'runs'}",
+                           "name=cli", "exist_ok=True", "plots=False", "val=False", "amp=False", cwd=tmp_path)
+    assert rc == 0, out[-6000:]
+    assert re.search(r"yolov10-kernels-yolo: \{.*'assigner'.*'modules'", out), out[-6000:]
+    ran = re.search(r"the fused assigner ran (\d+) assignment", out)
+    assert ran and int(ran.group(1)) >= 2 * 2, out[-6000:]  # o2m + o2o per iteration
+    patch_ultralytics(build_model("yolov10n.yaml"))  # makes the drop-in classes the checkpoint names
+    ckpt = torch.load(tmp_path / "runs" / "cli" / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    kinds = {type(m).__name__.split("_")[0] for m in ckpt["model"].modules() if isinstance(m, DropIn)}
+    assert kinds == {"FusedCIB", "FusedSCDown", "FusedPSA", "FusedAttention", "FusedClsHead"}, kinds
+    rc, out = yolo_command("--backend", "fast", "train", cwd=tmp_path)
+    assert rc == 2 and "invalid choice: 'fast'" in out, out
 
 
 def test_op_option_errors():

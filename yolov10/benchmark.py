@@ -1,9 +1,15 @@
 """`yolov10 benchmark`: the deployment paths side by side in one process on the same input: eager NCHW,
-eager channels_last, the fused kernels (`accelerate`), torch.compile and the ONNX export in ONNX Runtime;
-latency (median, p20-p80) and throughput of the fused one-to-one model, plus the checkpoint's mAP50-95 when
-a checkpoint and data are given. The timer is the one of bench/common.py, rewritten here because the package
-sits below bench/."""
+eager channels_last, the fused kernels (`accelerate`), a plain torch.compile, the ONNX export in ONNX Runtime
+and the package's best CPU path (`TorchRunner(compile=True)`); latency (median, p20-p80), throughput and
+setup time (build, compile or export, warm-up) of the fused one-to-one model, plus each row's mAP50-95 on the
+data's val split when a checkpoint and data are given.
+
+The rows are timed round-robin, one call of each row per round, so that the load of a shared machine falls on
+all rows alike; every row runs under torch.inference_mode, takes the same NCHW float input and returns CPU
+detections, so layout conversions and the copy back are part of each row's time."""
+import copy
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -13,127 +19,174 @@ from pathlib import Path
 
 import torch
 
-ROWS = ("eager NCHW", "eager channels_last", "accelerate", "torch.compile", "onnxruntime")
+BEST = "yolov10 (best CPU)"
+ROWS = ("eager NCHW", "eager channels_last", "accelerate", "torch.compile", "onnxruntime", BEST)
+PAD = 114 / 255  # the letterbox's grey
 
 
-def time_call(fn, warmup=3, iters=20, sync=None):
-    """Median, p20 and p80 milliseconds of fn() over iters calls after warmup calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if sync:
-            sync()
-        t = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append((time.perf_counter() - t) * 1e3)
-    q = statistics.quantiles(times, n=10, method="inclusive")
+def quantiles(times):
+    """Median, p20 and p80 of a list of milliseconds."""
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else [times[0]] * 9
     return statistics.median(times), q[1], q[7]
 
 
-def _torch_rows(model, x, names):
-    """name -> (callable, note) for the PyTorch rows asked for; a row that cannot run here is (None, why)."""
-    import copy
+def time_rows(fns, warmup=5, iters=20, sync=None):
+    """{name: (median, p20, p80) ms} of each fn() over `iters` rounds; each round calls every fn once, in turn,
+    so that a varying load affects all of them alike. Each fn is called `warmup` times first."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            if sync:
+                sync()
+            t = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            times[name].append((time.perf_counter() - t) * 1e3)
+    return {name: quantiles(ts) for name, ts in times.items()}
+
+
+def _row_makers(model, src, x, tmp):
+    """name -> (make, note): make() returns a runner, (B, 3, S, S) float tensor -> (B, 300, 6) CPU tensor."""
     from . import kernels
-
-    def runner(m, channels_last):
-        m = copy.deepcopy(m)
-        xi = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        if channels_last:
-            m.to(memory_format=torch.channels_last)
-        return lambda: m(xi)
-
-    cpu = x.device.type == "cpu"
-    rows = {}
-    if "eager NCHW" in names:
-        rows["eager NCHW"] = (runner(model, False), "fused, inference_mode")
-    if "eager channels_last" in names:
-        rows["eager channels_last"] = (runner(model, True), "fused, inference_mode")
-    if "accelerate" in names:
-        m = kernels.accelerate(copy.deepcopy(model), backend="auto")
-        note = "fused modules, backend auto" + (" (reference path on CPU tensors), channels_last" if cpu else "")
-        rows["accelerate"] = (runner(m, cpu), note)
-    if "torch.compile" in names:
-        m = copy.deepcopy(model)
-        if cpu:
-            m.to(memory_format=torch.channels_last)
-        from .export import EndToEnd
-        compiled = torch.compile(EndToEnd(m))  # the input checks' int(tensor) would break the graph
-        xi = x.contiguous(memory_format=torch.channels_last) if cpu else x
-        rows["torch.compile"] = (lambda: compiled(xi), "inductor" + (", channels_last" if cpu else ""))
-    return rows
-
-
-def _onnx_row(weights, x, imgsz, tmp):
-    """Export to ONNX (static batch) and return (callable, note), or (None, why) when it cannot run."""
-    from .export import export
+    from .export import EndToEnd, export
     from .onnx_runtime import OnnxRunner
-    try:
-        path = export(weights, "onnx", imgsz=imgsz, batch=x.shape[0], out=Path(tmp) / "model.onnx")
+    from .predict import TorchRunner
+    cpu = x.device.type == "cpu"
+
+    def plain_compile():
+        net = torch.compile(EndToEnd(copy.deepcopy(model)))  # EndToEnd: the input checks would break the graph
+        return lambda t: net(t).float().cpu()
+
+    def onnx():
+        path = export(src, "onnx", imgsz=x.shape[-1], batch=x.shape[0], out=Path(tmp) / "model.onnx")
         ort = OnnxRunner(path, threads=torch.get_num_threads())
-    except ImportError as e:
-        return None, str(e).split(";")[0]
-    xn = x.cpu().numpy()
-    import onnxruntime
-    return (lambda: ort(xn)), f"onnxruntime {onnxruntime.__version__}, CPU provider, opset 17"
+        return lambda t: ort(t.cpu().numpy())
+
+    def ort_note():
+        import onnxruntime
+        return f"onnxruntime {onnxruntime.__version__}, CPU provider, opset 17, {torch.get_num_threads()} threads"
+
+    return {
+        "eager NCHW": (lambda: TorchRunner(copy.deepcopy(model), channels_last=False), "TorchRunner NCHW"),
+        "eager channels_last": (lambda: TorchRunner(copy.deepcopy(model), channels_last=True),
+                                "TorchRunner channels_last"),
+        "accelerate": (lambda: TorchRunner(kernels.accelerate(copy.deepcopy(model), backend="auto")),
+                       "fused drop-ins, backend auto" + (": reference path on CPU tensors, channels_last" if cpu
+                                                         else "")),
+        "torch.compile": (plain_compile, "torch.compile(model), defaults, NCHW"),
+        "onnxruntime": (onnx, ort_note),
+        BEST: (lambda: TorchRunner(copy.deepcopy(model), compile=True),
+               "TorchRunner(compile=True): inductor freezing, static shape"
+               + (", channels_last" if cpu else "")),
+    }
 
 
-def benchmark(model_name=None, weights=None, imgsz=None, batch=1, device="cpu", data=None, rows=ROWS,
-              warmup=3, iters=20, out="runs/benchmark"):
-    """Time every row; returns the result dict (also written as JSON and markdown under `out`)."""
-    from . import YOLOv10
-    from .checkpoint import checkpoint_imgsz, load_checkpoint, save_checkpoint
+class StaticBatches(torch.nn.Module):
+    """A runner as a model for the validator (which gives it imgsz x imgsz batches when it runs a runner): the
+    images go through `batch` at a time, the last group filled with grey images, so that a static-shape row
+    (ONNX export, compiled graph) sees only the shape it was built for."""
+
+    def __init__(self, runner, imgsz, batch):
+        super().__init__()
+        self.runner, self.imgsz, self.batch = runner, imgsz, batch  # a plain callable: no submodule
+
+    def forward(self, img):
+        if tuple(img.shape[2:]) != (self.imgsz, self.imgsz):
+            raise ValueError(f"the rows take {self.imgsz}x{self.imgsz} images, got {tuple(img.shape)}")
+        out = []
+        for i in range(0, len(img), self.batch):
+            chunk = img[i:i + self.batch]
+            fill = chunk.new_full((self.batch - len(chunk), *chunk.shape[1:]), PAD)
+            out.append(self.runner(torch.cat([chunk, fill]).contiguous())[:len(chunk)])
+        return torch.cat(out)
+
+
+def _check_args(model_name, weights, imgsz, rows, iters):
     unknown = set(rows) - set(ROWS)
     if unknown:
         raise ValueError(f"unknown benchmark rows {sorted(unknown)}: expected some of {', '.join(ROWS)}")
     if (model_name is None) == (weights is None):
         raise ValueError("give exactly one of --model SCALE and --weights CKPT")
-    imgsz = (checkpoint_imgsz(weights) if weights else 640) if imgsz is None else imgsz
     if imgsz % 32:
         raise ValueError(f"--imgsz must be a multiple of 32, got {imgsz}")
+    if iters < 1:
+        raise ValueError(f"--iters must be >= 1, got {iters}")
+
+
+def benchmark(model_name=None, weights=None, imgsz=None, batch=1, device="cpu", data=None, rows=ROWS,
+              warmup=5, iters=20, out="runs/benchmark"):
+    """Time every row; returns the result dict (also written as JSON and markdown under `out`)."""
+    from . import YOLOv10
+    from .checkpoint import checkpoint_imgsz, load_checkpoint, save_checkpoint
+    imgsz = (checkpoint_imgsz(weights) if weights else 640) if imgsz is None else imgsz
+    _check_args(model_name, weights, imgsz, rows, iters)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
     result = {"model": weights or model_name, "imgsz": imgsz, "batch": batch, "device": device,
               "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor(),
-              "date": date.today().isoformat(), "rows": []}
+              "date": date.today().isoformat(), "warmup": warmup, "iters": iters,
+              "loadavg_start": os.getloadavg()[0], "rows": []}
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         # a scale name's random-init model goes through a temporary checkpoint, as the export needs one
         src = weights or save_checkpoint(Path(tmp) / "model.pt", YOLOv10(model_name))
         model = load_checkpoint(src).fuse().eval().to(device)
         x = torch.rand(batch, 3, imgsz, imgsz, device=device)
-        candidates = _torch_rows(model, x, rows)
-        if "onnxruntime" in rows:
-            candidates["onnxruntime"] = _onnx_row(src, x, imgsz, tmp)
-        for name in (r for r in ROWS if r in candidates):
-            fn, note = candidates[name]
-            row = {"name": name, "note": note}
-            if fn is not None:
-                med, p20, p80 = time_call(fn, warmup, iters, sync)
-                row.update(ms=med, p20=p20, p80=p80, images_per_s=batch / med * 1e3)
+        runners = {}
+        for name, (make, note) in _row_makers(model, src, x, tmp).items():
+            if name not in rows:
+                continue
+            row = {"name": name}
+            try:
+                t = time.perf_counter()
+                runners[name] = make()
+                for _ in range(warmup):  # timed here, so that compile and export time is reported apart
+                    runners[name](x)
+                row["setup_s"] = time.perf_counter() - t
+            except ImportError as e:  # an optional extra (ONNX) that is not installed: reported, not timed
+                note = str(e).split(";")[0]
+            row["note"] = note() if callable(note) and name in runners else note
             result["rows"].append(row)
-    if weights and data:
-        from .validator import validate
-        result["map50_95"] = validate(weights, data, imgsz, device=device, verbose=False)["map50_95"]
+        stats = time_rows({n: (lambda r=r: r(x)) for n, r in runners.items()}, 0, iters, sync)
+        for row in result["rows"]:
+            if row["name"] in stats:
+                med, p20, p80 = stats[row["name"]]
+                row.update(ms=med, p20=p20, p80=p80, images_per_s=batch / med * 1e3)
+        result["loadavg_end"] = os.getloadavg()[0]
+        if weights and data:
+            _add_map(result, runners, weights, data, imgsz, batch, device)
     _write(result, Path(out))
     return result
 
 
+def _add_map(result, runners, weights, data, imgsz, batch, device):
+    """Each timed row's mAP50-95 on the data's val split, run through the row itself."""
+    from .validator import validate
+    for row in result["rows"]:
+        if row["name"] in runners:
+            runner = StaticBatches(runners[row["name"]], imgsz, batch)
+            row["map50_95"] = validate(weights, data, imgsz, device=device, verbose=False, runner=runner)["map50_95"]
+
+
 def format_table(result):
     lines = [f"{result['model']}, imgsz {result['imgsz']}, batch {result['batch']}, {result['device']}, "
-             f"{result['threads']} threads, torch {result['torch']}, {result['date']}", "",
-             "| path | ms median (p20-p80) | images/s | notes |", "|---|---|---|---|"]
+             f"{result['threads']} threads, torch {result['torch']}, {result['date']}, {result['iters']} rounds "
+             f"round-robin, load average {result['loadavg_start']:.1f} -> {result['loadavg_end']:.1f}", ""]
+    has_map = any("map50_95" in r for r in result["rows"])
+    lines += ["| path | ms median (p20-p80) | images/s | setup s |" + (" mAP50-95 |" if has_map else "") + " notes |",
+              "|---|---|---|---|" + ("---|" if has_map else "") + "---|"]
     timed = [r for r in result["rows"] if "ms" in r]
     best = min(timed, key=lambda r: r["ms"])["name"] if timed else None
     for r in result["rows"]:
+        m = (f" {r['map50_95']:.4f} |" if "map50_95" in r else " - |") if has_map else ""
         if "ms" in r:
             name = f"**{r['name']}**" if r["name"] == best else r["name"]
             lines.append(f"| {name} | {r['ms']:.1f} ({r['p20']:.1f}-{r['p80']:.1f}) | {r['images_per_s']:.1f} | "
-                         f"{r['note']} |")
+                         f"{r['setup_s']:.1f} |{m} {r['note']} |")
         else:
-            lines.append(f"| {r['name']} | not run | - | {r['note']} |")
-    if "map50_95" in result:
-        lines += ["", f"mAP50-95 (PyTorch, val split): {result['map50_95']:.4f}"]
+            lines.append(f"| {r['name']} | not run | - | - |{m} {r['note']} |")
     return "\n".join(lines)
 
 

@@ -55,7 +55,7 @@ class OnnxRunner:
         return b if isinstance(b, int) else None
 
     def __call__(self, x):
-        x = np.asarray(x, dtype=self.dtype)
+        x = np.ascontiguousarray(x, dtype=self.dtype)  # a channels_last tensor's array is strided
         if self.batch is not None and x.shape[0] != self.batch:
             raise ValueError(f"{self.path} was exported for batch {self.batch} (no --dynamic), got batch {x.shape[0]}")
         if tuple(x.shape[2:]) != (self.imgsz, self.imgsz):

@@ -41,22 +41,31 @@ def draw_detections(img, dets, names):
 
 class TorchRunner:
     """A PyTorch detector as a runner. channels_last (default: on the CPU) runs the convolutions in NHWC,
-    which oneDNN executes much faster than NCHW on the CPU; it converts the model's weights in place."""
+    which oneDNN executes much faster than NCHW on the CPU; it converts the model's weights in place.
+    compile=True (the package's fastest CPU path, see `yolov10 benchmark`) runs the model through
+    torch.compile with inductor freezing: the weights become constants, so oneDNN prepacks them and fuses each
+    conv with its SiLU; one graph per input shape (dynamic=False), compiled on the first call of each shape.
+    A compiled runner is for inference only: later changes to the model's weights are not seen."""
 
-    def __init__(self, model, channels_last=None):
+    def __init__(self, model, channels_last=None, compile=False):
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.channels_last = p.device.type == "cpu" if channels_last is None else channels_last
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model = self.forward = model
+        if compile:
+            from .export import EndToEnd  # the forward without the input checks, which break the graph
+            self.forward = torch.compile(EndToEnd(model), dynamic=False, options={"freezing": True})
 
     @torch.no_grad()  # not inference_mode: callers scale the boxes of the result in place
     def __call__(self, x):
         t = torch.as_tensor(x).to(self.device, self.dtype)
+        if self.forward is not self.model:
+            self.model._check_input(t)  # the compiled forward skips them
         if self.channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
-        return self.model(t).float().cpu()
+        return self.forward(t).float().cpu()
 
 
 def preprocess(img_bgr, imgsz):

@@ -221,21 +221,24 @@ class Validator:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def build_val_loader(data, imgsz, batch, workers, split="val"):
+def build_val_loader(data, imgsz, batch, workers, split="val", rect=True):
     """Validation dataloader over data[split]: letterbox only (no augmentation), rectangular batches (as the
-    official validator), no shuffling."""
+    official validator; rect=False: imgsz x imgsz), no shuffling."""
     from .data import build_dataloader, build_yolo_dataset
     if split not in data:
         raise ValueError(f"{data.get('yaml_file', 'the data YAML')} has no {split!r} split")
-    dataset = build_yolo_dataset(data, split, imgsz=imgsz, augment=False, rect=True, batch_size=batch, stride=32,
+    dataset = build_yolo_dataset(data, split, imgsz=imgsz, augment=False, rect=rect, batch_size=batch, stride=32,
                                  prefix=f"{split}: ")
     return build_dataloader(dataset, batch, workers, shuffle=False)
 
 
 def validate(weights, data=None, imgsz=None, batch=32, device="", workers=2, conf=None, out=None, split="val",
-             verbose=True):
-    """Validate a checkpoint on a dataset ('data' = data.yaml path or None for the synthetic dataset)."""
-    from .checkpoint import _read, load_checkpoint
+             verbose=True, runner=None):
+    """Validate a checkpoint on a dataset ('data' = data.yaml path or None for the synthetic dataset).
+    runner: an nn.Module run instead of the checkpoint's model, e.g. a compiled or exported form of it
+    (`yolov10.benchmark.StaticBatches`), on imgsz x imgsz batches (such forms have a fixed input size; the
+    mAP then differs slightly from the rect batches'); the checkpoint still gives the classes and settings."""
+    from .checkpoint import _read, checkpoint_imgsz, load_checkpoint
     from .data.resolve import resolve_data
     dev = select_device(device)
     model = load_checkpoint(weights).to(dev)
@@ -243,15 +246,15 @@ def validate(weights, data=None, imgsz=None, batch=32, device="", workers=2, con
     train_args = ck.get("args") if isinstance(ck, dict) and isinstance(ck.get("args"), dict) else {}
     del ck
     if imgsz is None:
-        imgsz = int(train_args.get("imgsz") or 640)
+        imgsz = checkpoint_imgsz(weights)
     data_cfg = resolve_data(data if data is not None else train_args.get("data"))
     if data_cfg["nc"] != model.nc:
         raise ValueError(f"{weights} has nc={model.nc} classes but {data_cfg['yaml']} has nc={data_cfg['nc']}")
-    loader = build_val_loader(data_cfg, imgsz, batch, workers, split=split)
+    loader = build_val_loader(data_cfg, imgsz, batch, workers, split=split, rect=runner is None)
     print(f"validating {weights} ({model.cfg_name}, nc={model.nc}) on {data_cfg['yaml']} [{split}] at imgsz "
           f"{imgsz}, device {dev}")
     v = Validator(loader, data_cfg["names"], dev, save_dir=out, conf=conf, verbose=verbose)
-    m = v(model)
+    m = v(model if runner is None else runner)
     print(f"mAP50-95 {m['map50_95']:.4f}  mAP50 {m['map50']:.4f}  ({m['images']} images, {m['instances']} "
           f"instances, {m['speed_ms']:.1f} ms/image inference, {m['time']:.1f} s total)")
     if out:

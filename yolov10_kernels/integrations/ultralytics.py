@@ -4,6 +4,11 @@
     yolov10_kernels.patch_ultralytics()          # before YOLO(...).train(): class level, covers models and losses
     yolov10_kernels.patch_ultralytics(model)     # or one DetectionModel / YOLO object (and its loss)
     yolov10_kernels.unpatch_ultralytics()
+    model = YOLO("yolov10n.yaml")                # or one training run's model only, the callback form:
+    for event, fn in yolov10_kernels.integrations.ultralytics.callbacks().items():
+        model.add_callback(event, fn)
+
+    python -m yolov10_kernels.integrations.yolo train model=... data=...   # `yolo`, patched (integrations/yolo.py)
 
 What is patched:
 - the assigner: ultralytics' losses build `ultralytics.utils.loss.TaskAlignedAssigner`; that name is pointed at
@@ -11,9 +16,10 @@ What is patched:
   version's semantics (8.3: the original TAL; 8.4: gts enlarged to `stride_val` in the inside test and the
   `topk2` filter of E2ELoss). Calls with extra keyword tensors (pose/seg assigners), an empty batch, or where
   the op is unavailable run the installed class's own forward.
-- the modules: CIB (C2fCIB's blocks, RepVGGDW inside), SCDown and v10Detect's light cls heads of a model are
-  swapped for the drop-ins of yolov10_kernels.modules (state_dict keys unchanged); at class level every
-  DetectionModel ultralytics builds later (the trainer builds its own) gets them at the end of its __init__.
+- the modules: CIB (C2fCIB's blocks, RepVGGDW inside), SCDown, PSA (its Attention; an Attention elsewhere,
+  e.g. in YOLO11's C2PSA, too) and v10Detect's light cls heads of a model are swapped for the drop-ins of
+  yolov10_kernels.modules (state_dict keys unchanged); at class level every DetectionModel ultralytics builds
+  later (the trainer builds its own) gets them at the end of its __init__.
 
 ultralytics is imported only when a function here is called; it is never a dependency of the package.
 """
@@ -118,13 +124,14 @@ def patch_criterion(criterion):
 
 
 def swap_modules(model, backend="auto"):
-    """Swap an ultralytics model's CIB / SCDown / v10Detect cls-head modules for the fused drop-ins in place;
-    returns {op: number of drop-ins}."""
+    """Swap an ultralytics model's CIB / SCDown / PSA (and any other Attention) / v10Detect cls-head modules for
+    the fused drop-ins in place; returns {op: number of drop-ins} ("psa": fused attention modules)."""
     from ultralytics.nn.modules import block, head
 
-    from ..modules import cib, cls_head, scdown
+    from ..modules import cib, cls_head, psa, scdown
     return {"cib": cib.swap(model, backend, ref_cls=block.CIB),
             "scdown": scdown.swap(model, backend, ref_cls=block.SCDown),
+            "psa": psa.swap(model, backend, ref_cls=block.PSA, attention_cls=block.Attention),
             "cls_head": cls_head.swap(model, backend, ref_cls=head.v10Detect)}
 
 
@@ -148,7 +155,7 @@ def _patch_classes(modules, assigner, backend):
             swap_modules(self, backend)
 
         _set(tasks.DetectionModel, "__init__", __init__)
-        done["modules"] = "DetectionModel.__init__ swaps CIB/SCDown/v10Detect cls heads (models built from now on)"
+        done["modules"] = "DetectionModel.__init__ swaps CIB/SCDown/PSA/v10Detect cls heads (models built from now on)"
     return done
 
 
@@ -163,7 +170,7 @@ def _patch_model(model, modules, assigner, backend):
         done["modules"] = swap_modules(net, backend)
         if not any(done["modules"].values()):
             warn_once(("ultralytics", "no-v10"), "yolov10_kernels: the model has no YOLOv10 modules (CIB, SCDown, "
-                                                 "v10Detect); only the assigner is patched")
+                                                 "PSA, v10Detect); only the assigner is patched")
     if assigner:
         criterion = getattr(net, "criterion", None)
         if criterion is not None:
@@ -203,6 +210,32 @@ def patch_ultralytics(model=None, modules=True, assigner=True, backend="auto"):
     else:
         report.update(_patch_model(model, modules, assigner, backend))
     return report
+
+
+def callbacks(modules=True, assigner=True, backend="auto"):
+    """The callback form, for one training run and nothing at class level: {event: function} to register with
+    `YOLO(...).add_callback(event, function)`; once the trainer has built its model, the function patches that
+    model and its loss as patch_ultralytics(model) does (through DDP and torch.compile wrappers) and logs the
+    report. Bad arguments and an unsupported ultralytics fail here, not inside training."""
+    from ..backend import check_backend
+    check_backend(backend)
+    check_version()
+
+    def on_pretrain_routine_end(trainer):
+        from ultralytics.utils import LOGGER
+        report = patch_ultralytics(_unwrap(trainer.model), modules, assigner, backend)
+        LOGGER.info(f"yolov10_kernels: {report}")
+
+    return {"on_pretrain_routine_end": on_pretrain_routine_end}
+
+
+def _unwrap(model):
+    """The model inside DistributedDataParallel (.module) and torch.compile (._orig_mod) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
 
 
 def unpatch_ultralytics():
