@@ -3,11 +3,12 @@
 Writes bench/results/<device>-<date>.json and .md (or under --out) and prints the short ratio table last."""
 import argparse
 import datetime as _dt
+import importlib
 import os
 import sys
 import time
 
-SECTIONS = ("cib", "scdown", "cls_head", "psa", "assign", "e2e")
+SECTIONS = ("cib", "scdown", "cls_head", "psa", "assign", "ultralytics_assign", "e2e")
 
 
 def parse_args(argv=None):
@@ -15,7 +16,7 @@ def parse_args(argv=None):
         prog="python -m bench",
         description="yolov10-kernels benchmarks: every op (CIB block, SCDown, cls head, PSA, assignment o2m/o2o) "
                     "per mode (infer; train fwd, bwd, fwd+bwd) for eager PyTorch, torch.compile and ours, side "
-                    "by side, plus end-to-end training images/s and fused-model inference. CUDA: bf16 + "
+                    "by side, ultralytics' assigner against ours (where ultralytics is installed), plus end-to-end training images/s and fused-model inference. CUDA: bf16 + "
                     "channels_last, triton do_bench (median/p20/p80), CUDA graphs for batch-1 latency rows, "
                     "peak memory and GB/s against the copy bandwidth measured in the same run. CPU: fp32, host "
                     "timer. The full GPU suite is budgeted to finish in under 8 minutes on an H100, --quick in "
@@ -148,7 +149,11 @@ class _Run:
             self.save()
         if "assign" in self.sections and not a.smoke:
             self.budget.section("assign", 0.2)
-            self.rows += run_assign(self.device, a.quick, self.budget)
+            self.rows += run_rows("assign", self.device, self.budget, quick=a.quick)
+            self.save()
+        if "ultralytics_assign" in self.sections:
+            self.budget.section("ultralytics_assign", 0.15)
+            self.rows += run_rows("ultralytics_assign", self.device.type, self.budget, quick=a.quick, smoke=a.smoke)
             self.save()
         if rest:
             self.budget.section("ops (other scales and batches)", 0.2)
@@ -195,31 +200,25 @@ def main(argv=None):
     return 0
 
 
-def run_assign(device, quick, budget):
+def run_rows(section, device, budget, **kw):
+    """The rows of bench/<section>.py's run(device, **kw) (assign, ultralytics_assign), or one row saying why
+    there are none: the budget, a missing import (ultralytics is not installed on every machine), an error."""
     from .common import log, make_row
     ok, why = budget.fits(5.0)
     if not ok:
-        log(f"[assign] {why}")
-        return [make_row(op="assign", mode="-", impl="-", status=why)]
+        log(f"[{section}] {why}")
+        return [make_row(op=section, mode="-", impl="-", status=why)]
     try:
-        from . import assign
+        rows = importlib.import_module(f"{__package__}.{section}").run(device, **kw)
     except ImportError as e:
-        msg = f"not available: bench/assign.py is not importable ({type(e).__name__}: {e})"
-        log(f"[assign] {msg}")
-        return [make_row(op="assign", mode=m, impl="ours", status=msg) for m in ("o2m", "o2o")]
-    try:
-        rows = assign.run(device, quick=quick)
+        rows = [{"status": f"not available: {type(e).__name__}: {e}"}]
     except Exception as e:
-        msg = f"error: bench.assign.run raised {type(e).__name__}: {e}"
-        log(f"[assign] {msg}")
-        return [make_row(op="assign", mode="-", impl="-", status=msg)]
+        rows = [{"status": f"error: bench.{section}.run raised {type(e).__name__}: {e}"}]
     out = []
     for r in rows:
-        r = dict(r)
-        r.setdefault("op", "assign")
-        r.setdefault("mode", "-")
-        r.setdefault("impl", "-")
-        r.setdefault("status", "ok")
+        r = {"op": section, "mode": "-", "impl": "-", "status": "ok", **r}
+        if not r["status"].startswith("ok"):
+            log(f"[{section}] {r['status']}")
         out.append(r)
     return out
 

@@ -2,7 +2,8 @@
 side in one process, called exactly as ultralytics' v8DetectionLoss calls it (topk 10, alpha 0.5, beta 6, the
 loss's input layout: (B, M, 1) float labels and mask).
 
-    run(device, quick=False) -> list of row dicts;  python -m bench.ultralytics_assign [--device cpu|cuda]
+    run(device, quick=False, smoke=False) -> list of row dicts;  python -m bench.ultralytics_assign [--device ...]
+    python -m bench --ops ultralytics_assign      # the same rows as a section of the benchmark suite
 
 Shapes: 640 px (A = 8400 anchors), 80 classes, B = 16, M in {20, 300, 1000} (every image holds M/2..M boxes,
 padded to M as the loss does; inputs from bench/assign.py's make_inputs), plus ours alone at M = 3000 (the
@@ -20,6 +21,7 @@ from .assign import _check, _measure, make_inputs, table
 B = 16
 CASES = [(20, 5), (300, 3), (1000, 1)]  # (M, timed calls of the reference)
 OURS_ONLY = [3000]
+SMOKE = (2, [(12, 1)], [40])  # B, CASES, OURS_ONLY for a set-up check (tests/test_bench.py)
 TARGET_SPEEDUP, TARGET_MEM_RATIO = 20.0, 20.0  # at M >= 300 on the CPU
 
 
@@ -34,23 +36,24 @@ def assigners():
     return (*assigner_pair(**kw), ".".join(map(str, version)))
 
 
-def _row(impl, M, dev, meas, **extra):
+def _row(impl, B, M, dev, meas, **extra):
     return {"op": "ultralytics_assign", "mode": "o2m", "impl": impl, "case": f"B={B} M={M}",
-            "shape": [B, 8400, M], "dtype": "float32", "device": dev, **meas, **extra}
+            "shape": [B, 8400, M], "dtype": "float32", "device": dev, "status": "ok", **meas, **extra}
 
 
-def run(device, quick=False):
+def run(device, quick=False, smoke=False):
     """Rows for ultralytics' assigner ("ultralytics") and ours ("ours"), the latter with speedup / mem_ratio /
-    correctness against the former and, at M >= 300, the issue's CPU target."""
+    correctness against the former and, at M >= 300, the issue's CPU target. smoke: B = 2, M = 12 and 40."""
     ref, ours, version = assigners()
+    batch, cases, ours_only = SMOKE if smoke else (B, CASES[:2] if quick else CASES, [] if quick else OURS_ONLY)
     rows = []
-    for M, reps in CASES[:2] if quick else CASES:
-        x = make_inputs(B, M, device=device)
+    for M, reps in cases:
+        x = make_inputs(batch, M, device=device)
         r_meas, r_out = _measure(lambda: ref(*x), device, reps)
-        rows.append(_row("ultralytics", M, device, r_meas, version=version))
+        rows.append(_row("ultralytics", batch, M, device, r_meas, version=version))
         o_meas, o_out = _measure(lambda: ours(*x), device, max(reps, 5))
         flips, same, diff = _check(r_out, o_out)
-        row = _row("ours", M, device, o_meas, flips=flips, identical=same, max_score_diff=diff,
+        row = _row("ours", batch, M, device, o_meas, flips=flips, identical=same, max_score_diff=diff,
                    speedup=r_meas["median_ms"] / o_meas["median_ms"],
                    mem_ratio=r_meas["peak_extra_mb"] / max(o_meas["peak_extra_mb"], 1e-9))
         if device == "cpu" and M >= 300:
@@ -59,10 +62,10 @@ def run(device, quick=False):
                        target_met=row["speedup"] >= TARGET_SPEEDUP and row["mem_ratio"] >= TARGET_MEM_RATIO)
         rows.append(row)
         del r_out, o_out
-    for M in [] if quick else OURS_ONLY:
-        x = make_inputs(B, M, device=device)
+    for M in ours_only:
+        x = make_inputs(batch, M, device=device)
         meas, _ = _measure(lambda: ours(*x), device, 5)
-        rows.append(_row("ours", M, device, meas, status="ultralytics' assigner not run (tens of GB)"))
+        rows.append(_row("ours", batch, M, device, meas, status="ok (ultralytics' assigner not run: tens of GB)"))
     return rows
 
 

@@ -160,6 +160,25 @@ def test_budget_skips_with_a_reason():
     assert rows and all(_status(r).startswith("skipped: time budget") for r in rows)
 
 
+def test_smoke_ultralytics_assign_section(tmp_path):
+    """`python -m bench --ops ultralytics_assign` at smoke size: ultralytics' assigner and ours side by side on
+    the same inputs (identical outputs), and ours alone at the larger M."""
+    from oracle import module as oracle
+
+    from bench.__main__ import main
+    oracle("ultralytics")  # the oracle is needed (YOLOV10_NO_ORACLE=1 skips on a machine without it)
+    assert main(["--smoke", "--device", "cpu", "--ops", "ultralytics_assign", "--out", str(tmp_path),
+                 "--stem", "ua"]) == 0
+    rows = json.loads((tmp_path / "ua.json").read_text())["rows"]
+    by = {(r["impl"], r["case"]): r for r in rows}
+    assert set(by) == {("ultralytics", "B=2 M=12"), ("ours", "B=2 M=12"), ("ours", "B=2 M=40")}, rows
+    assert all(r["op"] == "ultralytics_assign" and _status(r).startswith("ok") and r["median_ms"] > 0
+               and r["peak_extra_mb"] >= 0 for r in rows), rows
+    side_by_side = by[("ours", "B=2 M=12")]
+    assert side_by_side["identical"] and side_by_side["flips"] == 0 and side_by_side["max_score_diff"] == 0
+    assert side_by_side["speedup"] > 0 and by[("ultralytics", "B=2 M=12")]["version"]
+
+
 # ---------------------------------------------------------------------------- pytest-benchmark (CPU)
 @pytest.fixture(scope="module")
 def assign_inputs():

@@ -56,7 +56,7 @@ def test_static_batches_runs_fixed_groups():
     with torch.inference_mode():
         out = StaticBatches(runner, 64, 2)(img.contiguous(memory_format=torch.channels_last))
         ref = torch.cat([model(img[:2]), model(torch.cat([img[2:], torch.full_like(img[:1], PAD)]))[:1]])
-    assert seen == [(2, 3, 64, 64), (2, 3, 64, 64)] and out.shape == (3, 300, 6)
+    assert seen == [(2, 3, 64, 64), (2, 3, 64, 64)] and out.shape == (3, 84, 6)  # 84 anchors at 64 px
     torch.testing.assert_close(out, ref)
     with pytest.raises(ValueError, match="take 64x64 images"):
         StaticBatches(runner, 64, 1)(torch.rand(1, 3, 64, 96))

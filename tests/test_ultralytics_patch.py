@@ -391,16 +391,18 @@ def test_callback_unwraps_and_checks_up_front():
         callbacks(backend="fast")
 
 
-def yolo_command(*args, cwd):
-    """Run `python -m yolov10_kernels.integrations.yolo ARGS` in a fresh process (with the torchvision stub on
-    its path where the installed wheel cannot be imported); returns (exit status, stdout + stderr)."""
-    env = dict(os.environ)
-    if not torchvision_importable():
-        env["PYTHONPATH"] = os.pathsep.join([str(TORCHVISION_STUB)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env["PYTHONPATH"] = os.pathsep.join([env.get("PYTHONPATH", ""), str(ROOT)]).strip(os.pathsep)
-    run = subprocess.run([sys.executable, "-m", "yolov10_kernels.integrations.yolo", *args], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=600)
+def fresh_python(*args, cwd):
+    """Run `python ARGS` in a fresh process (with the torchvision stub on its path where the installed wheel
+    cannot be imported, and this checkout importable); returns (exit status, stdout + stderr)."""
+    paths = [str(TORCHVISION_STUB)] if not torchvision_importable() else []
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p]
+                                                      + [str(ROOT)]))
+    run = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     return run.returncode, run.stdout + run.stderr
+
+
+def yolo_command(*args, cwd):
+    return fresh_python("-m", "yolov10_kernels.integrations.yolo", *args, cwd=cwd)
 
 
 def test_yolo_command_trains_patched(tmp_path):
@@ -410,8 +412,6 @@ def test_yolo_command_trains_patched(tmp_path):
 
     from yolov10.data.synth import make_synthetic_dataset
 
-    from yolov10_kernels import patch_ultralytics
-    from yolov10_kernels.modules.dropin import DropIn
     data = make_synthetic_dataset(tmp_path / "synth", n_train=8, n_val=4, imgsz=64)
     rc, out = yolo_command("--backend", "reference", "train", "model=yolov10n.yaml", f"data={data}", "epochs=1",
                            "imgsz=64", "batch=4", "device=cpu", "workers=0", f"project={tmp_path / 'runs'}",
@@ -420,10 +420,14 @@ def test_yolo_command_trains_patched(tmp_path):
     assert re.search(r"yolov10-kernels-yolo: \{.*'assigner'.*'modules'", out), out[-6000:]
     ran = re.search(r"the fused assigner ran (\d+) assignment", out)
     assert ran and int(ran.group(1)) >= 2 * 2, out[-6000:]  # o2m + o2o per iteration
-    patch_ultralytics(build_model("yolov10n.yaml"))  # makes the drop-in classes the checkpoint names
-    ckpt = torch.load(tmp_path / "runs" / "cli" / "weights" / "last.pt", map_location="cpu", weights_only=False)
-    kinds = {type(m).__name__.split("_")[0] for m in ckpt["model"].modules() if isinstance(m, DropIn)}
-    assert kinds == {"FusedCIB", "FusedSCDown", "FusedPSA", "FusedAttention", "FusedClsHead"}, kinds
+    # the checkpoint pickles the drop-ins: a fresh process loads it after patch_ultralytics()
+    rc, out = fresh_python("-c", "import sys, torch, yolov10_kernels; yolov10_kernels.patch_ultralytics(); "
+                           "from yolov10_kernels.modules.dropin import DropIn; "
+                           "ckpt = torch.load(sys.argv[1], map_location='cpu', weights_only=False); "
+                           "print(sorted({type(m).__name__.split('_')[0] for m in ckpt['model'].modules() "
+                           "if isinstance(m, DropIn)}))", str(tmp_path / "runs" / "cli" / "weights" / "last.pt"),
+                           cwd=tmp_path)
+    assert rc == 0 and "['FusedAttention', 'FusedCIB', 'FusedClsHead', 'FusedPSA', 'FusedSCDown']" in out, out[-4000:]
     rc, out = yolo_command("--backend", "fast", "train", cwd=tmp_path)
     assert rc == 2 and "invalid choice: 'fast'" in out, out
 
