@@ -61,3 +61,13 @@ def assert_close(got, want, rel=0.0, rtol=0.0, atol=0.0, what="output"):
     assert not bad.any(), (f"{what}: {int(bad.sum())} of {got.numel()} elements off by more than rel={rel} * max|want| "
                            f"+ rtol={rtol} * |want| + atol={atol} (max |got - want| "
                            f"{(g - w).abs().max().item():.3g}, relative to max|want| {_max_rel_err(got, want):.3g})")
+
+
+ASSIGNMENT_FIELDS = ("target_labels", "target_bboxes", "target_scores", "fg_mask", "target_gt_idx")
+
+
+def assert_same_assignment(got, want):
+    """A task-aligned assigner's five outputs bit-identical (assert_close with no tolerance, field by field)."""
+    assert len(got) == len(want) == len(ASSIGNMENT_FIELDS)
+    for name, g, w in zip(ASSIGNMENT_FIELDS, got, want):
+        assert_close(g, w, what=name)

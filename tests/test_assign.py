@@ -7,6 +7,7 @@ from yolov10.assign import (TaskAlignedAssigner, get_box_metrics, get_targets, s
 from yolov10.boxes import xywh2xyxy
 from yolov10.head import make_anchors
 
+from helpers import assert_same_assignment
 from oracle import Lazy
 
 tal = Lazy("ultralytics.utils.tal")  # the parity oracle, imported on first use (tests/oracle.py)
@@ -47,19 +48,10 @@ def random_gts(g, counts, img_hw, nc=NC, max_wh=0.6):
     return labels, boxes, mask
 
 
-def assert_same(ours, ref):
-    names = ("target_labels", "target_bboxes", "target_scores", "fg_mask", "target_gt_idx")
-    assert len(ours) == len(ref) == 5
-    for name, a, b in zip(names, ours, ref):
-        assert a.dtype == b.dtype, f"{name}: dtype {a.dtype} != {b.dtype}"
-        assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
-        assert torch.equal(a, b), f"{name}: values differ ({(a != b).sum().item()} entries)"
-
-
 def run_both(topk, *inputs, nc=NC):
     ours = TaskAlignedAssigner(topk=topk, num_classes=nc, alpha=ALPHA, beta=BETA)(*inputs)
     ref = tal.TaskAlignedAssigner(topk=topk, num_classes=nc, alpha=ALPHA, beta=BETA)(*inputs)
-    assert_same(ours, ref)
+    assert_same_assignment(ours, ref)
     return ours
 
 

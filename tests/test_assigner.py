@@ -1,8 +1,9 @@
 """Fused task-aligned assignment (yolov10_kernels.FusedTaskAlignedAssigner, torch.ops.yolov10_kernels.
 task_aligned_assign) against the reference yolov10.assign.TaskAlignedAssigner.
 
-On float32 inputs fg_mask, target_gt_idx, target_labels and target_bboxes must be identical and
-target_scores within 1e-6. `flips` counts anchors whose assignment differs; where exact metric ties make
+On float32 inputs fg_mask, target_gt_idx, target_labels and target_bboxes must be identical, and
+target_scores too on the CPU (within 1e-6 on CUDA, not yet checked bit for bit on a GPU: nvcc may fuse
+multiply-adds). `flips` counts anchors whose assignment differs; where exact metric ties make
 torch.topk's choice arbitrary an equally valid choice is allowed (same positives per gt, same score sums per
 gt), but the random suites must show 0 flips. The extension is loaded (or JIT-built, ~40 s) once per session.
 """
@@ -99,7 +100,7 @@ def assert_same(ref, ours, x=None, ties_ok=False):
     assert nflip == 0, f"{nflip} anchors assigned differently"
     for n in (0, 1, 3, 4):
         assert_close(ours[n], ref[n], what=names[n])
-    assert_close(ours[2], ref[2], atol=1e-6, what=names[2])
+    assert_close(ours[2], ref[2], atol=0.0 if ours[2].device.type == "cpu" else 1e-6, what=names[2])
     return 0
 
 
@@ -233,7 +234,7 @@ def test_loss_uses_fused_assigner():
                                    assigner_factory=lambda **kw: FusedTaskAlignedAssigner(**kw, backend="fused"))
         assert isinstance(fused_loss.assigner, FusedTaskAlignedAssigner)
         ours = fused_loss.loss([f.clone() for f in feats], targets)
-        assert_close(ours[0], ref[0], rtol=1e-6, atol=1e-6)
+        assert_close(ours[0], ref[0])
 
 
 # --------------------------------------------------------------------------------------------------------
