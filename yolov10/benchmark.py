@@ -6,7 +6,13 @@ data's val split when a checkpoint and data are given.
 
 The rows are timed round-robin, one call of each row per round, so that the load of a shared machine falls on
 all rows alike; every row runs under torch.inference_mode, takes the same NCHW float input and returns CPU
-detections, so layout conversions and the copy back are part of each row's time."""
+detections, so layout conversions and the copy back are part of each row's time.
+
+On a CPU shared with other processes, PyTorch's OpenMP threads spin at every op's barrier by default and
+lose their time slices to the other load: measured on a 2-core machine at load average 5-8, channels_last
+eager took 160-480 ms per 640 px image with the default and 110 ms with OMP_WAIT_POLICY=PASSIVE (ONNX
+Runtime 100-190 ms with its threads spinning, 100 ms without). The variable is read when torch is imported,
+so it is set in the environment of the command; OnnxRunner follows it too, and the result records it."""
 import copy
 import json
 import os
@@ -128,6 +134,7 @@ def benchmark(model_name=None, weights=None, imgsz=None, batch=1, device="cpu", 
     result = {"model": weights or model_name, "imgsz": imgsz, "batch": batch, "device": device,
               "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor(),
               "date": date.today().isoformat(), "warmup": warmup, "iters": iters,
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
               "loadavg_start": os.getloadavg()[0], "rows": []}
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         # a scale name's random-init model goes through a temporary checkpoint, as the export needs one
@@ -173,7 +180,8 @@ def _add_map(result, runners, weights, data, imgsz, batch, device):
 def format_table(result):
     lines = [f"{result['model']}, imgsz {result['imgsz']}, batch {result['batch']}, {result['device']}, "
              f"{result['threads']} threads, torch {result['torch']}, {result['date']}, {result['iters']} rounds "
-             f"round-robin, load average {result['loadavg_start']:.1f} -> {result['loadavg_end']:.1f}", ""]
+             f"round-robin, load average {result['loadavg_start']:.1f} -> {result['loadavg_end']:.1f}, "
+             f"OMP_WAIT_POLICY {result['omp_wait_policy']}", ""]
     has_map = any("map50_95" in r for r in result["rows"])
     lines += ["| path | ms median (p20-p80) | images/s | setup s |" + (" mAP50-95 |" if has_map else "") + " notes |",
               "|---|---|---|---|" + ("---|" if has_map else "") + "---|"]

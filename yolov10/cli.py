@@ -63,7 +63,9 @@ def _benchmark(argv):
     p = argparse.ArgumentParser(prog="yolov10 benchmark", description="Latency and throughput of eager NCHW, "
                                 "eager channels_last, accelerate, torch.compile, ONNX Runtime and the package's "
                                 "best CPU path, side by side, timed round-robin; per-row mAP50-95 with --weights "
-                                "and --data.")
+                                "and --data. On a CPU shared with other processes run it (and deploy) with "
+                                "OMP_WAIT_POLICY=PASSIVE: PyTorch's spinning OpenMP threads lose most of their time "
+                                "there.")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--model", help="scale name (random weights)")
     g.add_argument("--weights", help="checkpoint")
@@ -148,7 +150,9 @@ def _train_parser():
     p.add_argument("--close-mosaic", dest="close_mosaic", type=int, default=None,
                    help="turn mosaic off for the last N epochs (default: official 10 / synthetic 4)")
     p.add_argument("--amp", type=_bool, default=D["amp"], help="mixed precision on CUDA")
-    p.add_argument("--val", type=_bool, default=D["val"], help="validate every epoch")
+    p.add_argument("--val", type=_bool, default=D["val"], help="validate (see --val-epochs)")
+    p.add_argument("--val-epochs", dest="val_epochs", type=int, default=None,
+                   help="validate in the last N epochs only, 0 = every epoch (default: official 0 / synthetic 3)")
     p.add_argument("--max-nan", dest="max_nan", type=int, default=D["max_nan"],
                    help="stop after this many non-finite losses in a row")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="letterbox only (tests/debugging)")

@@ -1,6 +1,7 @@
 """Run a model exported by `yolov10 export --format onnx` in ONNX Runtime (CPU). onnxruntime is an optional
 extra (`pip install -e .[export]`), imported only here and only when an ONNX model is run."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,9 @@ def import_optional(name):
 
 class OnnxRunner:
     """(B, 3, H, W) float32 images in [0, 1] -> (B, 300, 6) float32 tensor, like the PyTorch model.
-    Carries the export's class names and image size (`names`, `imgsz`)."""
+    Carries the export's class names and image size (`names`, `imgsz`). Its threads spin between ops
+    unless OMP_WAIT_POLICY=PASSIVE, the setting that stops PyTorch's from spinning: on a CPU shared with
+    other processes spinning threads lose their time slices (see yolov10/benchmark.py)."""
 
     def __init__(self, path, threads=None):
         ort = import_optional("onnxruntime")
@@ -31,6 +34,8 @@ class OnnxRunner:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # protobuf parse errors, unsupported ops, ...: all mean "not a usable model"
