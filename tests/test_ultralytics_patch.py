@@ -420,14 +420,14 @@ def test_yolo_command_trains_patched(tmp_path):
     assert re.search(r"yolov10-kernels-yolo: \{.*'assigner'.*'modules'", out), out[-6000:]
     ran = re.search(r"the fused assigner ran (\d+) assignment", out)
     assert ran and int(ran.group(1)) >= 2 * 2, out[-6000:]  # o2m + o2o per iteration
-    # the checkpoint pickles the drop-ins: a fresh process loads it after patch_ultralytics()
-    rc, out = fresh_python("-c", "import sys, torch, yolov10_kernels; yolov10_kernels.patch_ultralytics(); "
-                           "from yolov10_kernels.modules.dropin import DropIn; "
+    # drop-ins pickle as the modules they replaced: a fresh process loads the checkpoint without the package
+    rc, out = fresh_python("-c", "import sys, torch; "
                            "ckpt = torch.load(sys.argv[1], map_location='cpu', weights_only=False); "
-                           "print(sorted({type(m).__name__.split('_')[0] for m in ckpt['model'].modules() "
-                           "if isinstance(m, DropIn)}))", str(tmp_path / "runs" / "cli" / "weights" / "last.pt"),
+                           "print(sorted({type(m).__name__ for m in ckpt['model'].modules() if 'Fused' in "
+                           "type(m).__name__ or type(m).__name__ in ('CIB', 'SCDown', 'PSA', 'Attention')}), "
+                           "'yolov10_kernels' in sys.modules)", str(tmp_path / "runs" / "cli" / "weights" / "last.pt"),
                            cwd=tmp_path)
-    assert rc == 0 and "['FusedAttention', 'FusedCIB', 'FusedClsHead', 'FusedPSA', 'FusedSCDown']" in out, out[-4000:]
+    assert rc == 0 and "['Attention', 'CIB', 'PSA', 'SCDown'] False" in out, out[-4000:]
     rc, out = yolo_command("--backend", "fast", "train", cwd=tmp_path)
     assert rc == 2 and "invalid choice: 'fast'" in out, out
 

@@ -135,18 +135,6 @@ def swap_modules(model, backend="auto"):
             "cls_head": cls_head.swap(model, backend, ref_cls=head.v10Detect)}
 
 
-def make_dropin_classes():
-    """Create the drop-in classes of ultralytics' modules (DropIn.for_class makes them on first use). A patched
-    trainer's checkpoints pickle its modules under these names, so a fresh process loads them after
-    patch_ultralytics() (which calls this)."""
-    from ultralytics.nn.modules import block
-
-    from ..modules import cib, cls_head, psa, scdown
-    return [dropin.for_class(ref) for dropin, ref in (
-        (cib.FusedCIB, block.CIB), (scdown.FusedSCDown, block.SCDown), (psa.FusedPSA, block.PSA),
-        (psa.FusedAttention, block.Attention), (cls_head.FusedClsHead, torch.nn.Sequential))]
-
-
 def _set(owner, name, value):
     _patched.setdefault((owner, name), getattr(owner, name))
     setattr(owner, name, value)
@@ -217,8 +205,6 @@ def patch_ultralytics(model=None, modules=True, assigner=True, backend="auto"):
     if kernels_disabled():
         report["disabled"] = "YOLOV10_KERNELS=off: nothing patched"
         return report
-    if modules:
-        make_dropin_classes()
     if model is None:
         report.update(_patch_classes(modules, assigner, backend))
     else:

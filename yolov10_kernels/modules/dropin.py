@@ -5,7 +5,7 @@ A drop-in class is a mixin (`DropIn` subclass) combined with the class of the mo
 `FusedCIB.from_module(m)` returns an instance of `FusedCIB.for_class(type(m))`, a subclass of both, so a
 drop-in built from the official (ultralytics) classes, which have the same structure under other names,
 works the same way and is still an instance of the reference module's class."""
-import sys
+import copy
 
 import torch
 
@@ -26,18 +26,18 @@ class DropIn:
 
     backend = "auto"
     _dynamic_classes = {}
+    _dropin_state = ("backend", "_cache")  # instance attributes the replaced module does not have
 
     @classmethod
     def for_class(cls, base):
         """The drop-in class for modules of class `base`: cls itself when it derives from base, else a subclass
-        of (cls, base), made once and kept as an attribute of cls's module (so pickle finds it by name)."""
+        of (cls, base), made once (instances pickle as `base`, see __reduce_ex__)."""
         if issubclass(cls, base):
             return cls
         key = (cls, base)
         if key not in DropIn._dynamic_classes:
             name = f"{cls.__name__}_{base.__module__.replace('.', '_')}_{base.__name__}"
             new = type(name, (cls, base), {"__module__": cls.__module__, "__qualname__": name, "reference_class": base})
-            setattr(sys.modules[cls.__module__], name, new)
             DropIn._dynamic_classes[key] = new
         return DropIn._dynamic_classes[key]
 
@@ -60,6 +60,18 @@ class DropIn:
 
     def reference_forward(self, *args):
         return self.reference_class.forward(self, *args)
+
+    def __reduce_ex__(self, protocol):
+        # A pickled model (torch.save(model), ultralytics' checkpoints) holds the module this drop-in replaced,
+        # so it loads where this package is absent; accelerate()/patch_ultralytics() swap it in again.
+        state = {k: v for k, v in self.__dict__.items() if k not in self._dropin_state}
+        return object.__new__, (self.reference_class,), state  # copyreg.__newobj__ insists on type(self)
+
+    def __deepcopy__(self, memo):  # a copy (an EMA, a benchmark's copy) stays a drop-in
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return new
 
     def extra_repr(self):
         return f"backend={self.backend!r}"
