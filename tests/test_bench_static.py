@@ -1,0 +1,35 @@
+"""python -m bench.static's harness: a kernel the drop-ins launch compiles for sm_90a on this CPU machine and
+ptxas reports its resources. (Checks on a committed full report come with that report.)"""
+import json
+import os
+import subprocess
+import sys
+
+from bench import static
+
+_HARNESS = """
+import os, json, torch
+os.environ.pop("TRITON_INTERPRET", None)
+from bench.static_capture import Recorder, capture_op
+from bench.static_compile import compile_variant, install_fake_driver
+install_fake_driver()
+rec = Recorder()
+capture_op(rec, "scdown", "tiny", 1, torch.bfloat16, False)
+ln = rec.launches[0]
+print(json.dumps({"kernel": ln.kernel, "n": len(rec.launches), "tuned": ln.tuned,
+                  **compile_variant(ln.module, ln.kernel, ln.args, ln.constexprs, ln.configs[-1])}, default=str))
+"""
+
+
+
+def test_harness_compiles_one_config_for_sm90():
+    """The capture (fake CUDA tensors through the real launcher) and one sm_90a compile, in a process without the
+    interpreter: the eval SCDown kernel of the tiny model, bf16."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-c", _HARNESS], cwd=static.ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["kernel"] == "_pw_dw_kernel" and out["n"] == 1 and out["tuned"]
+    assert "error" not in out, out.get("error")
+    assert out["regs"] > 0 and out["mma"] in ("wgmma", "mma") and out["launchable"]
