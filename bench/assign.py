@@ -231,13 +231,15 @@ def table(rows):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bench.assign", description=__doc__.split("\n\n")[0])
+def cli(argv, prog, description, run_fn, quick_help):
+    """The command line of an assignment benchmark module: run_fn(device, quick) -> rows, printed as a table with
+    each row's target verdict, optionally saved as JSON."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
-    rows = run(args.device, quick=args.quick)
+    rows = run_fn(args.device, quick=args.quick)
     print(table(rows))
     for r in rows:
         if r.get("target"):
@@ -246,6 +248,10 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     return 0
+
+
+def main(argv=None):
+    return cli(argv, "python -m bench.assign", __doc__.split("\n\n")[0], run, "fewer shapes and repetitions")
 
 
 if __name__ == "__main__":
