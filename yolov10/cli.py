@@ -124,7 +124,7 @@ def _train_parser():
     D = DEFAULTS
     p.add_argument("--model", default=D["model"], help="yolov10n/s/m/b/l/x or a model YAML")
     p.add_argument("--data", default=None, help="data YAML (path/train/val/names); default: the synthetic dataset")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: official 100 / synthetic 10)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: official 100 / synthetic 8)")
     p.add_argument("--batch", type=int, default=None, help="global batch size (default: 16)")
     p.add_argument("--imgsz", type=int, default=None, help="train/val image size (default: official 640 / synthetic 256)")
     p.add_argument("--device", default=D["device"], help="cpu, 0, cuda:0 (default: cuda if available, else cpu)")
@@ -140,7 +140,9 @@ def _train_parser():
     p.add_argument("--deterministic", type=_bool, default=D["deterministic"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--optimizer", default=D["optimizer"], help="auto, SGD, AdamW, Adam, NAdam, RAdam, Adamax, RMSProp")
-    for k in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
+    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=None,
+                   help="warm-up epochs (default: official 3 / synthetic 1)")
+    for k in ("lr0", "lrf", "momentum", "weight_decay", "warmup_momentum", "warmup_bias_lr",
               "box", "cls", "dfl", "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear",
               "perspective", "flipud", "fliplr", "mosaic"):
         p.add_argument(f"--{k.replace('_', '-')}", dest=k, type=float, default=D[k])
