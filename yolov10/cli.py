@@ -151,7 +151,7 @@ def _train_parser():
     p.add_argument("--cos-lr", dest="cos_lr", action="store_true", help="cosine instead of linear LR decay")
     p.add_argument("--close-mosaic", dest="close_mosaic", type=int, default=None,
                    help="turn mosaic off for the last N epochs (default: official 10 / synthetic 4)")
-    p.add_argument("--amp", type=_bool, default=D["amp"], help="mixed precision on CUDA")
+    p.add_argument("--amp", type=_bool, default=D["amp"], help="mixed precision: fp16 + GradScaler on CUDA, bf16 autocast of the model on CPUs with native bf16")
     p.add_argument("--val", type=_bool, default=D["val"], help="validate (see --val-epochs)")
     p.add_argument("--val-epochs", dest="val_epochs", type=int, default=None,
                    help="validate in the last N epochs only, 0 = every epoch (default: official 0 / synthetic 3)")
