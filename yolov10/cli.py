@@ -124,11 +124,11 @@ def _train_parser():
     D = DEFAULTS
     p.add_argument("--model", default=D["model"], help="yolov10n/s/m/b/l/x or a model YAML")
     p.add_argument("--data", default=None, help="data YAML (path/train/val/names); default: the synthetic dataset")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: official 100 / synthetic 8)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: official 100 / synthetic 5)")
     p.add_argument("--batch", type=int, default=None, help="global batch size (default: 16)")
     p.add_argument("--imgsz", type=int, default=None, help="train/val image size (default: official 640 / synthetic 256)")
     p.add_argument("--device", default=D["device"], help="cpu, 0, cuda:0 (default: cuda if available, else cpu)")
-    p.add_argument("--workers", type=int, default=None, help="dataloader workers per process (default: official 8 / synthetic 2)")
+    p.add_argument("--workers", type=int, default=None, help="dataloader workers per process (default: official 8 / synthetic 0)")
     p.add_argument("--kernels", default=D["kernels"], choices=KERNEL_CHOICES,
                    help="reference = pure PyTorch; auto = the fused modules (backend auto) + fused assigner when "
                         "available; triton = the fused modules forced to Triton + fused assigner")
@@ -139,10 +139,16 @@ def _train_parser():
     p.add_argument("--seed", type=int, default=D["seed"])
     p.add_argument("--deterministic", type=_bool, default=D["deterministic"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--optimizer", default=D["optimizer"], help="auto, SGD, AdamW, Adam, NAdam, RAdam, Adamax, RMSProp")
+    p.add_argument("--optimizer", default=None, help="auto, SGD, AdamW, Adam, NAdam, RAdam, Adamax, RMSProp "
+                   "(default: official auto / synthetic AdamW)")
+    p.add_argument("--lr0", type=float, default=None, help="initial LR (default: official 0.01 / synthetic 0.003)")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum / Adam beta1 (default: official "
+                   "0.937 / synthetic 0.9)")
+    p.add_argument("--warmup-bias-lr", dest="warmup_bias_lr", type=float, default=None,
+                   help="bias LR at the start of warm-up (default: official 0.1 / synthetic 0)")
     p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=None,
                    help="warm-up epochs (default: official 3 / synthetic 1)")
-    for k in ("lr0", "lrf", "momentum", "weight_decay", "warmup_momentum", "warmup_bias_lr",
+    for k in ("lrf", "weight_decay", "warmup_momentum",
               "box", "cls", "dfl", "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear",
               "perspective", "flipud", "fliplr", "mosaic"):
         p.add_argument(f"--{k.replace('_', '-')}", dest=k, type=float, default=D[k])
@@ -150,8 +156,9 @@ def _train_parser():
                    help="nominal batch size (gradient accumulation target; default: official 64 / synthetic 16)")
     p.add_argument("--cos-lr", dest="cos_lr", action="store_true", help="cosine instead of linear LR decay")
     p.add_argument("--close-mosaic", dest="close_mosaic", type=int, default=None,
-                   help="turn mosaic off for the last N epochs (default: official 10 / synthetic 4)")
-    p.add_argument("--amp", type=_bool, default=D["amp"], help="mixed precision: fp16 + GradScaler on CUDA, bf16 autocast of the model on CPUs with native bf16")
+                   help="turn mosaic off for the last N epochs (default: official 10 / synthetic 2)")
+    p.add_argument("--amp", type=_bool, default=D["amp"],
+                   help="mixed precision: fp16 + GradScaler on CUDA, bf16 autocast of the model on CPUs with native bf16")
     p.add_argument("--val", type=_bool, default=D["val"], help="validate (see --val-epochs)")
     p.add_argument("--val-epochs", dest="val_epochs", type=int, default=None,
                    help="validate in the last N epochs only, 0 = every epoch (default: official 0 / synthetic 3)")
