@@ -93,7 +93,7 @@ setup(
         # `yolov10 export` / ONNX predict and benchmark rows; imported only there
         "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1"],
     },
-    entry_points={"console_scripts": ["yolov10=yolov10.cli:main",
+    entry_points={"console_scripts": ["yolov10=yolov10.cli:run",
                                       # ultralytics' `yolo` with patch_ultralytics() applied first
                                       "yolov10-kernels-yolo=yolov10_kernels.integrations.yolo:main"]},
     ext_modules=ext_modules,

@@ -99,3 +99,11 @@ def test_predict_errors(tmp_path):
         main(["predict", "--weights", str(tmp_path / "w.pt"), "--source", str(tmp_path / "bad.png")])
     with pytest.raises(ValueError, match="multiple of 32"):
         main(["predict", "--weights", str(tmp_path / "w.pt"), "--source", str(tmp_path / "bad.png"), "--imgsz", "100"])
+
+
+def test_console_entry_reports_bad_input_in_one_line(tmp_path):
+    """`yolov10 ...` (the console script runs cli.run) names the problem without a traceback, exit code 2."""
+    r = subprocess.run([sys.executable, "-m", "yolov10", "predict", "--weights", str(tmp_path / "w.pt"),
+                        "--source", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "nope" in r.stderr and r.stderr.startswith("yolov10: error:"), r.stderr

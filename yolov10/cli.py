@@ -249,5 +249,18 @@ def main(argv=None):
     return COMMANDS[argv[0]][0](argv[1:]) or 0
 
 
+# what a user can get wrong (a path, a format, a size): one line naming it instead of a traceback
+USER_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, ValueError)
+
+
+def run(argv=None):
+    """The console entry point: main(), with bad input reported in one line and exit code 2."""
+    try:
+        return main(argv)
+    except USER_ERRORS as e:
+        print(f"yolov10: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
