@@ -22,11 +22,12 @@ def import_optional(name):
 
 class OnnxRunner:
     """(B, 3, H, W) float32 images in [0, 1] -> (B, 300, 6) float32 tensor, like the PyTorch model.
-    Carries the export's class names and image size (`names`, `imgsz`). Its threads spin between ops
-    unless OMP_WAIT_POLICY=PASSIVE, the setting that stops PyTorch's from spinning: on a CPU shared with
-    other processes spinning threads lose their time slices (see yolov10/benchmark.py)."""
+    Carries the export's class names and image size (`names`, `imgsz`). `spin`: whether ONNX Runtime's threads
+    spin between runs (None: unless OMP_WAIT_POLICY=PASSIVE, the setting that stops PyTorch's from spinning). On
+    a CPU shared with other work (other processes, or other runtimes timed in turn) spinning threads take the
+    others' time slices (see yolov10/benchmark.py)."""
 
-    def __init__(self, path, threads=None):
+    def __init__(self, path, threads=None, spin=None):
         ort = import_optional("onnxruntime")
         path = Path(path)
         if not path.is_file():
@@ -34,7 +35,9 @@ class OnnxRunner:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        if spin is None:
+            spin = os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+        if not spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -44,13 +44,16 @@ class TorchRunner:
     which oneDNN executes much faster than NCHW on the CPU; it converts the model's weights in place.
     compile=True (the package's fastest CPU path, see `yolov10 benchmark`) runs the model through
     torch.compile with inductor freezing: the weights become constants, so oneDNN prepacks them and fuses each
-    conv with its SiLU; one graph per input shape (dynamic=False), compiled on the first call of each shape.
-    A compiled runner is for inference only: later changes to the model's weights are not seen."""
+    conv with its SiLU, and inductor picks the convolutions' layout itself (channels_last then defaults to off);
+    one graph per input shape (dynamic=False), compiled on the first call of each shape. A compiled runner is
+    for inference only: later changes to the model's weights are not seen."""
 
     def __init__(self, model, channels_last=None, compile=False):
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        self.channels_last = p.device.type == "cpu" if channels_last is None else channels_last
+        if channels_last is None:
+            channels_last = p.device.type == "cpu" and not compile
+        self.channels_last = channels_last
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = self.forward = model
