@@ -356,5 +356,15 @@ def test_val_epochs_validates_only_the_last_epochs(tiny_data, tmp_path):
     maps = [float(r["metrics/mAP50-95"]) for r in _read_csv(tmp_path / "results.csv")]
     assert math.isnan(maps[0]) and all(math.isfinite(m) for m in maps[1:])
     assert load_train_state(tmp_path / "weights" / "best.pt")["epoch"] >= 1  # best.pt is a validated epoch
-    from yolov10.defaults import resolve_args
-    assert resolve_args({})["val_epochs"] == 3 and resolve_args({"data": tiny_data})["val_epochs"] == 0
+    from yolov10.defaults import SYNTH_PRESET, resolve_args
+    synth, official = resolve_args({}), resolve_args({"data": tiny_data})
+    assert synth["val_epochs"] == SYNTH_PRESET["val_epochs"] > 0 and official["val_epochs"] == 0
+
+
+def test_presets_fill_only_what_the_user_left_unset(tiny_data):
+    from yolov10.defaults import OFFICIAL, SYNTH_PRESET, resolve_args
+    synth, official = resolve_args({}), resolve_args({"data": tiny_data})
+    assert {k: synth[k] for k in SYNTH_PRESET} == SYNTH_PRESET
+    assert {k: official[k] for k in OFFICIAL} == OFFICIAL
+    assert official["optimizer"] == "auto" and official["lr0"] == 0.01 and official["warmup_epochs"] == 3.0
+    assert resolve_args({"lr0": 0.02, "epochs": 2})["lr0"] == 0.02 and resolve_args({"epochs": 2})["epochs"] == 2
