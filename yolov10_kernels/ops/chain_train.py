@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .batchnorm import BatchNormSpec, batch_scale_shift, running_scale_shift, uses_batch_stats
-from .dwconv import dw_conv_bn
+from .dwconv import dw_conv_bn, dw_conv_bn_act_train
 from .pwconv import pw_conv_bn
 from .utils import acc_dtype, check_device, check_tensor, conv_out_size
 
@@ -173,6 +173,8 @@ def _pw_step(cur, s, count, last, res):
 
 
 def _dw_step(cur, s, count, last, res):
+    if last and uses_batch_stats(s.bn, s.bn.training):  # statistics and epilogue passes in one op
+        return dw_conv_bn_act_train(*cur.args(s.weight), res, s.bn, s.stride, cur.act, s.act)
     # the last conv's raw output is never written: a statistics-only pass, then an epilogue pass (below)
     y, (scale, shift) = _dw_stats(cur, s.weight, s.stride, not last, s.bn, count)
     if not last:

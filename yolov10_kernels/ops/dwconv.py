@@ -20,13 +20,15 @@ the host (a second reduction; no atomics). Inputs may be NCHW, channels_last or 
 follow channels_last when the input is channels_last, else NCHW. fp32/fp16/bf16 compute in fp32, fp64 in fp64.
 On the GPU the k*k taps are an unrolled loop over [positions x channels] tiles (the prologue recomputed per tap);
 under the interpreter they are a third tile dimension (TAPS_VEC), many times faster there; tests run both."""
+import math
 from typing import Optional
 
 import torch
 
-from .utils import (acc_dtype, check_device, check_tensor, conv_out_size, empty, empty_4d, is_channels_last,
-                    merge_stats, next_pow2, op_name, partial_stats, split_tiles, strides4, tl, tl_acc, triton,
-                    triton_interpreted, vec)
+from .batchnorm import affine_from_stats, affine_grads
+from .utils import (acc_dtype, check_device, check_tensor, conv_out_size, empty, empty_4d, finish_stats, grad_like,
+                    is_channels_last, next_pow2, op_name, partial_stats, split_tiles, stat_grads, strides4,
+                    sum_partials, tl, tl_acc, triton, triton_interpreted, vec)
 
 Tensor = torch.Tensor
 
@@ -350,13 +352,13 @@ def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
     out = empty_4d((N, C, OH, OW), x) if write_out else x.new_empty(0)
     if N * OH * OW == 0 or C == 0:
         return out, x.new_zeros(C if stats else 0, dtype=sd), x.new_zeros(C if stats else 0, dtype=sd)
-    w = weight.detach().reshape(C, K * K).contiguous()
+    w = _taps(weight)
     NP = N * OH * OW
     BP, BC, nw = _blocks(C, NP, x, K)
     cblk = triton.cdiv(C, BC)
     splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
     pcnt, pmean, pm2 = partial_stats(splits, C, x, sd, stats)
-    si, ti, so, to = (vec(t, sd) for t in (in_scale, in_shift, out_scale, out_shift))
+    si, ti, so, to = (vec(t) for t in (in_scale, in_shift, out_scale, out_shift))
     dummy = pcnt
     _dw_fwd_kernel[(splits, cblk)](
         x, w, si if si is not None else dummy, ti if ti is not None else dummy,
@@ -368,55 +370,58 @@ def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
         OUT_ACT=bool(out_act), HAS_RES=residual is not None, WRITE_OUT=bool(write_out), STATS=bool(stats),
         ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
     if stats:
-        mean, var = merge_stats(pcnt, pmean, pm2)
-    else:
-        mean, var = x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
-    return out, mean, var
+        return (out, *finish_stats(pcnt, pmean, pm2, x))
+    return out, x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
 
 
-def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, out_scale, out_shift, mean,
-                 stride, in_act, out_act, write_out, stats):
+def _taps(weight):
+    """The (C, 1, k, k) depthwise weight as (C, k*k) rows, without a copy when it is contiguous."""
+    w = weight.detach().reshape(weight.shape[0], -1)
+    return w if w.is_contiguous() else w.contiguous()
+
+
+def _grad_y_pass(grad_out, x, w, si, ti, so, to, mean, grad_mean, grad_var, stride, in_act, out_act, out=None):
+    """d loss / d y in fp32 with y recomputed (never saved): through the epilogue (affine so/to, act) when grad_out
+    is given, plus the batch statistics' term when grad_mean/grad_var are. Returns (g, g_so, g_to); g is written
+    into `out` when given (it may be grad_out itself: each element is read before it is written, by one thread)."""
+    N, C, H, W = x.shape
+    K = math.isqrt(w.shape[1])
+    OH, OW = conv_out_size(H, K, stride), conv_out_size(W, K, stride)
+    sd = acc_dtype(x)
+    dummy = x.new_empty(1, dtype=sd)
+    has_go, stats = grad_out is not None, grad_mean is not None
+    g = out if out is not None else empty_4d((N, C, OH, OW), x, dtype=sd)
+    NP = N * OH * OW
+    BP, BC, nw = _blocks(C, NP, x, K)
+    cblk = triton.cdiv(C, BC)
+    splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
+    pgos = empty((splits, C), x, sd) if so is not None else dummy
+    pgot = empty((splits, C), x, sd) if so is not None else dummy
+    _dw_grad_y_kernel[(splits, cblk)](
+        x, w, si if si is not None else dummy, ti if ti is not None else dummy,
+        so if so is not None else dummy, to if to is not None else dummy,
+        grad_out if has_go else dummy, vec(mean) if stats else dummy,
+        vec(grad_mean) if stats else dummy, vec(grad_var) if stats else dummy,
+        g, pgos, pgot, 1.0 / NP,
+        C, H, W, OH, OW, NP, per,
+        *x.stride(), *(grad_out.stride() if has_go else (0, 0, 0, 0)), *g.stride(),
+        K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
+        OUT_ACT=bool(out_act), HAS_GO=has_go, STATS=stats, ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x),
+        KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
+    if so is None:
+        return g, None, None
+    return g, sum_partials(pgos, empty(C, x, sd)), sum_partials(pgot, empty(C, x, sd))
+
+
+def _input_grad_pass(g, x, weight, w, si, ti, stride, in_act):
+    """(grad x, grad weight, grad in_scale, grad in_shift) from g = d loss / d y: one pass over input positions
+    and the on-device sums of its per-program partials."""
     N, C, H, W = x.shape
     K = weight.shape[-1]
     OH, OW = conv_out_size(H, K, stride), conv_out_size(W, K, stride)
     sd = acc_dtype(x)
-    has_go = bool(write_out) and grad_out is not None and grad_out.numel() > 0
-    stats = bool(stats) and grad_mean is not None and grad_var is not None and grad_mean.numel() > 0
-    gx = empty_4d((N, C, H, W), x)
-
-    def zeros_or_empty(t):  # distinct tensors: a custom op's outputs may not alias each other
-        return torch.zeros(C if t is not None else 0, dtype=sd, device=x.device)
-    g_is, g_it, g_os, g_ot = (zeros_or_empty(t) for t in (in_scale, in_shift, out_scale, out_shift))
-    if (not has_go and not stats) or N * OH * OW == 0 or C == 0:
-        return gx.zero_(), torch.zeros_like(weight), g_is, g_it, g_os, g_ot
-    w = weight.detach().reshape(C, K * K).contiguous()
-    si, ti, so, to = (vec(t, sd) for t in (in_scale, in_shift, out_scale, out_shift))
-    acc = tl_acc(x.dtype)
     dummy = x.new_empty(1, dtype=sd)
-    if stats or so is not None or (out_act and has_go):
-        # d loss / d y, recomputing y (never saved): through the epilogue and the batch statistics
-        g = empty_4d((N, C, OH, OW), x, dtype=sd)
-        NP = N * OH * OW
-        BP, BC, nw = _blocks(C, NP, x, K)
-        cblk = triton.cdiv(C, BC)
-        splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
-        pgos = empty((splits, C), x, sd) if so is not None else dummy
-        pgot = empty((splits, C), x, sd) if so is not None else dummy
-        _dw_grad_y_kernel[(splits, cblk)](
-            x, w, si if si is not None else dummy, ti if ti is not None else dummy,
-            so if so is not None else dummy, to if to is not None else dummy,
-            grad_out if has_go else dummy, vec(mean, sd) if stats else dummy,
-            vec(grad_mean, sd) if stats else dummy, vec(grad_var, sd) if stats else dummy,
-            g, pgos, pgot, 1.0 / (N * OH * OW),
-            C, H, W, OH, OW, NP, per,
-            *x.stride(), *(grad_out.stride() if has_go else (0, 0, 0, 0)), *g.stride(),
-            K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
-            OUT_ACT=bool(out_act), HAS_GO=has_go, STATS=stats, ACC=acc, TAPS_VEC=_tapsvec(x),
-            KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
-        if so is not None:
-            g_os, g_ot = pgos.sum(0), pgot.sum(0)
-    else:
-        g = grad_out  # any strides (even expanded ones) are read as they are
+    gx = empty_4d((N, C, H, W), x)
     NP = N * H * W
     BP, BC, nw = _blocks(C, NP, x, K)
     cblk = triton.cdiv(C, BC)
@@ -428,12 +433,40 @@ def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, o
         x, w, si if si is not None else dummy, ti if ti is not None else dummy, g, gx, pdw, pgs, pgt,
         C, H, W, OH, OW, NP, per,
         *x.stride(), *g.stride(), *gx.stride(),
-        K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), ACC=acc, TAPS_VEC=_tapsvec(x),
-        KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
-    gw = pdw.sum(0).t().contiguous().reshape(weight.shape).to(weight.dtype)
-    if si is not None:
-        g_is, g_it = pgs.sum(0), pgt.sum(0)
-    return gx, gw, g_is, g_it, g_os, g_ot
+        K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), ACC=tl_acc(x.dtype),
+        TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
+    gw = sum_partials(pdw, torch.empty_like(weight, memory_format=torch.contiguous_format), taps=K * K)
+    if si is None:
+        return gx, gw, x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
+    return gx, gw, sum_partials(pgs, empty(C, x, sd)), sum_partials(pgt, empty(C, x, sd))
+
+
+def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, out_scale, out_shift, mean,
+                 stride, in_act, out_act, write_out, stats):
+    N, C, H, W = x.shape
+    K = weight.shape[-1]
+    OH, OW = conv_out_size(H, K, stride), conv_out_size(W, K, stride)
+    sd = acc_dtype(x)
+    has_go = bool(write_out) and grad_out is not None and grad_out.numel() > 0
+    grad_mean, grad_var = stat_grads(grad_mean, grad_var)
+    stats = bool(stats) and grad_mean is not None and grad_mean.numel() > 0
+
+    def zeros_or_empty(t):  # distinct tensors: a custom op's outputs may not alias each other
+        return torch.zeros(C if t is not None else 0, dtype=sd, device=x.device)
+    if (not has_go and not stats) or N * OH * OW == 0 or C == 0:
+        return (empty_4d((N, C, H, W), x).zero_(), torch.zeros_like(weight),
+                *(zeros_or_empty(t) for t in (in_scale, in_shift, out_scale, out_shift)))
+    w = _taps(weight)
+    si, ti, so, to = (vec(t) for t in (in_scale, in_shift, out_scale, out_shift))
+    g, g_os, g_ot = grad_out, None, None
+    if stats or so is not None or (out_act and has_go):
+        g, g_os, g_ot = _grad_y_pass(grad_out if has_go else None, x, w, si, ti, so, to, mean if stats else None,
+                                     grad_mean if stats else None, grad_var if stats else None, stride, in_act,
+                                     out_act)
+    # else g = grad_out: any strides (even expanded ones) are read as they are
+    if g_os is None:
+        g_os, g_ot = x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
+    return (*_input_grad_pass(g, x, weight, w, si, ti, stride, in_act), g_os, g_ot)
 
 
 # ---------------------------------------------------------------------------------------------------- ops
@@ -487,6 +520,7 @@ def _setup_context(ctx, inputs, output):
     x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride, in_act, out_act, write_out, stats = inputs
     _, mean, _ = output
     # only the input and per-channel vectors: y is recomputed in backward, never saved
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zero tensor is made for it
     ctx.save_for_backward(x, weight, in_scale, in_shift, out_scale, out_shift, mean if stats else None)
     ctx.cfg = (stride, in_act, out_act, write_out, stats, residual is not None)
 
@@ -497,11 +531,102 @@ def _backward(ctx, grad_out, grad_mean, grad_var):
     gx, gw, g_is, g_it, g_os, g_ot = dw_conv_bn_backward(
         grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, out_scale, out_shift, mean,
         stride, in_act, out_act, write_out, stats)
-
-    def cast(g, t):
-        return None if t is None else g.to(t.dtype).reshape(t.shape)
-    return (gx, gw, cast(g_is, in_scale), cast(g_it, in_shift), cast(g_os, out_scale), cast(g_ot, out_shift),
-            grad_out if has_res else None, None, None, None, None, None)
+    return (gx, gw, grad_like(g_is, in_scale), grad_like(g_it, in_shift), grad_like(g_os, out_scale),
+            grad_like(g_ot, out_shift), grad_out if has_res else None, None, None, None, None, None)
 
 
 dw_conv_bn.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------ the last depthwise layer of a chain
+# A chain's last conv normalises with the statistics of its own output, so it runs twice over its input (a
+# statistics-only pass, then a pass whose epilogue writes act(BN(y)) (+ residual)). As one op (with the BN's affine
+# and running-statistics update between the passes) the two passes share one autograd node: one backward, which
+# takes three passes (the epilogue's gradient and its per-channel sums; the statistics' term; grad x and weight)
+# where two separate ops would take four, and no gradient sums for the input they would both read.
+@torch.library.custom_op(op_name("dw_conv_bn_act"),
+                         mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+def dw_conv_bn_act(x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
+                   residual: Optional[Tensor], bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
+                   running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                   num_batches_tracked: Optional[Tensor], stride: int, in_act: bool, out_act: bool, eps: float,
+                   momentum: Optional[float], update: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """out = out_act(BN(depthwise_conv(in_act(x * in_scale + in_shift)))) (+ residual), BN with the batch
+    statistics of the conv's output (running statistics updated when `update`). Returns (out, mean, var, scale,
+    shift), the last four per channel in the accumulation dtype."""
+    _check_args(x, weight, in_scale, in_shift, None, None, residual, stride)
+    _, mean, var = _dw_forward(x, weight, in_scale, in_shift, None, None, None, stride, in_act, False, False, True)
+    N, _, H, W = x.shape
+    K = weight.shape[-1]
+    count = N * conv_out_size(H, K, stride) * conv_out_size(W, K, stride)
+    scale, shift = affine_from_stats(mean, var, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked,
+                                     float(count), eps, momentum, update)
+    out = _dw_forward(x, weight, in_scale, in_shift, scale, shift, residual, stride, in_act, out_act, True, False)[0]
+    return out, mean, var, scale, shift
+
+
+@dw_conv_bn_act.register_fake
+def _dw_conv_bn_act_fake(x, weight, in_scale, in_shift, residual, bn_weight, bn_bias, running_mean, running_var,
+                         num_batches_tracked, stride, in_act, out_act, eps, momentum, update):
+    out = _dw_conv_bn_fake(x, weight, in_scale, in_shift, None, None, residual, stride, in_act, out_act, True, True)
+    mean = out[1]
+    return out[0], mean, torch.empty_like(mean), torch.empty_like(mean), torch.empty_like(mean)
+
+
+@torch.library.custom_op(op_name("dw_conv_bn_act_backward"), mutates_args=())
+def dw_conv_bn_act_backward(grad_out: Tensor, x: Tensor, weight: Tensor, in_scale: Optional[Tensor],
+                            in_shift: Optional[Tensor], bn_weight: Optional[Tensor], has_bias: bool,
+                            bias_dtype: torch.dtype, mean: Tensor, var: Tensor, scale: Tensor, shift: Tensor,
+                            stride: int, in_act: bool, out_act: bool, eps: float
+                            ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(grad x, grad weight, grad in_scale, grad in_shift, grad BN weight, grad BN bias); empty where absent."""
+    w = _taps(weight)
+    si, ti = vec(in_scale), vec(in_shift)
+    g, g_scale, g_shift = _grad_y_pass(grad_out, x, w, si, ti, scale, shift, None, None, None, stride, in_act,
+                                       out_act)
+    g_mean, g_var, g_bw, g_bb = affine_grads(g_scale, g_shift, mean, var, bn_weight, has_bias, bias_dtype, eps)
+    g = _grad_y_pass(g, x, w, si, ti, None, None, mean, g_mean, g_var, stride, in_act, False, out=g)[0]
+    return (*_input_grad_pass(g, x, weight, w, si, ti, stride, in_act), g_bw, g_bb)
+
+
+@dw_conv_bn_act_backward.register_fake
+def _dw_conv_bn_act_backward_fake(grad_out, x, weight, in_scale, in_shift, bn_weight, has_bias, bias_dtype, mean,
+                                  var, scale, shift, stride, in_act, out_act, eps):
+    gx, gw, g_is, g_it, _, _ = _dw_conv_bn_backward_fake(grad_out, None, None, x, weight, in_scale, in_shift, None,
+                                                         None, mean, stride, in_act, out_act, True, False)
+    C = x.shape[1]
+    return (gx, gw, g_is, g_it,
+            x.new_empty(C if bn_weight is not None else 0, dtype=bn_weight.dtype if bn_weight is not None else x.dtype),
+            x.new_empty(C if has_bias else 0, dtype=bias_dtype))
+
+
+class _DwConvBnAct(torch.autograd.Function):
+    """Autograd of dw_conv_bn_act (an op that updates running statistics cannot register its own)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, in_scale, in_shift, residual, bn, stride, in_act, out_act, bn_weight, bn_bias):
+        out, mean, var, scale, shift = dw_conv_bn_act(
+            x, weight, in_scale, in_shift, residual, bn_weight, bn_bias, bn.running_mean, bn.running_var,
+            bn.num_batches_tracked, stride, in_act, out_act, float(bn.eps), bn.momentum, bool(bn.training))
+        ctx.save_for_backward(x, weight, in_scale, in_shift, bn_weight, mean, var, scale, shift)
+        ctx.cfg = (stride, in_act, out_act, float(bn.eps), residual is not None, bn_bias is not None,
+                   bn_bias.dtype if bn_bias is not None else mean.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, in_scale, in_shift, bn_weight, mean, var, scale, shift = ctx.saved_tensors
+        stride, in_act, out_act, eps, has_res, has_bias, bias_dtype = ctx.cfg
+        gx, gw, g_is, g_it, g_bw, g_bb = dw_conv_bn_act_backward(
+            grad_out, x, weight, in_scale, in_shift, bn_weight, has_bias, bias_dtype, mean, var, scale, shift,
+            stride, in_act, out_act, eps)
+        return (gx, gw, grad_like(g_is, in_scale), grad_like(g_it, in_shift), grad_out if has_res else None,
+                None, None, None, None, g_bw if bn_weight is not None else None, g_bb if has_bias else None)
+
+
+def dw_conv_bn_act_train(x, weight, in_scale, in_shift, residual, bn, stride, in_act, out_act):
+    """The last depthwise layer of a training chain with its BN on batch statistics (see dw_conv_bn_act);
+    differentiable in x, weight, the input affine, residual and the BN's weight and bias. bn: an nn.BatchNorm2d
+    or a BatchNormSpec."""
+    return _DwConvBnAct.apply(x, weight, in_scale, in_shift, residual, bn, stride, in_act, out_act, bn.weight,
+                              bn.bias)

@@ -16,8 +16,9 @@ from typing import Optional
 
 import torch
 
-from .utils import (acc_dtype, check_device, check_tensor, empty, empty_4d, merge_stats, next_pow2, op_name,
-                    partial_stats, target_programs, tl, tl_acc, triton, triton_interpreted, vec)
+from .utils import (acc_dtype, check_device, check_tensor, empty, empty_4d, finish_stats, grad_like, next_pow2,
+                    op_name, partial_stats, stat_grads, sum_partials, target_programs, tl, tl_acc, triton,
+                    triton_interpreted, vec)
 
 Tensor = torch.Tensor
 
@@ -239,7 +240,7 @@ def _pw_forward(x, weight, in_scale, in_shift, bias, in_act, stats):
     BM, BN, BK, nw = _blocks(M, CI, CO, x)
     mblk = triton.cdiv(M, BM)
     pcnt, pmean, pm2 = partial_stats(mblk, CO, x, sd, stats)
-    s, t, b = vec(in_scale, sd), vec(in_shift, sd), vec(bias, sd)
+    s, t, b = vec(in_scale), vec(in_shift), vec(bias)
     dummy = pcnt
     dot_dt, ieee = _dot_cfg(x)
     _pw_fwd_kernel[(mblk, triton.cdiv(CO, BN))](
@@ -248,10 +249,8 @@ def _pw_forward(x, weight, in_scale, in_shift, bias, in_act, stats):
         IN_AFFINE=s is not None, IN_ACT=bool(in_act), HAS_BIAS=b is not None, STATS=bool(stats),
         ACC=tl_acc(x.dtype), DOT_DT=dot_dt, IEEE=ieee, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw)
     if stats:
-        mean, var = merge_stats(pcnt, pmean, pm2)
-    else:
-        mean, var = x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
-    return y, mean, var
+        return (y, *finish_stats(pcnt, pmean, pm2, x))
+    return y, x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
 
 
 def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, mean, in_act, has_bias, stats):
@@ -260,17 +259,17 @@ def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, 
     sd = acc_dtype(x)
     M, HW = N * H * W, H * W
     has_gy = grad_y is not None and grad_y.numel() > 0
-    stats = bool(stats) and grad_mean is not None and grad_var is not None and grad_mean.numel() > 0 \
+    grad_mean, grad_var = stat_grads(grad_mean, grad_var)
+    stats = bool(stats) and grad_mean is not None and grad_mean.numel() > 0 \
         and y is not None and y.numel() > 0
     gx = empty_4d((N, CI, H, W), x)
-    gw = torch.zeros(CO, CI, dtype=sd, device=x.device)
 
     def zeros_or_empty(present, n):  # distinct tensors: a custom op's outputs may not alias each other
         return torch.zeros(n if present else 0, dtype=sd, device=x.device)
-    g_s, g_t = zeros_or_empty(in_scale is not None, CI), zeros_or_empty(in_shift is not None, CI)
-    g_b = zeros_or_empty(has_bias, CO)
     if (not has_gy and not stats) or M == 0 or CO == 0 or CI == 0:
-        return gx.zero_(), gw.to(weight.dtype).reshape(weight.shape), g_s, g_t, g_b
+        return (gx.zero_(), torch.zeros_like(weight), zeros_or_empty(in_scale is not None, CI),
+                zeros_or_empty(in_shift is not None, CI), zeros_or_empty(has_bias, CO))
+    g_s, g_t, g_b = (x.new_empty(0, dtype=sd) for _ in range(3))
     x, (sxn, sxc, sxp) = _flat(x)
     _, (sdn, sdc, sdp) = _flat(gx)
     dummy = x.new_empty(1, dtype=sd)
@@ -280,12 +279,12 @@ def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, 
         grad_y, (sgn, sgc, sgp) = dummy, (0, 0, 0)
     if stats:
         y, (syn, syc, syp) = _flat(y)
-        mu, gm, gv = vec(mean, sd), vec(grad_mean, sd), vec(grad_var, sd)
+        mu, gm, gv = vec(mean), vec(grad_mean), vec(grad_var)
     else:
         y, (syn, syc, syp) = dummy, (0, 0, 0)
         mu = gm = gv = dummy
     w = weight.detach().reshape(CO, CI)
-    s, t = vec(in_scale, sd), vec(in_shift, sd)
+    s, t = vec(in_scale), vec(in_shift)
     acc = tl_acc(x.dtype)
     dot_dt, ieee = _dot_cfg(x)
     inv_m = 1.0 / M
@@ -301,7 +300,7 @@ def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, 
         gx, pgs, pgt, M, HW, CI, CO, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp, sdn, sdc, sdp,
         w.stride(0), w.stride(1), BLOCK_M=BM, BLOCK_N=b_co, BLOCK_K=b_ci, num_warps=nw, **flags)
     if s is not None:
-        g_s, g_t = pgs.sum(0), pgt.sum(0)
+        g_s, g_t = sum_partials(pgs, empty(CI, x, sd)), sum_partials(pgt, empty(CI, x, sd))
     # grad W (and bias): output x input channels, the rows split across programs, fp32 partials
     BM, BN, BK, nw = _blocks(M, CI, CO, x)
     tiles = triton.cdiv(CO, BN) * triton.cdiv(CI, BK)
@@ -314,9 +313,9 @@ def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, 
         grad_y, y, mu, gm, gv, inv_m, x, s if s is not None else dummy, t if t is not None else dummy, pgw, pgb,
         M, HW, CI, CO, rows, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp, HAS_BIAS=bool(has_bias),
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw, **flags)
-    gw = pgw.sum(0).to(weight.dtype).reshape(weight.shape)
+    gw = sum_partials(pgw, torch.empty_like(weight, memory_format=torch.contiguous_format))
     if has_bias:
-        g_b = pgb.sum(0)
+        g_b = sum_partials(pgb, empty(CO, x, sd))
     return gx, gw, g_s, g_t, g_b
 
 
@@ -363,6 +362,7 @@ def _setup_context(ctx, inputs, output):
     x, weight, in_scale, in_shift, bias, in_act, stats = inputs
     y, mean, _ = output
     # the raw output is kept only when its statistics feed a BN (in a chain it is the next conv's saved input)
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zero tensor is made for it
     ctx.save_for_backward(x, weight, in_scale, in_shift, y if stats else None, mean if stats else None)
     ctx.cfg = (in_act, bias is not None, stats, None if bias is None else bias.dtype)
 
@@ -373,9 +373,8 @@ def _backward(ctx, grad_y, grad_mean, grad_var):
     gx, gw, g_s, g_t, g_b = pw_conv_bn_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, mean,
                                                 in_act, has_bias, stats)
 
-    def cast(g, t):
-        return None if t is None else g.to(t.dtype).reshape(t.shape)
-    return (gx, gw, cast(g_s, in_scale), cast(g_t, in_shift), g_b.to(bias_dtype) if has_bias else None, None, None)
+    return (gx, gw, grad_like(g_s, in_scale), grad_like(g_t, in_shift),
+            (g_b if g_b.dtype == bias_dtype else g_b.to(bias_dtype)) if has_bias else None, None, None)
 
 
 pw_conv_bn.register_autograd(_backward, setup_context=_setup_context)

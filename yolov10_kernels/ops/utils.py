@@ -1,6 +1,6 @@
 """Helpers shared by every op file: the environment switches, the library namespace, input checks, memory
 layouts, accumulation dtypes, block and grid sizing, output sizes, buffer allocation with the NaN-poison switch,
-the parallel-variance merge of partial statistics, and the Triton device functions of the training convs.
+the on-device merge of partial statistics and sums, and the Triton device functions of the training convs.
 
 Triton is optional (the C++ assignment op and the reference paths work without it): `triton` is None when it
 cannot be imported and `TRITON_IMPORT_ERROR` says why."""
@@ -107,9 +107,13 @@ def strides4(t):
     return tuple(t.stride()) if t is not None and t.dim() == 4 else (0, 0, 0, 0)
 
 
-def vec(t, dtype):
-    """A per-channel vector as a contiguous 1-D `dtype` tensor outside autograd (None stays None)."""
-    return None if t is None else t.detach().reshape(-1).to(dtype).contiguous()
+def vec(t):
+    """A per-channel vector as a contiguous 1-D tensor (None stays None). Its dtype is kept: the kernels convert
+    on load, so no host op runs for a vector that is already contiguous (the usual case)."""
+    if t is None:
+        return None
+    t = t.detach().reshape(-1)
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def poison(t):
@@ -140,9 +144,19 @@ def tl_acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def tf32_allowed(x):
+    """fp32 dots of CUDA tensors may use TF32 when torch allows it for matmuls or for cuDNN convs (the eager
+    convolutions we replace; cuDNN's switch is on by default). Never for fp64 or off the GPU (the interpreter)."""
+    return (x.dtype == torch.float32 and x.device.type == "cuda"
+            and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32))
+
+
 def dot_precision(x):
-    """tl.dot's input_precision: IEEE for fp32/fp64 (no TF32: parity with the reference); fp16/bf16 default."""
-    return "ieee" if x.dtype in (torch.float32, torch.float64) else "tf32"
+    """tl.dot's input_precision: fp32 in TF32 where torch allows it (tf32_allowed), else IEEE; fp64 IEEE;
+    fp16/bf16 take the tensor cores' native path (the argument is ignored there)."""
+    if x.dtype in (torch.float32, torch.float64):
+        return "tf32" if tf32_allowed(x) else "ieee"
+    return "tf32"
 
 
 # ------------------------------------------------------------------------------------------ sizes
@@ -190,14 +204,42 @@ def partial_stats(programs, channels, like, dtype, stats):
     return empty(programs, like, dtype), empty((programs, channels), like, dtype), empty((programs, channels), like, dtype)
 
 
-def merge_stats(cnt, mean, m2):
-    """Merge per-program partials (count [P], mean [P, C], M2 [P, C]) with the parallel-variance formula
-    (Chan et al.): mean = sum n_p m_p / n; M2 = sum M2_p + sum n_p (m_p - mean)^2. Returns (mean, biased var)."""
-    cnt = cnt.to(mean.dtype).unsqueeze(1)
-    n = cnt.sum(0)
-    mu = (cnt * mean).sum(0) / n
-    m2 = m2.sum(0) + (cnt * (mean - mu) ** 2).sum(0)
-    return mu, m2 / n
+def grad_like(g, t):
+    """A vector gradient (in the accumulation dtype) as the gradient of t: t's dtype and shape; None for no t."""
+    if t is None:
+        return None
+    return g if g.dtype == t.dtype and g.shape == t.shape else g.to(t.dtype).reshape(t.shape)
+
+
+def stat_grads(grad_mean, grad_var):
+    """The gradients reaching (mean, var) with one of them None (its output unused; autograd does not make zeros
+    for it) completed with zeros, or (None, None) when neither arrived."""
+    if grad_mean is None and grad_var is None:
+        return None, None
+    return (grad_mean if grad_mean is not None else torch.zeros_like(grad_var),
+            grad_var if grad_var is not None else torch.zeros_like(grad_mean))
+
+
+def finish_stats(cnt, mean, m2, like):
+    """(mean, biased var) per channel from per-program partials (count [P], mean [P, C], M2 [P, C]), merged on
+    the device with the parallel-variance formula (Chan et al.) in one small launch: no host glue."""
+    P, C = mean.shape
+    out_mean, out_var = empty(C, like, mean.dtype), empty(C, like, mean.dtype)
+    block = min(max(next_pow2(C), 16), 1024 if triton_interpreted() else 256)
+    _merge_stats_kernel[(triton.cdiv(C, block),)](cnt, mean, m2, out_mean, out_var, P, C, ACC=tl_acc(mean.dtype),
+                                                  BLOCK_C=block)
+    return out_mean, out_var
+
+
+def sum_partials(partials, out, taps=0):
+    """out = partials.sum(0) on the device, cast to out's dtype (per-program fp32 partial gradients, summed in a
+    fixed order: deterministic). taps > 0: partials are (P, taps, C) and out is a depthwise weight (C, 1, k, k)
+    with k * k == taps (the transposed store)."""
+    n = partials[0].numel()
+    block = min(max(next_pow2(n), 16), 4096 if triton_interpreted() else 512)
+    _sum_partials_kernel[(triton.cdiv(n, block),)](partials, out, partials.shape[0], n, max(taps, 1),
+                                                   TRANSPOSE=taps > 0, ACC=tl_acc(partials.dtype), BLOCK=block)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ Triton device functions
@@ -248,3 +290,38 @@ if triton is not None:
         mean = mean_a + delta * (n_b / n)
         m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
         return n, mean, m2
+
+    @triton.jit
+    def _merge_stats_kernel(cnt_ptr, mean_ptr, m2_ptr, out_mean_ptr, out_var_ptr, P, C,
+                            ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+        c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cm = c < C
+        n = tl.zeros([BLOCK_C], ACC)
+        mean = tl.zeros([BLOCK_C], ACC)
+        m2 = tl.zeros([BLOCK_C], ACC)
+        for p in range(P):
+            n_b = tl.load(cnt_ptr + p + c * 0).to(ACC)
+            mean_b = tl.load(mean_ptr + p * C + c, mask=cm, other=0.0).to(ACC)
+            m2_b = tl.load(m2_ptr + p * C + c, mask=cm, other=0.0).to(ACC)
+            n_ab = n + n_b
+            f = n_b / tl.maximum(n_ab, 1.0)  # a program that saw no rows (n_b == 0) changes nothing
+            delta = mean_b - mean
+            mean += delta * f
+            m2 += m2_b + delta * delta * n * f
+            n = n_ab
+        tl.store(out_mean_ptr + c, mean, mask=cm)
+        tl.store(out_var_ptr + c, m2 / tl.maximum(n, 1.0), mask=cm)
+
+    @triton.jit
+    def _sum_partials_kernel(p_ptr, out_ptr, P, N, TAPS, TRANSPOSE: tl.constexpr, ACC: tl.constexpr,
+                             BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < N
+        acc = tl.zeros([BLOCK], ACC)
+        for p in range(P):
+            acc += tl.load(p_ptr + p * N + i, mask=m, other=0.0).to(ACC)
+        o = i
+        if TRANSPOSE:  # i = tap * C + c  ->  (c, tap) of a (C, 1, k, k) weight
+            C = N // TAPS
+            o = (i % C) * TAPS + i // C
+        tl.store(out_ptr + o, acc.to(out_ptr.dtype.element_ty), mask=m)
