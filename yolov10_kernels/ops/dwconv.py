@@ -37,6 +37,9 @@ Tensor = torch.Tensor
 if triton is not None:  # without triton the ops import, and their launchers raise (utils.check_device)
     from .utils import load_channel_pair, load_stat_grads, silu_fwd, silu_fwd_bwd, tile_stats_merge
 
+    # what changes with the batch or image size is not specialised on: no recompile for a new size
+    VARYING = ["H", "W", "OH", "OW", "NP", "tiles_per_prog"]
+
     @triton.jit
     def _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
                       K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
@@ -66,7 +69,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             return tl.sum(xv * wv[None, :, :], axis=1)
         acc = tl.zeros([BLOCK_P, BLOCK_C], ACC)
         xb = x_ptr + n.to(tl.int64)[:, None] * sxn + c[None, :].to(tl.int64) * sxc
-        for kh in tl.static_range(K):
+        for kh in range(K):  # a runtime loop over kernel rows: unrolling all k*k taps spills at 7x7
             ih = oh * STRIDE - PAD + kh
             hok = pmask & (ih >= 0) & (ih < H)
             for kw in tl.static_range(K):
@@ -83,7 +86,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                 acc += xv * wv[None, :]
         return acc
 
-    @triton.jit
+    @triton.jit(do_not_specialize=VARYING)
     def _dw_fwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, r_ptr, y_ptr, pcnt_ptr, pmean_ptr, pm2_ptr,
                        C, H, W, OH, OW, NP, tiles_per_prog,
                        sxn, sxc, sxh, sxw, syn, syc, syh, syw, srn, src, srh, srw,
@@ -129,7 +132,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             tl.store(pmean_ptr + pid * C + c, mean_run, mask=cmask)
             tl.store(pm2_ptr + pid * C + c, m2_run, mask=cmask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=VARYING)
     def _dw_grad_y_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, go_ptr, mean_ptr, gmean_ptr, gvar_ptr,
                           g_ptr, pgos_ptr, pgot_ptr, inv_m,
                           C, H, W, OH, OW, NP, tiles_per_prog,
@@ -182,15 +185,30 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             tl.store(pgot_ptr + pid * C + c, got, mask=cmask)
 
     @triton.jit
-    def _dw_bwd_taps_loop(g_ptr, w_ptr, n, ih, iw, qmask, c, cmask, kk, a, dw_acc, OH, OW, sgn, sgc, sgh, sgw,
-                          K: tl.constexpr, STRIDE: tl.constexpr, ACC: tl.constexpr, KK_PAD: tl.constexpr,
+    def _prologue_act(xp, m2d, s_in, t_in, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr, ACC: tl.constexpr,
+                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """(raw x, a = in_act(x * s_in + t_in) (0 outside m2d), d a / d u) on a [positions x channels] tile."""
+        xv = tl.load(xp, mask=m2d, other=0.0).to(ACC)
+        u = xv
+        if IN_AFFINE:
+            u = xv * s_in[None, :] + t_in[None, :]
+        a = u
+        da = tl.zeros([BLOCK_P, BLOCK_C], ACC) + 1.0
+        if IN_ACT:
+            a, da = silu_fwd_bwd(u)
+        return xv, tl.where(m2d, a, 0.0), da
+
+    @triton.jit
+    def _dw_bwd_taps_loop(g_ptr, w_ptr, n, ih, iw, qmask, c, cmask, a, pdw_ptr, C, accumulate, OH, OW,
+                          sgn, sgc, sgh, sgw, K: tl.constexpr, STRIDE: tl.constexpr, ACC: tl.constexpr,
                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
         """GPU path of the backward tap loop: grad a at input positions (ih, iw) = sum over the taps that read them of
-        g(out) * w(tap), and dw_acc[tap] += sum over positions of g(out) * a(in)."""
+        g(out) * w(tap); each tap's weight-gradient sum over this tile, g(out) * a(in), is added to the program's
+        own partial row pdw[tap] (in L1/L2: a [taps x channels] register accumulator would spill at 7x7)."""
         PAD: tl.constexpr = K // 2
         ga = tl.zeros([BLOCK_P, BLOCK_C], ACC)
         gb = g_ptr + n.to(tl.int64)[:, None] * sgn + c[None, :].to(tl.int64) * sgc
-        for kh in tl.static_range(K):
+        for kh in range(K):  # a runtime loop over kernel rows: unrolling all k*k taps spills at 7x7
             th = ih + PAD - kh
             if STRIDE == 1:
                 oh = th
@@ -210,11 +228,12 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                 gv = tl.load(gb + oh[:, None] * sgh + ow[:, None] * sgw, mask=m, other=0.0).to(ACC)
                 wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=cmask, other=0.0).to(ACC)
                 ga += gv * wv[None, :]
-                contrib = tl.sum(gv * a, axis=0)
-                dw_acc += tl.where(kk[:, None] == (kh * K + kw), contrib[None, :], 0.0)
-        return ga, dw_acc
+                pp = pdw_ptr + (kh * K + kw) * C + c
+                prev = tl.load(pp, mask=cmask & accumulate, other=0.0)
+                tl.store(pp, prev + tl.sum(gv * a, axis=0), mask=cmask)
+        return ga
 
-    @triton.jit
+    @triton.jit(do_not_specialize=VARYING)
     def _dw_bwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, g_ptr, gx_ptr, pdw_ptr, pgs_ptr, pgt_ptr,
                        C, H, W, OH, OW, NP, tiles_per_prog,
                        sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, sdn, sdc, sdh, sdw,
@@ -242,15 +261,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             iw = q % W
             m2d = qmask[:, None] & cmask[None, :]
             xp = x_ptr + n.to(tl.int64)[:, None] * sxn + c[None, :].to(tl.int64) * sxc + ih[:, None] * sxh + iw[:, None] * sxw
-            xv = tl.load(xp, mask=m2d, other=0.0).to(ACC)
-            u = xv
-            if IN_AFFINE:
-                u = xv * s_in[None, :] + t_in[None, :]
-            a = u
-            da = tl.zeros([BLOCK_P, BLOCK_C], ACC) + 1.0
-            if IN_ACT:
-                a, da = silu_fwd_bwd(u)
-            a = tl.where(m2d, a, 0.0)
+            _, a, _ = _prologue_act(xp, m2d, s_in, t_in, IN_AFFINE, IN_ACT, ACC, BLOCK_P, BLOCK_C)
             if TAPS_VEC:
                 th = ih[:, None] + PAD - (kk // K)[None, :]
                 tw = iw[:, None] + PAD - (kk % K)[None, :]
@@ -272,8 +283,11 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                 ga = tl.sum(gv * wv[None, :, :], axis=1)
                 dw_acc += tl.sum(gv * a[:, None, :], axis=0)
             else:
-                ga, dw_acc = _dw_bwd_taps_loop(g_ptr, w_ptr, n, ih, iw, qmask, c, cmask, kk, a, dw_acc, OH, OW, sgn, sgc,
-                                               sgh, sgw, K, STRIDE, ACC, KK_PAD, BLOCK_P, BLOCK_C)
+                ga = _dw_bwd_taps_loop(g_ptr, w_ptr, n, ih, iw, qmask, c, cmask, a, pdw_ptr + pid * (K * K * C), C,
+                                       i > 0, OH, OW, sgn, sgc, sgh, sgw, K, STRIDE, ACC, BLOCK_P, BLOCK_C)
+                tl.debug_barrier()  # this tile's partial-row updates land before the next tile reads them
+            # x reloaded (from L1/L2) rather than kept live through the tap loop with its derivative
+            xv, _, da = _prologue_act(xp, m2d, s_in, t_in, IN_AFFINE, IN_ACT, ACC, BLOCK_P, BLOCK_C)
             gu = ga
             if IN_ACT:
                 gu = ga * da
@@ -284,9 +298,10 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                 gu = gu * s_in[None, :]
             dp = gx_ptr + n.to(tl.int64)[:, None] * sdn + c[None, :].to(tl.int64) * sdc + ih[:, None] * sdh + iw[:, None] * sdw
             tl.store(dp, gu.to(gx_ptr.dtype.element_ty), mask=m2d)
-        KK: tl.constexpr = K * K
-        tl.store(pdw_ptr + pid * (KK * C) + kk[:, None] * C + c[None, :], dw_acc,
-                 mask=(kk[:, None] < KK) & cmask[None, :])
+        if TAPS_VEC:
+            KK: tl.constexpr = K * K
+            tl.store(pdw_ptr + pid * (KK * C) + kk[:, None] * C + c[None, :], dw_acc,
+                     mask=(kk[:, None] < KK) & cmask[None, :])
         if IN_AFFINE:
             tl.store(pgs_ptr + pid * C + c, gs, mask=cmask)
             tl.store(pgt_ptr + pid * C + c, gt, mask=cmask)
@@ -302,8 +317,11 @@ def _tapsvec(x):
     return x.device.type != "cuda" and not TAP_LOOP_ON_CPU
 
 
-def _blocks(C, spatial, x, K=3):
-    """(BLOCK_P, BLOCK_C, num_warps). channels_last: wide channel blocks (contiguous); NCHW: wide spatial blocks."""
+def _blocks(C, spatial, x, K=3, bwd=False, prologue=True):
+    """(BLOCK_P, BLOCK_C, num_warps). channels_last: wide channel blocks (contiguous); NCHW: wide spatial blocks.
+    GPU sizes from ptxas on sm_90a (bench.static), chosen so that no variant spills: a 64x64 tile with the BN + SiLU
+    prologue needs 8 warps (without one, 4: at 8 ptxas caps it at 128 registers and spills); the backward over
+    input positions, which also holds the activation and its derivative, 32 positions a tile on 8 warps."""
     if triton_interpreted() or x.device.type != "cuda":
         # the interpreter pays per program and per op, not per element: few, large tiles
         bc = min(max(next_pow2(C), 2), 64)
@@ -311,12 +329,13 @@ def _blocks(C, spatial, x, K=3):
         return min(max(next_pow2(spatial), 16), cap), bc, 4
     if is_channels_last(x):
         bc = min(max(next_pow2(C), 8), 64)
-        bp = 64 if bc == 64 else 128
+        bp = (32 if bwd else 64) if bc == 64 else 128
     else:
         bc, bp = min(max(next_pow2(C), 2), 4), 256
     if x.dtype == torch.float64:  # fp64 (gradcheck) tiles: keep register use and compile time small
         bp = max(16, min(bp, 1024 // bc))
-    return bp, bc, 4
+    big = bp * bc >= (2048 if bwd else 4096)
+    return bp, bc, (8 if big and (prologue or bwd) else 4)
 
 
 def _check_args(x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride):
@@ -354,7 +373,7 @@ def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
         return out, x.new_zeros(C if stats else 0, dtype=sd), x.new_zeros(C if stats else 0, dtype=sd)
     w = _taps(weight)
     NP = N * OH * OW
-    BP, BC, nw = _blocks(C, NP, x, K)
+    BP, BC, nw = _blocks(C, NP, x, K, prologue=in_scale is not None or bool(in_act))
     cblk = triton.cdiv(C, BC)
     splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
     pcnt, pmean, pm2 = partial_stats(splits, C, x, sd, stats)
@@ -392,7 +411,7 @@ def _grad_y_pass(grad_out, x, w, si, ti, so, to, mean, grad_mean, grad_var, stri
     has_go, stats = grad_out is not None, grad_mean is not None
     g = out if out is not None else empty_4d((N, C, OH, OW), x, dtype=sd)
     NP = N * OH * OW
-    BP, BC, nw = _blocks(C, NP, x, K)
+    BP, BC, nw = _blocks(C, NP, x, K, prologue=si is not None or bool(in_act))
     cblk = triton.cdiv(C, BC)
     splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
     pgos = empty((splits, C), x, sd) if so is not None else dummy
@@ -423,7 +442,7 @@ def _input_grad_pass(g, x, weight, w, si, ti, stride, in_act):
     dummy = x.new_empty(1, dtype=sd)
     gx = empty_4d((N, C, H, W), x)
     NP = N * H * W
-    BP, BC, nw = _blocks(C, NP, x, K)
+    BP, BC, nw = _blocks(C, NP, x, K, bwd=True)
     cblk = triton.cdiv(C, BC)
     splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
     pdw = empty((splits, K * K, C), x, sd)

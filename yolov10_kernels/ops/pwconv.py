@@ -10,15 +10,16 @@ empty when stats is False. Differentiable in x, weight, the affine vectors and b
 grad x (g @ weight, the prologue derivative applied on the fly) and grad weight (g^T @ a, a recomputed from x,
 the N x H x W reduction split across programs into fp32 partials then summed), where g = dL/dy + dmean / M +
 dvar * 2 (y - mean) / M is formed on the fly from the saved raw output y. fp16/bf16 tiles go through tensor
-cores with fp32 accumulation (fp32 operands under the interpreter, whose bf16 dot is broken); fp32 uses IEEE
-(no TF32). NCHW and channels_last inputs are read in place; the output follows the input's memory format."""
+cores with fp32 accumulation (fp32 operands under the interpreter, whose bf16 dot is broken); fp32 uses TF32
+where torch allows it for matmuls or cuDNN convs (as the eager convs it replaces do), IEEE otherwise. NCHW and
+channels_last inputs are read in place; the output follows the input's memory format."""
 from typing import Optional
 
 import torch
 
 from .utils import (acc_dtype, check_device, check_tensor, empty, empty_4d, finish_stats, grad_like, next_pow2,
-                    op_name, partial_stats, stat_grads, sum_partials, target_programs, tl, tl_acc, triton,
-                    triton_interpreted, vec)
+                    op_name, partial_stats, stat_grads, sum_partials, target_programs, tf32_allowed, tl, tl_acc,
+                    triton, triton_interpreted, vec)
 
 Tensor = torch.Tensor
 
@@ -27,6 +28,8 @@ Tensor = torch.Tensor
 if triton is not None:  # without triton the ops import, and their launchers raise (utils.check_device)
     from .utils import load_stat_grads, silu_fwd_bwd, tile_stats_merge
 
+    # what changes with the batch or image size is not specialised on: no recompile for a new size
+    VARYING = ["M", "HW"]
     _TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
 
     @triton.jit
@@ -64,7 +67,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             g += gm[None, :] + gv2[None, :] * (y - mu[None, :])
         return tl.where(m, g, 0.0)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=VARYING)
     def _pw_fwd_kernel(x_ptr, w_ptr, s_ptr, t_ptr, b_ptr, y_ptr, pcnt_ptr, pmean_ptr, pm2_ptr,
                        M, HW, CI, CO, sxn, sxc, sxp, syn, syc, syp, swo, swi,
                        IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STATS: tl.constexpr,
@@ -99,7 +102,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             tl.store(pmean_ptr + pid_m * CO + co, mean_t, mask=comask)
             tl.store(pm2_ptr + pid_m * CO + co, m2_t, mask=comask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=VARYING)
     def _pw_dgrad_kernel(gy_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m, w_ptr, x_ptr, s_ptr, t_ptr,
                          gx_ptr, pgs_ptr, pgt_ptr,
                          M, HW, CI, CO, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp, sdn, sdc, sdp, swo, swi,
@@ -138,7 +141,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         tl.store(gx_ptr + (img * sdn + hw * sdp)[:, None] + ci[None, :].to(tl.int64) * sdc,
                  gu.to(gx_ptr.dtype.element_ty), mask=m2d)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=VARYING + ["rows_per_split"])
     def _pw_wgrad_kernel(gy_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m, x_ptr, s_ptr, t_ptr, pgw_ptr, pgb_ptr,
                          M, HW, CI, CO, rows_per_split, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp,
                          HAS_GY: tl.constexpr, STATS: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
@@ -189,19 +192,24 @@ def _flat(t):
 
 
 def _dot_cfg(x):
-    """(dot operand dtype, IEEE fp32?) : fp16/bf16 on tensor cores; fp32/fp64 exact; interpreter: no bf16 dot."""
+    """(dot operand dtype, IEEE fp32?): fp16/bf16 on tensor cores; fp32 in TF32 where torch allows it
+    (utils.tf32_allowed), else exact; fp64 exact; interpreter: no bf16 dot."""
     if x.dtype in (torch.float16, torch.bfloat16) and not triton_interpreted() and x.device.type == "cuda":
         return _TL[x.dtype], False
-    return tl_acc(x.dtype), True
+    return tl_acc(x.dtype), not tf32_allowed(x)
 
 
-def _blocks(M, CI, CO, x):
+def _blocks(M, CI, CO, x, kernel="fwd"):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of a (M x CI) @ (CI x CO) tile. Sized with ptxas on sm_90a (bench.static):
+    the backward kernels hold more [rows x channels] tiles than the forward (dgrad: the accumulator, x and the
+    activation derivative; wgrad: rows are its reduced dimension, staged num_stages deep in shared memory), so
+    dgrad keeps output blocks <= 64 wide (no spills) and wgrad 64 rows per step (fp32 fits in 227 KB)."""
     if triton_interpreted() or x.device.type != "cuda":
         return (min(max(next_pow2(M), 16), 256), min(max(next_pow2(CO), 16), 64), min(max(next_pow2(CI), 16), 64), 4)
-    bm = 128 if M >= 4096 else 64
-    bn = min(max(next_pow2(CO), 16), 128)
+    bm = 128 if M >= 4096 and kernel != "wgrad" else 64
+    bn = min(max(next_pow2(CO), 16), 64 if kernel == "dgrad" else 128)
     bk = min(max(next_pow2(CI), 16), 64 if x.element_size() <= 2 else 32)
-    return bm, bn, bk, (8 if bm * bn >= 128 * 128 else 4)
+    return bm, bn, bk, (8 if bm * bn >= 128 * 64 else 4)
 
 
 def _check_args(x, weight, in_scale, in_shift, bias):
@@ -291,7 +299,7 @@ def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, 
     flags = dict(HAS_GY=has_gy, STATS=stats, IN_AFFINE=s is not None, IN_ACT=bool(in_act), ACC=acc,
                  DOT_DT=dot_dt, IEEE=ieee)
     # grad x: rows x input channels, looping over output channels
-    BM, b_ci, b_co, nw = _blocks(M, CO, CI, x)  # a matmul (M x CO) @ (CO x CI): CO is the reduced dim
+    BM, b_ci, b_co, nw = _blocks(M, CO, CI, x, "dgrad")  # (M x CO) @ (CO x CI): CO is the reduced dim
     mblk = triton.cdiv(M, BM)
     pgs = empty((mblk, CI), x, sd) if s is not None else dummy
     pgt = empty((mblk, CI), x, sd) if s is not None else dummy
@@ -302,7 +310,7 @@ def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, 
     if s is not None:
         g_s, g_t = sum_partials(pgs, empty(CI, x, sd)), sum_partials(pgt, empty(CI, x, sd))
     # grad W (and bias): output x input channels, the rows split across programs, fp32 partials
-    BM, BN, BK, nw = _blocks(M, CI, CO, x)
+    BM, BN, BK, nw = _blocks(M, CI, CO, x, "wgrad")
     tiles = triton.cdiv(CO, BN) * triton.cdiv(CI, BK)
     want = max(1, min(triton.cdiv(M, BM), triton.cdiv(target_programs(x.device), tiles)))
     rows = triton.cdiv(triton.cdiv(M, want), BM) * BM

@@ -291,7 +291,7 @@ if triton is not None:
         m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
         return n, mean, m2
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["P"])
     def _merge_stats_kernel(cnt_ptr, mean_ptr, m2_ptr, out_mean_ptr, out_var_ptr, P, C,
                             ACC: tl.constexpr, BLOCK_C: tl.constexpr):
         c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -312,7 +312,7 @@ if triton is not None:
         tl.store(out_mean_ptr + c, mean, mask=cm)
         tl.store(out_var_ptr + c, m2 / tl.maximum(n, 1.0), mask=cm)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["P"])
     def _sum_partials_kernel(p_ptr, out_ptr, P, N, TAPS, TRANSPOSE: tl.constexpr, ACC: tl.constexpr,
                              BLOCK: tl.constexpr):
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
