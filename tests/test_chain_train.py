@@ -122,10 +122,12 @@ def test_chain_channel_slice_input(cl):
         assert_close(p.grad, q.grad, rel=1e-4, what=name)
 
 
-@pytest.mark.parametrize("kind,c,shape", [("cib_lk", 4, (2, 4, 5, 7)), ("scdown", 6, (1, 6, 7, 5))])
+@pytest.mark.parametrize("kind,c,shape", [("cib_lk", 4, (2, 4, 5, 7)), ("scdown", 6, (1, 6, 7, 5)),
+                                          ("cib_lk", 3, (1, 3, 19, 21)), ("scdown", 3, (3, 3, 21, 18))])
 def test_gpu_tap_loop_path_under_interpreter(monkeypatch, kind, c, shape):
-    """On the CPU the depthwise kernels take a vectorised-taps path (fast under the interpreter); the unrolled
-    tap loops that the GPU runs are checked here too (7x7 and 3x3, stride 1 and 2)."""
+    """On the CPU the depthwise kernels take a vectorised-taps path (fast under the interpreter); the GPU's path
+    (the input region of a spatial tile staged once in the program's scratch slot, then the taps) is checked
+    here too: 7x7 and 3x3, stride 1 and 2, tiles cut by the image border, slots reused across tiles."""
     from yolov10_kernels.ops import dwconv
     monkeypatch.setattr(dwconv, "TAP_LOOP_ON_CPU", True)
     ref, mine, out_ref, out, xr, xm = run_pair(kind, c, shape, torch.float32, channels_last=kind == "scdown")

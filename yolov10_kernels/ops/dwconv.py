@@ -38,16 +38,39 @@ if triton is not None:  # without triton the ops import, and their launchers rai
     from .utils import load_channel_pair, load_stat_grads, silu_fwd, silu_fwd_bwd, tile_stats_merge
 
     # what changes with the batch or image size is not specialised on: no recompile for a new size
-    VARYING = ["H", "W", "OH", "OW", "NP", "tiles_per_prog"]
+    VARYING = ["N", "H", "W", "OH", "OW", "NP", "NT", "tiles_per_prog", "slot"]
 
     @triton.jit
-    def _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
-                      K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-                      ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
-                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        """Raw depthwise conv outputs at output positions (oh, ow) [BLOCK_P] x channels c [BLOCK_C], the prologue
-        applied to every input tap on the fly (recomputed per tap instead of staged). TAPS_VEC: the k*k taps as a
-        third tile dimension (the interpreter's fast path: few, large ops); else an unrolled loop over taps (GPU)."""
+    def _tile_positions(t, NT, N, OH, OW, TAPS_VEC: tl.constexpr, TILE_W: tl.constexpr, BLOCK_P: tl.constexpr):
+        """Output positions (n, oh, ow, mask) [BLOCK_P] of tile t, and the tile's image and origin (n0, oh0, ow0).
+        TAPS_VEC: BLOCK_P consecutive flat (n, oh, ow) positions; else a TILE_H x TILE_W block of one image, whose
+        input region the staged conv reads once."""
+        p = tl.arange(0, BLOCK_P)
+        if TAPS_VEC:
+            pf = t * BLOCK_P + p
+            n = pf // (OH * OW)
+            q = pf % (OH * OW)
+            return n, q // OW, q % OW, pf < N * OH * OW, 0, 0, 0
+        TILE_H: tl.constexpr = BLOCK_P // TILE_W
+        tiles_w = tl.cdiv(OW, TILE_W)
+        per_image = tl.cdiv(OH, TILE_H) * tiles_w
+        n0 = t // per_image
+        oh0 = (t % per_image) // tiles_w * TILE_H
+        ow0 = (t % per_image) % tiles_w * TILE_W
+        oh = oh0 + p // TILE_W
+        ow = ow0 + p % TILE_W
+        return n0 + p * 0, oh, ow, (oh < OH) & (ow < OW) & (t < NT), n0, oh0, ow0
+
+    @triton.jit
+    def _dw_conv_tile(x_ptr, w_ptr, scr_ptr, n, oh, ow, pmask, n0, oh0, ow0, c, cmask, s_in, t_in, H, W,
+                      sxn, sxc, sxh, sxw, K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr,
+                      IN_ACT: tl.constexpr, ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
+                      TILE_W: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Raw depthwise conv outputs at output positions (oh, ow) [BLOCK_P] x channels c [BLOCK_C] of the
+        prologue-activated input. GPU: the tile's input region (its outputs' receptive field) is activated once
+        per element and staged in the program's own scratch slot (L1/L2), then the taps read it back: one
+        BN + SiLU per input element instead of one per tap (k*k times as many exp). TAPS_VEC (the
+        interpreter's fast path): the k*k taps as a third tile dimension, the prologue applied per tap."""
         PAD: tl.constexpr = K // 2
         if TAPS_VEC:
             tap = tl.arange(0, KK_PAD)
@@ -67,33 +90,45 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             wv = tl.load(w_ptr + c[None, :] * (K * K) + tap[:, None], mask=(tap < K * K)[:, None] & cmask[None, :],
                          other=0.0).to(ACC)
             return tl.sum(xv * wv[None, :, :], axis=1)
+        TILE_H: tl.constexpr = BLOCK_P // TILE_W
+        EW: tl.constexpr = (TILE_W - 1) * STRIDE + K
+        EH: tl.constexpr = (TILE_H - 1) * STRIDE + K
+        cl = tl.arange(0, BLOCK_C)
+        xb = x_ptr + n0.to(tl.int64) * sxn + c.to(tl.int64) * sxc
+        for e0 in range(0, EH * EW, BLOCK_P):  # stage the region in [BLOCK_P x BLOCK_C] chunks (a runtime loop)
+            e = e0 + tl.arange(0, BLOCK_P)
+            ih = oh0 * STRIDE - PAD + e // EW
+            iw = ow0 * STRIDE - PAD + e % EW
+            m = ((e < EH * EW) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None] & cmask[None, :]
+            xv = tl.load(xb[None, :] + ih[:, None] * sxh + iw[:, None] * sxw, mask=m, other=0.0).to(ACC)
+            if IN_AFFINE:
+                xv = xv * s_in[None, :] + t_in[None, :]
+            if IN_ACT:
+                xv = silu_fwd(xv)
+            xv = tl.where(m, xv, 0.0)  # the conv zero-pads the activation, not the raw input
+            tl.store(scr_ptr + e[:, None] * BLOCK_C + cl[None, :], xv.to(scr_ptr.dtype.element_ty),
+                     mask=(e < EH * EW)[:, None])
+        tl.debug_barrier()  # the whole region is staged before any tap reads it
+        p = tl.arange(0, BLOCK_P)
+        base = (p // TILE_W) * (STRIDE * EW) + (p % TILE_W) * STRIDE
         acc = tl.zeros([BLOCK_P, BLOCK_C], ACC)
-        xb = x_ptr + n.to(tl.int64)[:, None] * sxn + c[None, :].to(tl.int64) * sxc
         for kh in range(K):  # a runtime loop over kernel rows: unrolling all k*k taps spills at 7x7
-            ih = oh * STRIDE - PAD + kh
-            hok = pmask & (ih >= 0) & (ih < H)
             for kw in tl.static_range(K):
-                iw = ow * STRIDE - PAD + kw
-                m = (hok & (iw >= 0) & (iw < W))[:, None] & cmask[None, :]
-                xv = tl.load(xb + ih[:, None] * sxh + iw[:, None] * sxw, mask=m, other=0.0).to(ACC)
-                if IN_AFFINE:
-                    xv = xv * s_in[None, :] + t_in[None, :]
-                if IN_ACT:
-                    xv = silu_fwd(xv)
-                if IN_AFFINE or IN_ACT:
-                    xv = tl.where(m, xv, 0.0)  # the conv zero-pads the activation, not the raw input
+                v = tl.load(scr_ptr + (base + kh * EW + kw)[:, None] * BLOCK_C + cl[None, :], mask=pmask[:, None],
+                            other=0.0).to(ACC)
                 wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=cmask, other=0.0).to(ACC)
-                acc += xv * wv[None, :]
+                acc += v * wv[None, :]
+        tl.debug_barrier()  # every tap has read the slot before the next tile restages it
         return acc
 
     @triton.jit(do_not_specialize=VARYING)
     def _dw_fwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, r_ptr, y_ptr, pcnt_ptr, pmean_ptr, pm2_ptr,
-                       C, H, W, OH, OW, NP, tiles_per_prog,
+                       scr_ptr, C, N, H, W, OH, OW, NT, tiles_per_prog, slot,
                        sxn, sxc, sxh, sxw, syn, syc, syh, syw, srn, src, srh, srw,
                        K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
                        OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr, HAS_RES: tl.constexpr,
                        WRITE_OUT: tl.constexpr, STATS: tl.constexpr, ACC: tl.constexpr,
-                       TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                       TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr, TILE_W: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
         pid = tl.program_id(0)
         c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = c < C
@@ -102,17 +137,14 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         n_run = tl.zeros([BLOCK_C], ACC)
         mean_run = tl.zeros([BLOCK_C], ACC)
         m2_run = tl.zeros([BLOCK_C], ACC)
-        OHW = OH * OW
+        scr = scr_ptr + (tl.program_id(1) * tl.num_programs(0) + pid).to(tl.int64) * slot
         for i in range(tiles_per_prog):
-            pf = (pid * tiles_per_prog + i) * BLOCK_P + tl.arange(0, BLOCK_P)  # flat (n, oh, ow) positions
-            pmask = pf < NP
-            n = pf // OHW
-            p = pf % OHW
-            oh = p // OW
-            ow = p % OW
+            n, oh, ow, pmask, n0, oh0, ow0 = _tile_positions(pid * tiles_per_prog + i, NT, N, OH, OW, TAPS_VEC,
+                                                             TILE_W, BLOCK_P)
             m2d = pmask[:, None] & cmask[None, :]
-            acc = _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
-                                K, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD, BLOCK_P, BLOCK_C)
+            acc = _dw_conv_tile(x_ptr, w_ptr, scr, n, oh, ow, pmask, n0, oh0, ow0, c, cmask, s_in, t_in, H, W,
+                                sxn, sxc, sxh, sxw, K, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD, TILE_W,
+                                BLOCK_P, BLOCK_C)
             if STATS:
                 nb = tl.sum(pmask.to(ACC), axis=0)
                 n_run, mean_run, m2_run = tile_stats_merge(n_run, mean_run, m2_run, acc, m2d, nb)
@@ -135,11 +167,11 @@ if triton is not None:  # without triton the ops import, and their launchers rai
     @triton.jit(do_not_specialize=VARYING)
     def _dw_grad_y_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, go_ptr, mean_ptr, gmean_ptr, gvar_ptr,
                           g_ptr, pgos_ptr, pgot_ptr, inv_m,
-                          C, H, W, OH, OW, NP, tiles_per_prog,
+                          scr_ptr, C, N, H, W, OH, OW, NT, tiles_per_prog, slot,
                           sxn, sxc, sxh, sxw, son, soc, soh, sow, sgn, sgc, sgh, sgw,
                           K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
                           OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr, HAS_GO: tl.constexpr, STATS: tl.constexpr,
-                          ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
+                          ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr, TILE_W: tl.constexpr,
                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
         """g = d loss / d y with y recomputed: through the epilogue (affine + act) and the batch statistics."""
         pid = tl.program_id(0)
@@ -150,17 +182,14 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, c, cmask, inv_m, STATS, ACC, BLOCK_C)
         gos = tl.zeros([BLOCK_C], ACC)
         got = tl.zeros([BLOCK_C], ACC)
-        OHW = OH * OW
+        scr = scr_ptr + (tl.program_id(1) * tl.num_programs(0) + pid).to(tl.int64) * slot
         for i in range(tiles_per_prog):
-            pf = (pid * tiles_per_prog + i) * BLOCK_P + tl.arange(0, BLOCK_P)  # flat (n, oh, ow) positions
-            pmask = pf < NP
-            n = pf // OHW
-            p = pf % OHW
-            oh = p // OW
-            ow = p % OW
+            n, oh, ow, pmask, n0, oh0, ow0 = _tile_positions(pid * tiles_per_prog + i, NT, N, OH, OW, TAPS_VEC,
+                                                             TILE_W, BLOCK_P)
             m2d = pmask[:, None] & cmask[None, :]
-            y = _dw_conv_tile(x_ptr, w_ptr, n, oh, ow, pmask, c, cmask, s_in, t_in, H, W, sxn, sxc, sxh, sxw,
-                              K, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD, BLOCK_P, BLOCK_C)
+            y = _dw_conv_tile(x_ptr, w_ptr, scr, n, oh, ow, pmask, n0, oh0, ow0, c, cmask, s_in, t_in, H, W,
+                              sxn, sxc, sxh, sxw, K, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD, TILE_W,
+                              BLOCK_P, BLOCK_C)
             gy = tl.zeros([BLOCK_P, BLOCK_C], ACC)
             if HAS_GO:
                 gp = go_ptr + n.to(tl.int64)[:, None] * son + c[None, :].to(tl.int64) * soc + oh[:, None] * soh + ow[:, None] * sow
@@ -338,6 +367,18 @@ def _blocks(C, spatial, x, K=3, bwd=False, prologue=True):
     return bp, bc, (8 if big and (prologue or bwd) else 4)
 
 
+def _tiling(x, N, OH, OW, K, stride, BP, BC):
+    """(TILE_W, number of tiles, scratch elements per program) of the conv kernels' output tiles (see
+    _tile_positions): BLOCK_P flat positions under the interpreter's TAPS_VEC path; else TILE_H x TILE_W blocks,
+    each staging its (TILE_H - 1) * stride + k by (TILE_W - 1) * stride + k input region."""
+    if _tapsvec(x):
+        return 1, triton.cdiv(N * OH * OW, BP), 0
+    tw = min(next_pow2(OW), 16 if BP >= 128 else 8, BP)
+    th = BP // tw
+    region = ((th - 1) * stride + K) * ((tw - 1) * stride + K)
+    return tw, N * triton.cdiv(OH, th) * triton.cdiv(OW, tw), triton.cdiv(region, BP) * BP * BC
+
+
 def _check_args(x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride):
     check_tensor("x", x, dim=4)
     check_device(x)
@@ -372,10 +413,11 @@ def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
     if N * OH * OW == 0 or C == 0:
         return out, x.new_zeros(C if stats else 0, dtype=sd), x.new_zeros(C if stats else 0, dtype=sd)
     w = _taps(weight)
-    NP = N * OH * OW
-    BP, BC, nw = _blocks(C, NP, x, K, prologue=in_scale is not None or bool(in_act))
+    BP, BC, nw = _blocks(C, N * OH * OW, x, K, prologue=in_scale is not None or bool(in_act))
     cblk = triton.cdiv(C, BC)
-    splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
+    tile_w, nt, slot = _tiling(x, N, OH, OW, K, stride, BP, BC)
+    splits, per = split_tiles(nt, cblk, x.device)
+    scratch = empty(max(1, splits * cblk * slot), x)
     pcnt, pmean, pm2 = partial_stats(splits, C, x, sd, stats)
     si, ti, so, to = (vec(t) for t in (in_scale, in_shift, out_scale, out_shift))
     dummy = pcnt
@@ -383,11 +425,12 @@ def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
         x, w, si if si is not None else dummy, ti if ti is not None else dummy,
         so if so is not None else dummy, to if to is not None else dummy,
         residual if residual is not None else dummy, out if write_out else dummy, pcnt, pmean, pm2,
-        C, H, W, OH, OW, NP, per,
+        scratch, C, N, H, W, OH, OW, nt, per, slot,
         *x.stride(), *strides4(out), *strides4(residual),
         K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
         OUT_ACT=bool(out_act), HAS_RES=residual is not None, WRITE_OUT=bool(write_out), STATS=bool(stats),
-        ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
+        ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), TILE_W=tile_w, BLOCK_P=BP, BLOCK_C=BC,
+        num_warps=nw)
     if stats:
         return (out, *finish_stats(pcnt, pmean, pm2, x))
     return out, x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
@@ -413,7 +456,9 @@ def _grad_y_pass(grad_out, x, w, si, ti, so, to, mean, grad_mean, grad_var, stri
     NP = N * OH * OW
     BP, BC, nw = _blocks(C, NP, x, K, prologue=si is not None or bool(in_act))
     cblk = triton.cdiv(C, BC)
-    splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
+    tile_w, nt, slot = _tiling(x, N, OH, OW, K, stride, BP, BC)
+    splits, per = split_tiles(nt, cblk, x.device)
+    scratch = empty(max(1, splits * cblk * slot), x)
     pgos = empty((splits, C), x, sd) if so is not None else dummy
     pgot = empty((splits, C), x, sd) if so is not None else dummy
     _dw_grad_y_kernel[(splits, cblk)](
@@ -422,11 +467,11 @@ def _grad_y_pass(grad_out, x, w, si, ti, so, to, mean, grad_mean, grad_var, stri
         grad_out if has_go else dummy, vec(mean) if stats else dummy,
         vec(grad_mean) if stats else dummy, vec(grad_var) if stats else dummy,
         g, pgos, pgot, 1.0 / NP,
-        C, H, W, OH, OW, NP, per,
+        scratch, C, N, H, W, OH, OW, nt, per, slot,
         *x.stride(), *(grad_out.stride() if has_go else (0, 0, 0, 0)), *g.stride(),
         K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
         OUT_ACT=bool(out_act), HAS_GO=has_go, STATS=stats, ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x),
-        KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
+        KK_PAD=next_pow2(K * K), TILE_W=tile_w, BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
     if so is None:
         return g, None, None
     return g, sum_partials(pgos, empty(C, x, sd)), sum_partials(pgot, empty(C, x, sd))
