@@ -6,7 +6,8 @@ was written). The GPU machine: torch 2.11 + triton 3.6 preinstalled, no ultralyt
 
 phases (in order) and files:
   env     env.json          GPU, driver, versions, copy bandwidth, bf16 matmul rate
-  build   build.json        the extension (parallel ninja) + every Triton kernel variant compiled in a pool
+  build   build.json        the extension (parallel ninja) + every Triton kernel variant the later phases
+                            launch, compiled in a pool before any timing (yolov10_kernels.warmup, bench/warm.py)
   check   correctness.json  every op eval/train fwd+bwd fp32/bf16/fp16, target and odd shapes; the model;
                             the CUDA assigner against the C++ op (bench/gpu_check.py)
   sweep   sweep.json        every config of every autotuned kernel at the target shapes (bench/sweep.py)

@@ -3,6 +3,7 @@ same train-mode maps, loss, parameter gradients and BN running statistics as the
 output, checkpoints load either way; op selection, backend selection and the off switch. On the CPU the Triton
 kernels run through TRITON_INTERPRET=1 (tests/conftest.py), hence the tiny inputs."""
 import copy
+import importlib
 
 import pytest
 import torch
@@ -11,13 +12,14 @@ import yolov10_kernels
 from yolov10.head import v10Detect
 from yolov10.loss import V10DetectLoss
 from yolov10.model import YOLOv10
-from yolov10.modules import CIB, SCDown
+from yolov10.modules import CIB, Attention, Conv, SCDown
 from yolov10_kernels import accelerate, backend
 from yolov10_kernels.modules import dropin
 from yolov10_kernels.ops import chain_eval as D
 from yolov10_kernels.ops import utils
 from yolov10_kernels.modules.cib import FusedCIB
 from yolov10_kernels.modules.cls_head import FusedClsHead
+from yolov10_kernels.modules.psa import FusedAttention
 from yolov10_kernels.modules.scdown import FusedSCDown
 from helpers import assert_close, randomize_bn
 
@@ -268,3 +270,78 @@ def test_cls_head_swap_skips_fused_heads(nano):
     m = accelerate(model, ops="cls_head", backend="reference")
     assert yolov10_kernels.swapped(m) == {"cls_head": 3}
     assert isinstance(m.head, v10Detect) and not hasattr(m.head, "cv3")
+
+
+# ---------------------------------------------------------------------------------------------- eval mode, gradients
+def _cls_head(c, c3, nc):
+    return torch.nn.Sequential(torch.nn.Sequential(Conv(c, c, 3, g=c), Conv(c, c3, 1)),
+                               torch.nn.Sequential(Conv(c3, c3, 3, g=c3), Conv(c3, c3, 1)), torch.nn.Conv2d(c3, nc, 1))
+
+
+EVAL_BLOCKS = {  # name: (reference block, drop-in class, input shape): odd sizes, channels not multiples of 16
+    "cib_lk": (lambda: CIB(6, 6, shortcut=True, e=1.0, lk=True), FusedCIB, (2, 6, 5, 7)),
+    "scdown": (lambda: SCDown(6, 10, 3, 2), FusedSCDown, (2, 6, 7, 6)),
+    "cls_head": (lambda: _cls_head(6, 12, 5), FusedClsHead, (1, 6, 5, 5)),
+    "psa": (lambda: Attention(16, num_heads=2), FusedAttention, (3, 16, 3, 5)),
+}
+
+
+@pytest.fixture
+def no_reference(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the reference forward ran")
+    monkeypatch.setattr(dropin.DropIn, "reference_forward", boom)
+
+
+@needs_triton_cpu
+@pytest.mark.parametrize("name", list(EVAL_BLOCKS))
+def test_eval_mode_with_gradients_runs_the_kernels(name, no_reference):
+    """model.eval(); model(x) outside torch.no_grad(): the kernels run (the chains through the training op with
+    BNs on running statistics), with the reference's output, input and parameter gradients, statistics untouched."""
+    make, cls, shape = EVAL_BLOCKS[name]
+    torch.manual_seed(3)
+    ref = randomize_bn(make(), 3).eval()
+    mine = cls.from_module(copy.deepcopy(ref), backend="triton").eval()
+    x = torch.randn(*shape)
+    xr, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_r, out_m = ref(xr), mine(xm)
+    assert_close(out_m, out_r, rel=1e-4, what="eval output")
+    g = torch.randn_like(out_r)
+    out_r.backward(g), out_m.backward(g)
+    assert_close(xm.grad, xr.grad, rel=1e-4, what="x.grad")
+    params_m = dict(mine.named_parameters())
+    for pname, p in ref.named_parameters():
+        assert_close(params_m[pname].grad, p.grad, rel=1e-4, atol=1e-12, what=f"grad of {pname}")
+    for (bname, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
+        assert torch.equal(b, r), bname
+
+
+@needs_triton_cpu
+def test_eval_mode_with_gradients_and_folded_bn_warns_once(monkeypatch):
+    """A BN folded into its conv leaves the training op nothing to differentiate through: the reference runs,
+    and a one-time warning says why; under no_grad the eval kernels still run."""
+    monkeypatch.setattr(utils, "_warned", set())
+    torch.manual_seed(4)
+    ref = randomize_bn(SCDown(6, 10, 3, 2), 4).eval()
+    for conv in (ref.cv1, ref.cv2):
+        conv.fuse_bn()
+    mine = FusedSCDown.from_module(copy.deepcopy(ref), backend="triton").eval()
+    x = torch.randn(2, 6, 7, 6, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="folded into its conv"):
+        out = mine(x)
+    assert_close(out, ref(x), rel=1e-6)
+    monkeypatch.setattr(dropin.DropIn, "reference_forward", lambda *a: pytest.fail("the reference forward ran"))
+    with torch.no_grad():
+        mine(x)
+
+
+def test_channels_last_on_cuda_only(monkeypatch, nano):
+    """On CUDA accelerate() converts the model to channels_last (the layout the kernels read with vector loads);
+    on the CPU, and with backend="reference", the layout stays."""
+    stem = lambda m: m.model[0].conv.weight  # noqa: E731  (a dense 3x3 conv: its two layouts differ)
+    assert stem(accelerate(copy.deepcopy(nano), backend="auto")).is_contiguous()
+    monkeypatch.setattr(importlib.import_module("yolov10_kernels.accelerate"), "_on_cuda", lambda model: True)
+    assert stem(accelerate(copy.deepcopy(nano), backend="reference")).is_contiguous()
+    m = accelerate(nano, backend="auto")
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in m.parameters() if p.dim() == 4)
+    assert not stem(m).is_contiguous()

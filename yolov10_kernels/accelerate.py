@@ -1,6 +1,8 @@
 """accelerate(model): swap a model's modules for fused drop-ins, in place (Liger-style patcher), and
 swapped(model): which drop-ins a model holds. State-dict keys stay the same, so checkpoints load into
 accelerated and plain models alike."""
+import torch
+
 from .backend import TRITON_IMPORT_ERROR, check_backend, kernels_disabled, warn_once
 from .modules import cib, cls_head, psa, scdown
 from .modules.cib import FusedCIB
@@ -19,7 +21,14 @@ def accelerate(model, ops=None, backend="auto"):
     backend: "auto" (Triton on CUDA tensors, reference on the CPU), "triton" (always Triton; on the CPU this
     needs TRITON_INTERPRET=1) or "reference". Returns the model; swapped(model) tells what is in it.
     Where triton cannot be imported, "auto" and "reference" leave the model unchanged with one warning (every
-    op here is a Triton kernel) and "triton" is a RuntimeError."""
+    op here is a Triton kernel) and "triton" is a RuntimeError.
+    A model on CUDA (call accelerate() after .cuda()) is also put in channels_last memory format (backends "auto"
+    and "triton"): the kernels load channels_last tiles with 16-byte vector copies and NCHW ones with scalar
+    loads, and cuDNN's convolutions then produce channels_last activations for them. On the CPU, and with
+    backend="reference", the memory format is left as it is.
+    Eval mode runs the kernels with gradients too (the chains through their training op, BNs on running
+    statistics); only a BN folded into its conv (model.fuse()) with gradients needed keeps the reference forward,
+    with a one-time warning."""
     names = tuple(OPS) if ops is None else ((ops,) if isinstance(ops, str) else tuple(ops))
     unknown = [n for n in names if n not in OPS]
     if unknown:
@@ -34,7 +43,13 @@ def accelerate(model, ops=None, backend="auto"):
         return model
     for name in names:
         OPS[name](model, backend)
+    if backend != "reference" and _on_cuda(model):
+        model.to(memory_format=torch.channels_last)
     return model
+
+
+def _on_cuda(model):
+    return any(p.is_cuda for p in model.parameters())
 
 
 def swapped(model):

@@ -11,7 +11,7 @@ import torch
 
 from ..backend import BACKENDS, check_backend, use_triton, warn_once
 from ..ops.chain_train import chain_train
-from .chain import fold_chain, read_chain, trainable
+from .chain import fold_chain, read_chain
 
 
 @torch.compiler.assume_constant_result
@@ -153,6 +153,12 @@ class ChainCache:
         return ChainCache, ()
 
 
+def has_every_bn(specs):
+    """ops.chain_train needs every conv's BN (batch statistics where the BN trains, running statistics where it
+    is in eval mode); a BN folded into its conv (model.fuse(), a re-parameterised RepVGGDW) is gone."""
+    return all(s.bn is not None and (s.kind != "repvgg" or s.bn2 is not None) for s in specs if s.kind != "final")
+
+
 def _autocast_input(x):
     dev = x.device.type
     if torch.is_autocast_enabled(dev) and x.dtype == torch.float32:
@@ -162,9 +168,10 @@ def _autocast_input(x):
 
 class ChainDropIn(DropIn):
     """Drop-in of a depthwise-separable chain (CIB, SCDown, the cls head). Per call: the reference forward
-    unless the backend runs Triton here; in eval mode (every BN on running statistics) the eval kernels on
-    the folded weights (cached); in train mode `ops.chain_train`. Subclasses define layers(), infer(x, folded)
-    and, with a shortcut, residual()."""
+    unless the backend runs Triton here; in eval mode (every BN on running statistics) without gradients the
+    eval kernels on the folded weights (cached); otherwise (train mode, or eval mode with gradients needed)
+    `ops.chain_train`, or, where a BN is folded away, the reference forward with a one-time warning.
+    Subclasses define layers(), infer(x, folded) and, with a shortcut, residual()."""
 
     def set_backend(self, backend):
         super().set_backend(backend)
@@ -197,13 +204,21 @@ class ChainDropIn(DropIn):
         if not use_triton_on(self.backend, x.device.type):
             return self.reference_forward(x)
         specs = self.specs()
-        if not any(bn.training for s in specs for bn in (s.bn, s.bn2) if bn is not None):
-            if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
-                return self.reference_forward(x)  # the eval kernels have no backward
+        eval_mode = not any(bn.training for s in specs for bn in (s.bn, s.bn2) if bn is not None)
+        if eval_mode and not self._needs_grad(x):
             return self.infer(_autocast_input(x), self.folded())
-        if trainable(specs):
+        # the eval kernels have no backward: with gradients, eval mode runs the training op too, whose BNs in
+        # eval mode normalise with their running statistics (and leave them as they are)
+        if has_every_bn(specs):
             return chain_train(x, specs, residual=self.residual())
+        warn_once(("folded-bn", type(self).__name__),
+                  f"yolov10_kernels: a {type(self).__name__} with a BN folded into its conv (model.fuse()) runs its "
+                  "reference forward when gradients are needed: the fused training kernels differentiate through "
+                  "the BN (under torch.no_grad() the eval kernels run)")
         return self.reference_forward(x)
+
+    def _needs_grad(self, x):
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def _clear_cache(self):
         if getattr(self, "_cache", None) is not None:  # set by set_backend()

@@ -18,9 +18,11 @@ nn.BatchNorm2d does (momentum, or the cumulative average when momentum is None).
 running statistics normalises with them, as the reference does (a frozen BN inside a training model).
 
 How it runs: every conv writes its raw output and per-channel batch statistics (merged partial Welford
-statistics); BN scale/shift are per-channel torch ops on those statistics, and the next conv applies BN + act to
-its input tiles on the fly (its prologue). The last conv of a chain runs twice over its input: a statistics-only
-pass, then a pass whose epilogue writes act(BN(y)) (+ x) directly, so its raw output never exists. A RepVGGDW
+statistics, on the device); one small kernel per BN (ops/batchnorm.bn_affine) turns them into scale/shift and
+updates the running statistics, and the next conv applies BN + act to its input tiles on the fly (its prologue).
+No per-layer glue runs as torch ops: a training step dispatches fewer host ops than the eager modules. The last
+conv of a chain runs twice over its input inside one op (dwconv.dw_conv_bn_act): a statistics-only pass, then a
+pass whose epilogue writes act(BN(y)) (+ x) directly, so its raw output never exists. A RepVGGDW
 computes the statistics of both branches (statistics-only passes), then one 7x7 depthwise conv with the
 BN-scaled, summed weights (w7 * s7 + pad(w3 * s3)) gives the pre-activation, as exact in train mode as the
 two-branch form. Backward recomputes activations from the saved raw tensors: what is saved for backward is the

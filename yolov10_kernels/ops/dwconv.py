@@ -10,16 +10,24 @@ in_act, out_act, write_out, stats) -> (out, mean, var)`; `out` is empty when wri
 pass), mean/var are empty when stats is False. Differentiable in x, weight, the four affine vectors and residual.
 Acts are SiLU (True) or identity (False).
 
-Forward: one kernel; each program walks a run of tiles of flattened (n, oh, ow) positions for one channel block
-and merges per-tile statistics (count, mean, M2) with the parallel-variance formula; the host merges the
-per-program partials the same way. Backward: (1) if y is needed (statistics or an epilogue), a kernel recomputes y and writes
-the fp32 gradient w.r.t. y, g = dout/dy + dmean/M + dvar * 2 (y - mean) / M (y is never saved); (2) one kernel
-over input positions computes grad x (transposed depthwise conv, the prologue derivative applied on the fly, a
-recomputed from x) and, for the weight, per-program fp32 partial sums over its run of N x H x W tiles, summed on
-the host (a second reduction; no atomics). Inputs may be NCHW, channels_last or any strided layout; outputs
-follow channels_last when the input is channels_last, else NCHW. fp32/fp16/bf16 compute in fp32, fp64 in fp64.
-On the GPU the k*k taps are an unrolled loop over [positions x channels] tiles (the prologue recomputed per tap);
-under the interpreter they are a third tile dimension (TAPS_VEC), many times faster there; tests run both."""
+Op `yolov10_kernels::dw_conv_bn_act(...)` (`dw_conv_bn_act_train` for nn.BatchNorm2d / BatchNormSpec): a chain's
+last depthwise layer with its BN on batch statistics in one op: statistics pass, BN affine and running-statistics
+update, epilogue pass; one backward (see the section at the end).
+
+Forward: one kernel; each program walks a run of output tiles of one channel block and merges per-tile statistics
+(count, mean, M2) with the parallel-variance formula; one small kernel merges the per-program partials the same
+way (utils.finish_stats). On the GPU a tile is a TILE_H x TILE_W block of one image: its input region is read
+once, the prologue applied once per element, and staged in the program's own scratch slot (L1/L2), from which
+the k*k taps read (kernel rows a runtime loop, columns unrolled: the fully unrolled 7x7 spills); under the
+interpreter a tile is a run of flat positions and the taps a third tile dimension (TAPS_VEC), many times faster
+there; tests run both. Backward: (1) if y is needed (statistics or an epilogue), a kernel recomputes y (the same
+staged tiles) and writes the fp32 gradient w.r.t. y, g = dout/dy + dmean/M + dvar * 2 (y - mean) / M (y is never
+saved); (2) one kernel over input positions computes grad x (transposed depthwise conv, the prologue derivative
+applied once per element) and, for the weight, per-program fp32 partial sums (a partial row per tap, in L1/L2),
+summed on the device in a fixed order (deterministic; no atomics). Inputs may be NCHW, channels_last or any
+strided layout; outputs follow channels_last when the input is channels_last, else NCHW. fp32/fp16/bf16 compute
+in fp32 (staged activations in the input's dtype, as eager stores them), fp64 in fp64. Block sizes and warps
+come from ptxas on sm_90a (bench.static): no variant spills."""
 import math
 from typing import Optional
 

@@ -1,0 +1,308 @@
+"""Which Triton kernels a model launches, with which arguments and configs, found by running its real launchers
+on fake CUDA tensors (FakeTensorMode: shapes, dtypes and strides, no data, no GPU needed).
+
+Inside `fake_gpu()`:
+- torch reports a CUDA device (`torch.cuda.is_available()`, a given SM count), so the drop-ins take their Triton
+  path and the launchers choose their GPU block sizes;
+- every yolov10_kernels custom op runs its real implementation on fake tensors (not its fake implementation), so
+  the launcher code runs;
+- a launch (`kernel[grid](...)`, or an autotuner's) is recorded as a `Launch` instead of running: the kernel, its
+  arguments (tensors as dtypes), and the configs it may run with (an autotuner's configs after its pruning, or
+  the launcher's own choice).
+`capture(model, input_shapes, dtype, train)` runs a copy of a model once that way (train: forward + the custom ops'
+backward). Nothing is compiled here (yolov10_kernels/warmup.py and bench/static_compile.py compile what was
+recorded). Run it in a process without TRITON_INTERPRET: the launchers read it at import."""
+import contextlib
+import copy
+import dataclasses
+import itertools
+import warnings
+from typing import Optional
+
+import torch
+
+H200_SMS = 132
+LAUNCH_KW = ("num_warps", "num_stages", "num_ctas", "maxnreg", "grid", "warmup")
+
+
+@dataclasses.dataclass
+class Launch:
+    kernel: str  # the @triton.jit function's name
+    module: str  # the module defining it
+    fn: object  # the JITFunction
+    args: dict  # non-constexpr parameters: ("tensor", dtype name, numel, 16-byte aligned) or the int/float value
+    constexprs: dict  # constexpr parameters the launcher passed (flags, dtypes, dot precision)
+    configs: list  # [{meta parameter: value, num_warps, num_stages}]: what this launch may run with
+    tuned: bool  # True: an autotuner picks among `configs` at run time; False: the launcher chose the one config
+    key: Optional[tuple] = None  # the autotuner's cache key (a new key re-tunes)
+    tensor_bytes: int = 0  # bytes of every tensor argument (the byte model's one pass over each)
+    context: str = ""  # what the harness was running (op, mode)
+
+
+def _describe(v):
+    if isinstance(v, torch.Tensor):
+        # Triton specialises a pointer on its 16-byte alignment; a view (a channel slice) may start off it
+        aligned = v.storage_offset() * v.element_size() % 16 == 0
+        return ("tensor", str(v.dtype)[6:], v.numel(), aligned)
+    if hasattr(v, "primitive_bitwidth") or type(v).__module__.startswith("triton"):
+        return ("tl", str(v))  # a tl.dtype constexpr
+    return v
+
+
+def _config_dict(cfg):
+    d = dict(cfg.kwargs)
+    d.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return d
+
+
+class Recorder:
+    """Collects `Launch`es; `context` labels the ones recorded from now on."""
+
+    def __init__(self):
+        self.launches = []
+        self.context = ""
+
+    def record(self, fn, args, kwargs, configs, tuned, key=None):
+        named = dict(zip(fn.arg_names, args))
+        named.update({k: v for k, v in kwargs.items() if k not in LAUNCH_KW})
+        constexpr_names = {p.name for p in fn.params if p.is_constexpr}
+        meta = set().union(*(c.keys() for c in configs)) if configs else set()
+        runtime = {k: _describe(v) for k, v in named.items() if k not in constexpr_names}
+        consts = {k: _describe(v) for k, v in named.items() if k in constexpr_names and k not in meta}
+        nbytes = sum(v.numel() * v.element_size() for v in named.values() if isinstance(v, torch.Tensor))
+        self.launches.append(Launch(fn.__name__, fn.fn.__module__, fn, runtime, consts, configs, tuned, key, nbytes,
+                                    self.context))
+
+
+def direct_config(fn, kwargs):
+    """The launcher's own choice: its meta parameters (BLOCK_*) plus warps and stages (Triton's defaults)."""
+    names = {p.name for p in fn.params if p.is_constexpr}
+    cfg = {k: v for k, v in kwargs.items() if k in names and k.startswith("BLOCK")}
+    cfg.update(num_warps=kwargs.get("num_warps", 4), num_stages=kwargs.get("num_stages", 3))
+    return cfg
+
+
+@contextlib.contextmanager
+def patched(obj, name, value):
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def custom_ops():
+    """Every CustomOpDef of the Triton op modules."""
+    from torch._library.custom_ops import CustomOpDef
+    from .ops import chain_eval, dwconv, psa_attention, pwconv
+    return [v for m in (chain_eval, dwconv, psa_attention, pwconv) for v in vars(m).values()
+            if isinstance(v, CustomOpDef)]
+
+
+def _aten_method(name):
+    """Tensor.<name> whose Python binding guards the CUDA device (which a CPU-only torch refuses even for fake
+    tensors): on that refusal the same aten op runs through torch.ops, which takes no guard."""
+    orig = getattr(torch.Tensor, name)
+
+    def method(self, *args, **kwargs):
+        try:
+            return orig(self, *args, **kwargs)
+        except RuntimeError as e:
+            if "not linked with support for cuda" not in str(e):
+                raise
+        if name == "__getitem__":
+            return _basic_index(self, *args)
+        if name == "contiguous":
+            fmt = kwargs.get("memory_format", args[0] if args else torch.contiguous_format)
+            return self if self.is_contiguous(memory_format=fmt) else torch.ops.aten.clone(self, memory_format=fmt)
+        return getattr(torch.ops.aten, name)(self, *args, **kwargs)
+    return method
+
+
+def _basic_index(t, index):
+    """t[index] for ints, slices, None and Ellipsis through aten view ops."""
+    index = index if isinstance(index, tuple) else (index,)
+    if Ellipsis in index:
+        i = index.index(Ellipsis)
+        fill = t.dim() - sum(x is not None for x in index if x is not Ellipsis)
+        index = index[:i] + (slice(None),) * fill + index[i + 1:]
+    dim = 0
+    for x in index:
+        if x is None:
+            t = torch.ops.aten.unsqueeze.default(t, dim)
+            dim += 1
+        elif isinstance(x, int):
+            t = torch.ops.aten.select.int(t, dim, x)
+        elif isinstance(x, slice):
+            t = torch.ops.aten.slice.Tensor(t, dim, x.start, x.stop, x.step or 1)
+            dim += 1
+        else:
+            raise TypeError(f"fake-CUDA indexing supports ints, slices, None and ...; got {type(x).__name__}")
+    return t
+
+
+@contextlib.contextmanager
+def fake_gpu(recorder, sm_count=H200_SMS, op_wrapper=None):
+    """See the module docstring. op_wrapper(op) -> the function that runs in place of its fake implementation."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+    from .ops import utils
+
+    def jit_run(self, *args, grid, warmup, **kwargs):
+        recorder.record(self, args, kwargs, [direct_config(self, kwargs)], tuned=False)
+
+    def tuner_run(self, *args, **kwargs):
+        self.nargs = dict(zip(self.arg_names, args))
+        named = {**self.nargs, **kwargs}
+        key = tuple(named[k] for k in self.keys if k in named)
+        configs = [_config_dict(c) for c in self.prune_configs(kwargs)]
+        self.nargs = None
+        recorder.record(self.fn, args, kwargs, configs, tuned=len(self.configs) > 1, key=key)
+
+    wrap = op_wrapper or (lambda op: op._init_fn)
+    with contextlib.ExitStack() as stack:
+        for obj, name, value in ((torch.cuda, "is_available", lambda: True), (torch.cuda, "current_device", lambda: 0),
+                                 (torch.cuda, "is_bf16_supported", lambda *a, **k: True),  # torch.autocast asks
+                                 (torch.cuda, "device", lambda d: contextlib.nullcontext()),
+                                 (JITFunction, "run", jit_run), (Autotuner, "run", tuner_run),
+                                 *((torch.Tensor, n, _aten_method(n)) for n in ("copy_", "contiguous", "__getitem__"))):
+            stack.enter_context(patched(obj, name, value))
+        for op in custom_ops():
+            stack.enter_context(patched(op, "_abstract_fn", wrap(op)))
+        stack.enter_context(patched(utils, "_sm_counts", {0: sm_count}))
+        mode = stack.enter_context(torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True))
+        yield mode
+
+
+def to_fake_cuda(module, mode, dtype, channels_last):
+    """Module's parameters and buffers as fake CUDA tensors of `mode` (floating ones in `dtype`), in place."""
+    from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+    dev = torch.device("cuda", 0)
+
+    def fake(t):
+        with unset_fake_temporarily():
+            m = t.detach().to("meta", dtype=dtype if t.is_floating_point() else t.dtype)
+            if channels_last and m.dim() == 4:
+                m = m.contiguous(memory_format=torch.channels_last)
+        return FakeTensor(mode, m, dev)
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[name] = torch.nn.Parameter(fake(p), requires_grad=False)  # autograd cannot hold fake CUDA
+        for name, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[name] = fake(b)
+        if hasattr(m, "_clear_cache"):  # the drop-ins cache specs and folded weights of the old tensors
+            m._clear_cache()
+    return module
+
+
+def _meta_input(shape, dtype, channels_last):
+    t = torch.empty(shape, dtype=dtype, device="meta")
+    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+
+
+def fake_input(mode, shape, dtype, channels_last):
+    from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+    with unset_fake_temporarily():
+        t = _meta_input(shape, dtype, channels_last)
+    return FakeTensor(mode, t, torch.device("cuda", 0))
+
+
+def meta_copy(module):
+    """A deep copy of `module` whose parameters and buffers are empty meta tensors of the same shapes and strides:
+    capture needs no weights, and the model itself must stay as it is."""
+    memo = {}
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        m = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+        memo[id(t)] = torch.nn.Parameter(m, t.requires_grad) if isinstance(t, torch.nn.Parameter) else m
+    return copy.deepcopy(module, memo)
+
+
+class _Ctx:
+    """Stands in for autograd's ctx when a custom op's registered backward is replayed by hand."""
+
+    def __init__(self, inputs):
+        self.needs_input_grad = tuple(isinstance(a, torch.Tensor) and a.is_floating_point() for a in inputs)
+        self.saved_tensors = ()
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+    def set_materialize_grads(self, value):
+        """The replay passes every output gradient (zeros): a superset of the kernels a real backward launches."""
+
+
+class BackwardReplay:
+    """op_wrapper that remembers the differentiable custom-op calls of a forward, to replay their backward."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, op):
+        impl = op._init_fn
+
+        def run(*args, **kwargs):
+            out = impl(*args, **kwargs)
+            if op._backward_fn is not None:
+                self.calls.append((op, args, out))
+            return out
+        return run
+
+    def backward(self):
+        """Each recorded op's registered setup_context + backward, last first, with zero output gradients (autograd
+        cannot run on fake CUDA tensors in a CPU-only torch; the backward kernels are all this needs)."""
+        for op, args, out in reversed(self.calls):
+            ctx = _Ctx(args)
+            op._setup_context_fn(ctx, args, out)
+            outs = out if isinstance(out, tuple) else (out,)
+            op._backward_fn(ctx, *(torch.zeros_like(o) for o in outs))
+        self.calls = []
+
+
+def dropin_calls(model, input_shapes, dtype, train, channels_last):
+    """[(drop-in, input shapes)] for every call, in one forward of `model`, of a drop-in that launches kernels itself
+    (holds no other drop-in), found on a meta copy running the reference forward. The calls are captured one by
+    one: what the model does between them (its input checks, the head's top-k) may need real data."""
+    from .modules.dropin import DropIn
+    meta = meta_copy(model).to(dtype).train(train)
+    leaves = [m for m in meta.modules() if isinstance(m, DropIn) and m.backend != "reference"
+              and not any(isinstance(c, DropIn) for c in m.modules() if c is not m)]
+    if not leaves:
+        return []
+    backends = [m.backend for m in leaves]
+    calls, hooks = [], []
+    for m in leaves:
+        hooks.append(m.register_forward_pre_hook(lambda mod, args: calls.append((mod, [tuple(a.shape) for a in args]))))
+        m.set_backend("reference")  # no kernel runs on meta tensors
+    try:
+        with torch.no_grad():
+            meta(*(_meta_input(s, dtype, channels_last) for s in input_shapes))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, b in zip(leaves, backends):
+            m.set_backend(b)
+    return calls
+
+
+def capture(model, input_shapes, dtype, train=False, channels_last=True, sm_count=H200_SMS, recorder=None, amp=False):
+    """The Launches of one call of `model` (left as it is) on inputs of `input_shapes`, with parameters and
+    activations in `dtype` (channels_last: 4-d tensors in that layout): eval forward under no_grad, or train
+    forward + backward. amp: mixed precision as the trainer runs it, float32 parameters and the forward under
+    torch.autocast(dtype). `model` is a drop-in or holds some; `recorder` collects the launches (a new Recorder
+    by default); returns its launches."""
+    recorder = recorder or Recorder()
+    param_dtype = torch.float32 if amp else dtype
+    for module, shapes in dropin_calls(model, input_shapes, param_dtype, train, channels_last):
+        replay = BackwardReplay()
+        fake = meta_copy(module)
+        with fake_gpu(recorder, sm_count, op_wrapper=replay) as mode, torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Accessing the data pointer of FakeTensor")  # the drop-ins' fold cache
+            fake = to_fake_cuda(fake, mode, param_dtype, channels_last).train(train)
+            with torch.autocast("cuda", dtype, enabled=amp):  # a drop-in's input is a conv output: in `dtype`
+                fake(*(fake_input(mode, s, dtype, channels_last) for s in shapes))
+            if train:
+                replay.backward()
+    return recorder.launches
