@@ -5,9 +5,7 @@ bench/static_compile.py compiles what was recorded. Run it in a process without 
 read it at import)."""
 import torch
 
-from yolov10_kernels.capture import Recorder, capture, patched  # noqa: F401  (Recorder: for bench/static*.py)
-from yolov10_kernels.capture import (  # noqa: F401  (the names bench/static_ops.py imports from here)
-    custom_ops as _custom_ops, direct_config as _direct_config, patched as _patched)
+from yolov10_kernels.capture import Recorder, capture, patched  # noqa: F401  (Recorder: for bench/static.py)
 
 
 def capture_op(recorder, op, scale, batch, dtype, train, channels_last=True):

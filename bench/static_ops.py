@@ -8,9 +8,12 @@ launches are recorded (not run). Byte model: each counted op reads its tensor in
 memory-bound op is eager bytes / ours bytes."""
 import collections
 import contextlib
+import copy
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from yolov10_kernels.capture import Recorder, custom_ops, direct_config, patched
 
 FREE = ("view", "detach", "alias", "expand", "unsqueeze", "squeeze", "split", "slice", "select", "permute",
         "transpose", "t", "as_strided", "lift_fresh", "_unsafe_view", "reshape", "unbind", "empty", "empty_like",
@@ -42,8 +45,7 @@ def _run(m, xs, train):
         with torch.no_grad():
             m(*xs)
         return
-    out = m(*xs)
-    out = out if isinstance(out, (list, tuple)) else [out]
+    out = [o for o in torch.utils._pytree.tree_leaves(m(*xs)) if isinstance(o, torch.Tensor) and o.requires_grad]
     torch.autograd.backward([o.float() for o in out], [torch.ones_like(o, dtype=torch.float32) for o in out])
 
 
@@ -54,10 +56,9 @@ def _ours_on_meta(recorder, counter):
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
     from yolov10_kernels.modules import dropin, psa
-    from .static_capture import _custom_ops, _direct_config, _patched
 
     def jit_run(self, *args, grid, warmup, **kwargs):
-        recorder.record(self, args, kwargs, [_direct_config(self, kwargs)], tuned=False)
+        recorder.record(self, args, kwargs, [direct_config(self, kwargs)], tuned=False)
 
     def tuner_run(self, *args, **kwargs):
         recorder.record(self.fn, args, kwargs, [], tuned=True)
@@ -71,16 +72,15 @@ def _ours_on_meta(recorder, counter):
         for obj, name, value in ((JITFunction, "run", jit_run), (Autotuner, "run", tuner_run),
                                  (dropin, "use_triton_on", lambda b, d: True), (psa, "use_triton_on", lambda b, d: True),
                                  (dropin, "_autocast_input", lambda x: x)):  # no autocast on meta
-            stack.enter_context(_patched(obj, name, value))
-        for op in _custom_ops():
-            stack.enter_context(_patched(op, "_abstract_fn", counted(op)))
+            stack.enter_context(patched(obj, name, value))
+        for op in custom_ops():
+            stack.enter_context(patched(op, "_abstract_fn", counted(op)))
         yield
 
 
 def count_op(op, scale, train, batch):
     """{eager: {host_ops, bytes}, ours: {host_ops, launches, bytes}} on the meta device."""
     from . import ops
-    from .static_capture import Recorder
     module, _, in_shapes = ops.op_module(op, scale)
     module.train(train)
     with _patched_cuda():
@@ -100,8 +100,7 @@ def count_op(op, scale, train, batch):
 
 
 def _patched_cuda():
-    from .static_capture import _patched
-    return _patched(torch.cuda, "is_available", lambda: True)
+    return patched(torch.cuda, "is_available", lambda: True)
 
 
 def op_summary(launches, scales, log=print):
@@ -122,3 +121,53 @@ def op_summary(launches, scales, log=print):
                 log(f"ops {op} {scale} {'train' if train else 'eval'}: host ops ours {o['host_ops']} eager "
                     f"{e['host_ops']}, ceiling {out[-1]['byte_ceiling']}x")
     return out
+
+
+def _loss_ops(model, preds_meta, factory, n_boxes=40, seed=0):
+    """Host ops of the loss (both branches, assigner included) + its backward on the CPU with real tensors shaped
+    like the model's train-mode outputs (the assigner's work depends on the boxes, not just on shapes)."""
+    from yolov10.defaults import LOSS_GAINS
+    from yolov10.loss import V10DetectLoss
+    g = torch.Generator().manual_seed(seed)
+    preds = {k: [torch.randn(t.shape, generator=g).requires_grad_() for t in v] for k, v in preds_meta.items()}
+    B = preds["one2many"][0].shape[0]
+    batch = {"cls": torch.randint(0, 80, (n_boxes, 1), generator=g).float(),
+             "bboxes": torch.rand(n_boxes, 4, generator=g) * 0.5 + 0.25,
+             "batch_idx": torch.arange(n_boxes) % B}
+    loss_fn = V10DetectLoss(model, hyp=dict(LOSS_GAINS), assigner_factory=factory)
+    counter = Count()
+    with counter:
+        loss, _ = loss_fn(preds, batch)
+        loss.backward()
+    return sum(counter.ops.values())
+
+
+def count_model_step(scale="n", batch=2, imgsz=640):
+    """Host ops of one training step of yolov10<scale> (forward, loss with both assigners' branches, backward):
+    the reference model with the reference assigner vs the accelerated model (every drop-in on its Triton path,
+    launches recorded on the meta device) with the fused assigner. The model part is counted on the meta device,
+    the loss part on the CPU (real boxes). Returns {eager: {...}, ours: {...}}."""
+    import functools
+    from yolov10 import YOLOv10
+    from yolov10_kernels.accelerate import accelerate
+    from yolov10_kernels.modules.assigner import FusedTaskAlignedAssigner
+    ref = YOLOv10(scale).train()
+    with _patched_cuda():
+        ours = accelerate(copy.deepcopy(ref), backend="triton")
+    res = {}
+    for name, m in (("eager", ref), ("ours", ours)):
+        meta = copy.deepcopy(m).to("meta").train()
+        x = torch.empty(batch, 3, imgsz, imgsz, device="meta")
+        counter, rec = Count(), Recorder()
+        ctx = _ours_on_meta(rec, counter) if name == "ours" else contextlib.nullcontext()
+        with ctx:
+            with torch.no_grad():
+                preds = meta(x)  # the output shapes, for the loss part
+            with counter:
+                _run(meta, [x], True)
+        factory = functools.partial(FusedTaskAlignedAssigner, backend="auto") if name == "ours" else None
+        loss_ops = _loss_ops(m, preds, factory)
+        model_ops = sum(counter.ops.values())
+        res[name] = {"host_ops": model_ops + loss_ops, "model_ops": model_ops, "loss_ops": loss_ops,
+                     "launches": len(rec.launches) if name == "ours" else model_ops}
+    return res

@@ -11,8 +11,8 @@ _HARNESS = """
 import os, json, torch
 os.environ.pop("TRITON_INTERPRET", None)
 from bench.static_capture import Recorder, capture_op
-from bench.static_compile import compile_variant, install_fake_driver
-install_fake_driver()
+from bench.static_compile import compile_variant, worker_init
+worker_init()
 rec = Recorder()
 capture_op(rec, "scdown", "tiny", 1, torch.bfloat16, False)
 ln = rec.launches[0]

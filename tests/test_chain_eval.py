@@ -148,8 +148,9 @@ def test_fused_model_state_is_supported():
 
 
 @needs_triton_cpu
-def test_eval_with_grad_falls_back_to_reference(monkeypatch):
-    """The inference kernels have no backward: an eval forward that needs gradients takes the reference path."""
+def test_eval_with_grad_does_not_launch_the_inference_kernels(monkeypatch):
+    """The inference kernels have no backward: an eval forward that needs gradients runs the training op (BNs on
+    their running statistics; its values and gradients: tests/test_accelerate.py)."""
     ref = make_scdown(8, 8)
     f = fused(ref)
     monkeypatch.setattr(D, "_launch", lambda *a, **k: pytest.fail("kernel launched"))
@@ -169,6 +170,55 @@ def test_op_validation_errors():
         D.pw_dw_infer(x, l1.w, l1.b, l2.w[:8], l2.b, 2, True, False, False)
     with pytest.raises(TypeError, match="fp32"):
         D.pw_dw_infer(x, l1.w.half(), l1.b, l2.w, l2.b, 2, True, False, False)
+
+
+# ---- autotune keys and specialisation: no retune / recompile for shapes that share a bucket ----
+def _spec_class(v):
+    """What Triton specialises an int argument on: == 1, divisible by 16, or neither."""
+    return 1 if v == 1 else 16 if v % 16 == 0 else 0
+
+
+def _unspecialised(fn):
+    return set(getattr(fn, "do_not_specialize", None) or fn.kwargs.get("do_not_specialize", ()))  # jit / interpreter
+
+
+def _tuning_signatures(monkeypatch, block, x):
+    """Per launch of block(x): (kernel, autotune key, specialisation of the int arguments), without running it."""
+    calls = []
+    monkeypatch.setattr(D, "_launch", lambda tuned, grid, interp_meta, args, kwargs: calls.append((tuned, args,
+                                                                                                    kwargs)))
+    with torch.no_grad():
+        block(x)
+    sigs = []
+    for tuned, args, kwargs in calls:
+        named = {**dict(zip(tuned.arg_names, args)), **kwargs}
+        free = _unspecialised(tuned.fn)
+        spec = {k: _spec_class(v) for k, v in named.items() if type(v) is int and k not in free}
+        sigs.append((tuned.fn.__name__, tuple(named[k] for k in tuned.keys), spec))
+    return sigs
+
+
+@needs_triton_cpu
+def test_autotune_keys_bucket_batch_and_image_size(monkeypatch):
+    """Batch sizes, image sizes and rectangular shapes whose pixel counts share a bucket give one autotune key and
+    one specialisation (channels_last, channel counts multiples of 16 as in every yolov10 layer): no retune and
+    no recompile. Kernels are not run."""
+    cl = torch.channels_last
+    blocks = {"cib": (D.cib_infer, fused(make_cib(32, lk=True)).folded(), 32),
+              "cib3": (D.cib_infer, fused(make_cib(32, lk=False)).folded(), 32),
+              "scdown": (D.scdown_infer, fused(make_scdown(32, 48)).folded(), 32),
+              "cls": (D.cls_head_infer, fused(make_cls(32, nc=16)).folded(), 32)}
+    # 640 / 608 / rectangular maps at P5 (SCDown's stride-2 outputs share a bucket too), and batch sizes above
+    # the cap (PIX_BUCKET_CAP)
+    same_bucket = [[(1, 20, 20), (1, 19, 21), (1, 24, 16), (1, 22, 22)], [(48, 64, 64), (64, 64, 64), (40, 80, 72)]]
+    for name, (fn, p, c) in blocks.items():
+        for group in same_bucket:
+            sigs = [_tuning_signatures(monkeypatch, lambda x: fn(x, p), torch.empty(b, c, h, w).to(memory_format=cl))
+                    for b, h, w in group]
+            assert all(s == sigs[0] for s in sigs), (name, group, sigs)
+        small, large = (_tuning_signatures(monkeypatch, lambda x: fn(x, p), torch.empty(b, c, 20, 20).to(
+            memory_format=cl)) for b in (1, 64))
+        assert [s[1] for s in small] != [s[1] for s in large], name  # a batch-1 map and a batch-64 one tune apart
 
 
 # ---- torch.library ----

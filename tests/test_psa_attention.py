@@ -19,7 +19,6 @@ import yolov10_kernels  # noqa: E402
 from yolov10_kernels import accelerate  # noqa: E402
 from yolov10_kernels.modules.psa import FusedAttention, FusedPSA, swap  # noqa: E402
 from yolov10_kernels.ops import psa_attention as P  # noqa: E402
-from yolov10_kernels.ops.batchnorm import batch_var_mean  # noqa: E402
 from helpers import assert_close, randomize_bn
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -138,13 +137,73 @@ def test_gradcheck_functional_training():
     assert_close(f(*ins), want, rtol=1e-7, atol=1e-7)  # torch.testing.assert_close's float64 defaults
 
 
-def test_batch_var_mean_gradcheck():
-    x = torch.randn(3, 4, 2, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(batch_var_mean, (x,))
-    var, mean = batch_var_mean(x)
-    v_ref, m_ref = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-    assert_close(var, v_ref, rtol=1e-7, atol=1e-7, what="var")  # torch.testing.assert_close's float64 defaults
-    assert_close(mean, m_ref, rtol=1e-7, atol=1e-7, what="mean")
+def _op_reference(qkv, qa, qb, pe, pa, pb, heads, kd, hd):
+    """psa_attn_fwd's `out` in plain torch."""
+    B, _, H, W = qkv.shape
+    x = (qkv * qa.view(1, -1, 1, 1) + qb.view(1, -1, 1, 1)).reshape(B, heads, 2 * kd + hd, H * W)
+    q, k, v = x.split([kd, kd, hd], dim=2)
+    attn = (q.transpose(-2, -1) @ k * kd ** -0.5).softmax(-1)
+    return (v @ attn.transpose(-2, -1)).reshape(B, heads * hd, H, W) + pe * pa.view(1, -1, 1, 1) + pb.view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("kd,hd", [(40, 24), (20, 48)], ids=["kd32+16", "hd32+16"])
+def test_op_split_head_dims_channels_last(kd, hd):
+    """Head dims split into a power of two plus a padded remainder (key and value side), on channels_last
+    inputs read in place: forward and every gradient against plain torch, fp64; the output and the raw-input
+    gradients keep the inputs' layout."""
+    ins, dims = _tiny_inputs(torch.float64, B=2, heads=2, kd=kd, hd=hd, H=5, W=3)
+    assert P._head_dims(kd, hd)["KD1" if kd == 40 else "HD1"] == 16
+    cl = [t.to(memory_format=torch.channels_last) if t.dim() == 4 else t for t in ins]
+    cl = [t.detach().requires_grad_() for t in cl]
+    out = P.psa_attn_fwd(*cl, *dims)[0]
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype).to(out.device)
+    grads = torch.autograd.grad(out, cl, g.to(memory_format=torch.channels_last))
+    ref = [t.detach().contiguous().requires_grad_() for t in cl]
+    want = _op_reference(*ref, *dims)
+    assert_close(out, want, rtol=1e-9, atol=1e-10, what="out")
+    for name, a, b, t in zip(("qkv", "qkv_scale", "qkv_shift", "pe", "pe_scale", "pe_shift"), grads,
+                             torch.autograd.grad(want, ref, g), cl):
+        assert_close(a, b, rtol=1e-9, atol=1e-10 * max(1.0, b.abs().max().item()), what=name)
+        assert a.stride() == t.stride(), name
+
+
+def test_autotune_key_buckets_tokens(monkeypatch):
+    """Image sizes whose token counts share a power-of-two bucket, and any batch size, give one autotune key and
+    one specialisation of the integer arguments (channels_last: no retune, no recompile). Kernels are not run."""
+    calls = []
+
+    class Rec:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((self.fn, dict(zip(self.fn.arg_names, args)), kwargs))
+
+    for name in ("_psa_fwd", "_psa_bwd_dkdv", "_psa_bwd_dq"):
+        monkeypatch.setattr(P, name, Rec(getattr(P, name)))
+    monkeypatch.setattr(P, "_psa_bwd_pre_kernel", Rec(P._psa_bwd_pre_kernel))
+
+    def signatures(B, H, W):
+        calls.clear()
+        ins, dims = _tiny_inputs(torch.float32, B=B, heads=2, kd=16, hd=32, H=H, W=W)
+        ins = [t.to(memory_format=torch.channels_last) if t.dim() == 4 else t for t in ins]
+        out, lse = P.psa_attn_fwd(*ins, *dims)
+        P.psa_attn_bwd(torch.empty_like(out), *ins, out, lse, *dims)
+        sigs = []
+        for fn, named, kwargs in calls:
+            jit = fn.fn if hasattr(fn, "keys") else fn  # an autotuner's kernel (on a GPU), or the kernel
+            free = set(getattr(jit, "do_not_specialize", None) or jit.kwargs.get("do_not_specialize", ()))
+            spec = {k: 1 if v == 1 else 16 if v % 16 == 0 else 0
+                    for k, v in named.items() if type(v) is int and k not in free}
+            sigs.append((jit.__name__, tuple({**named, **kwargs}.get(k) for k in P._KEY), spec))  # pre: not tuned
+        return sigs
+
+    assert P._KEY == ["N_BUCKET", "KD", "HD"]
+    base = signatures(1, 20, 20)
+    for shape in ((1, 19, 21), (1, 16, 24), (3, 20, 20), (64, 17, 30)):
+        assert signatures(*shape) == base, shape
+    assert signatures(1, 40, 40) != base  # N = 1600: another bucket
 
 
 def test_opcheck():
@@ -156,6 +215,30 @@ def test_opcheck():
     dout = torch.randn_like(out)
     torch.library.opcheck(torch.ops.yolov10_kernels.psa_attn_bwd.default,
                           (dout, *[t.detach() for t in ins], out, lse, *dims))
+
+
+@pytest.mark.parametrize("cl", [False, True])
+def test_v_norm_op(cl):
+    """psa_v_norm: BN_qkv's v (the pe conv's input) and its gradients against torch, fp64; opcheck."""
+    torch.manual_seed(13)
+    heads, kd, hd = 2, 3, 5
+    G = 2 * kd + hd
+    qkv = torch.randn(2, heads * G, 3, 5, dtype=torch.float64)
+    qkv = qkv.to(memory_format=torch.channels_last) if cl else qkv
+    qa, qb = torch.randn(heads * G, dtype=torch.float64), torch.randn(heads * G, dtype=torch.float64)
+
+    def ref(qkv, qa, qb):
+        x = qkv * qa.view(1, -1, 1, 1) + qb.view(1, -1, 1, 1)
+        return x.unflatten(1, (heads, G))[:, :, 2 * kd:].flatten(1, 2)
+    ins = tuple(t.clone().requires_grad_() for t in (qkv, qa, qb))
+    got = P.psa_v_norm(*ins, heads, kd, hd)
+    assert got.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    assert_close(got, ref(*ins), rel=1e-12)
+    assert torch.autograd.gradcheck(lambda *t: P.psa_v_norm(*t, heads, kd, hd), ins, eps=1e-6, atol=1e-8,
+                                    fast_mode=True)
+    torch.library.opcheck(P.psa_v_norm, (qkv.float(), qa.float(), qb.float(), heads, kd, hd))
+    torch.library.opcheck(P.psa_v_norm_backward, (torch.randn(2, heads * hd, 3, 5), qkv.float(), qa.float(), heads,
+                                                  kd, hd))
 
 
 def test_compile_fullgraph():

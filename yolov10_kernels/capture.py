@@ -35,7 +35,7 @@ class Launch:
     configs: list  # [{meta parameter: value, num_warps, num_stages}]: what this launch may run with
     tuned: bool  # True: an autotuner picks among `configs` at run time; False: the launcher chose the one config
     key: Optional[tuple] = None  # the autotuner's cache key (a new key re-tunes)
-    tensor_bytes: int = 0  # bytes of every tensor argument (the byte model's one pass over each)
+    tensor_bytes: int = 0  # bytes of its distinct tensor arguments but scratch (the byte model's one pass over each)
     context: str = ""  # what the harness was running (op, mode)
 
 
@@ -69,16 +69,21 @@ class Recorder:
         meta = set().union(*(c.keys() for c in configs)) if configs else set()
         runtime = {k: _describe(v) for k, v in named.items() if k not in constexpr_names}
         consts = {k: _describe(v) for k, v in named.items() if k in constexpr_names and k not in meta}
-        nbytes = sum(v.numel() * v.element_size() for v in named.values() if isinstance(v, torch.Tensor))
+        # the byte model's one pass over each distinct tensor; a program's scratch slot (scr_ptr) stays in L1/L2
+        tensors = {id(v): v for k, v in named.items() if isinstance(v, torch.Tensor) and not k.startswith("scr")}
+        nbytes = sum(v.numel() * v.element_size() for v in tensors.values())
         self.launches.append(Launch(fn.__name__, fn.fn.__module__, fn, runtime, consts, configs, tuned, key, nbytes,
                                     self.context))
 
 
 def direct_config(fn, kwargs):
-    """The launcher's own choice: its meta parameters (BLOCK_*) plus warps and stages (Triton's defaults)."""
+    """The launcher's own choice: its meta parameters (BLOCK_*) plus warps and stages (Triton's defaults), and a
+    register ceiling when it sets one."""
     names = {p.name for p in fn.params if p.is_constexpr}
     cfg = {k: v for k, v in kwargs.items() if k in names and k.startswith("BLOCK")}
     cfg.update(num_warps=kwargs.get("num_warps", 4), num_stages=kwargs.get("num_stages", 3))
+    if kwargs.get("maxnreg") is not None:
+        cfg["maxnreg"] = kwargs["maxnreg"]
     return cfg
 
 

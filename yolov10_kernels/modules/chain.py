@@ -115,13 +115,6 @@ def read_supported(layers, kinds):
     return specs if all(_foldable(s.bn) and _foldable(s.bn2) for s in specs) else None
 
 
-def trainable(specs):
-    """The train kernels need every BN in train mode (batch statistics): a frozen or folded one keeps the
-    reference path, as does a re-parameterised RepVGGDW (read as a plain depthwise conv without BN)."""
-    bns = [bn for s in specs if s.kind != "final" for bn in ((s.bn, s.bn2) if s.kind == "repvgg" else (s.bn,))]
-    return all(bn is not None and bn.training for bn in bns)
-
-
 def fold_layer(s):
     """A ConvSpec with its BN folded (running statistics) -> FoldedLayer in the eval kernels' layout."""
     w, b = fold_into_conv(s.weight, s.bias, s.bn)

@@ -12,7 +12,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .utils import acc_dtype, empty, next_pow2, op_name, tl, tl_acc, triton, triton_interpreted
+from .utils import (acc_dtype, check_device, empty, empty_4d, finish_stats, is_channels_last, next_pow2, op_name,
+                    partial_stats, split_tiles, tl, tl_acc, triton, triton_interpreted)
 
 Tensor = torch.Tensor
 
@@ -53,11 +54,13 @@ def _affine(bn, mean, var):
 # updated, and in backward the gradients of mean, var, gamma and beta. As torch ops that is ~30 host ops per BN
 # layer (more than the eager layer's whole forward and backward); here it is one launch each way.
 if triton is not None:
+    from .utils import tile_stats_merge
+
     @triton.jit
     def _bn_affine_kernel(mean_ptr, var_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, nbt_ptr, scale_ptr, shift_ptr,
                           C, count, count_lo, eps, eps_lo, momentum, momentum_lo,
-                          HAS_W: tl.constexpr, HAS_B: tl.constexpr, UPDATE: tl.constexpr, HAS_NBT: tl.constexpr, CUMULATIVE: tl.constexpr,
-                          ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+                          HAS_W: tl.constexpr, HAS_B: tl.constexpr, UPDATE: tl.constexpr, HAS_NBT: tl.constexpr,
+                          CUMULATIVE: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
         # one program: the cumulative average's factor reads num_batches_tracked before it is incremented
         zero = tl.zeros([BLOCK_C], ACC)  # fp32 scalars join an ACC vector first: exact hi + lo in fp64
         count = zero + count + count_lo
@@ -214,31 +217,144 @@ def running_scale_shift(bn, dtype):
     return _affine(bn, bn.running_mean.to(dtype), bn.running_var.to(dtype))
 
 
-class _BatchVarMean(torch.autograd.Function):
-    """Per-channel (biased var, mean) of x (B, C, H, W) in fp32 (fp64 for fp64 x), as torch.var_mean with
-    correction=0 would give for x.float(), but saving x itself for the backward rather than its fp32 copy (a
-    low-precision x would otherwise keep a 2x larger copy alive until the backward)."""
+# ----------------------------------------------------------------------- a BN on a tensor that is already there
+# (PSA's qkv and pe convs are cuDNN's): its batch statistics, affine and running-statistics update in one op, and
+# its backward (the statistics' gradient, an elementwise pass over x) in one op.
+if triton is not None:
+    @triton.jit(do_not_specialize=["HW", "W", "NP", "tiles_per_prog"])
+    def _channel_stats_kernel(x_ptr, pcnt_ptr, pmean_ptr, pm2_ptr, C, HW, W, NP, tiles_per_prog,
+                              sxn, sxc, sxh, sxw, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        pid = tl.program_id(0)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        n_run = tl.zeros([BLOCK_C], ACC)
+        mean_run = tl.zeros([BLOCK_C], ACC)
+        m2_run = tl.zeros([BLOCK_C], ACC)
+        for i in range(tiles_per_prog):
+            pf = (pid * tiles_per_prog + i) * BLOCK_P + tl.arange(0, BLOCK_P)
+            pmask = pf < NP
+            q = pf % HW
+            m2d = pmask[:, None] & cmask[None, :]
+            xp = x_ptr + (pf // HW).to(tl.int64)[:, None] * sxn + c[None, :].to(tl.int64) * sxc \
+                + (q // W)[:, None] * sxh + (q % W)[:, None] * sxw
+            xv = tl.load(xp, mask=m2d, other=0.0).to(ACC)
+            n_run, mean_run, m2_run = tile_stats_merge(n_run, mean_run, m2_run, xv, m2d,
+                                                       tl.sum(pmask.to(ACC), axis=0))
+        tl.store(pcnt_ptr + pid + tl.arange(0, BLOCK_C) * 0, n_run, mask=tl.arange(0, BLOCK_C) == 0)
+        tl.store(pmean_ptr + pid * C + c, mean_run, mask=cmask)
+        tl.store(pm2_ptr + pid * C + c, m2_run, mask=cmask)
+
+    @triton.jit(do_not_specialize=["HW", "W", "NP", "tiles_per_prog"])
+    def _channel_stats_grad_kernel(x_ptr, gx_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_n, C, HW, W, NP,
+                                   tiles_per_prog, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw,
+                                   ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """grad x = d mean / dx * gmean + d var / dx * gvar = gmean / n + 2 gvar (x - mean) / n."""
+        pid = tl.program_id(0)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        mu = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
+        c2 = tl.load(gvar_ptr + c, mask=cmask, other=0.0).to(ACC) * (2.0 * inv_n)
+        c1 = tl.load(gmean_ptr + c, mask=cmask, other=0.0).to(ACC) * inv_n - c2 * mu
+        for i in range(tiles_per_prog):
+            pf = (pid * tiles_per_prog + i) * BLOCK_P + tl.arange(0, BLOCK_P)
+            q = pf % HW
+            m2d = (pf < NP)[:, None] & cmask[None, :]
+            n = (pf // HW).to(tl.int64)[:, None]
+            h = (q // W)[:, None]
+            w = (q % W)[:, None]
+            cc = c[None, :].to(tl.int64)
+            xv = tl.load(x_ptr + n * sxn + cc * sxc + h * sxh + w * sxw, mask=m2d, other=0.0).to(ACC)
+            tl.store(gx_ptr + n * sgn + cc * sgc + h * sgh + w * sgw, (c1[None, :] + c2[None, :] * xv)
+                     .to(gx_ptr.dtype.element_ty), mask=m2d)
+
+
+def _tiles(x):
+    """(BLOCK_P, BLOCK_C, grid, tiles per program) of the per-channel passes over x (B, C, H, W)."""
+    N, C, H, W = x.shape
+    NP = N * H * W
+    if x.device.type != "cuda":
+        bc = min(max(next_pow2(C), 2), 64)
+        bp = min(max(next_pow2(NP), 16), max(16, 16384 // bc))
+    elif is_channels_last(x):
+        bc = min(max(next_pow2(C), 8), 64)
+        bp = 4096 // bc
+    else:
+        bc, bp = min(max(next_pow2(C), 2), 4), 512
+    cblk = triton.cdiv(C, bc)
+    splits, per = split_tiles(triton.cdiv(NP, bp), cblk, x.device)
+    return bp, bc, (splits, cblk), per
+
+
+def batch_affine(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+                 running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor], eps: float,
+                 momentum: Optional[float], update: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(scale, shift, mean, biased var) of a BN normalising x (B, C, H, W) with its batch statistics (fp32; fp64
+    for fp64 x); with `update`, the running statistics updated as nn.BatchNorm2d does."""
+    check_device(x)
+    N, C, H, W = x.shape
+    sd = acc_dtype(x)
+    bp, bc, grid, per = _tiles(x)
+    pcnt, pmean, pm2 = partial_stats(grid[0], C, x, sd, True)
+    _channel_stats_kernel[grid](x, pcnt, pmean, pm2, C, H * W, W, N * H * W, per, *x.stride(), ACC=tl_acc(sd),
+                                BLOCK_P=bp, BLOCK_C=bc)
+    mean, var = finish_stats(pcnt, pmean, pm2, x)
+    scale, shift = affine_from_stats(mean, var, weight, bias, running_mean, running_var, num_batches_tracked,
+                                     float(N * H * W), eps, momentum, update)
+    return scale, shift, mean, var
+
+
+bn_batch_affine = torch.library.custom_op(op_name("bn_batch_affine"), mutates_args=(
+    "running_mean", "running_var", "num_batches_tracked"))(batch_affine)
+
+
+@bn_batch_affine.register_fake
+def _bn_batch_affine_fake(x, weight, bias, running_mean, running_var, num_batches_tracked, eps, momentum, update):
+    v = x.new_empty(x.shape[1], dtype=acc_dtype(x))
+    return v, torch.empty_like(v), torch.empty_like(v), torch.empty_like(v)
+
+
+@torch.library.custom_op(op_name("bn_batch_affine_backward"), mutates_args=())
+def bn_batch_affine_backward(grad_scale: Optional[Tensor], grad_shift: Optional[Tensor], x: Tensor, mean: Tensor,
+                             var: Tensor, weight: Optional[Tensor], has_bias: bool, bias_dtype: torch.dtype,
+                             eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad x, grad weight, grad bias) of batch_affine; the last two empty where the BN has no such parameter."""
+    N, C, H, W = x.shape
+    g_mean, g_var, g_w, g_b = affine_grads(grad_scale, grad_shift, mean, var, weight, has_bias, bias_dtype, eps)
+    gx = empty_4d(tuple(x.shape), x)
+    bp, bc, grid, per = _tiles(x)
+    _channel_stats_grad_kernel[grid](x, gx, mean, g_mean, g_var, 1.0 / (N * H * W), C, H * W, W, N * H * W, per,
+                                     *x.stride(), *gx.stride(), ACC=tl_acc(mean.dtype), BLOCK_P=bp, BLOCK_C=bc)
+    return gx, g_w, g_b
+
+
+@bn_batch_affine_backward.register_fake
+def _bn_batch_affine_backward_fake(grad_scale, grad_shift, x, mean, var, weight, has_bias, bias_dtype, eps):
+    C = x.shape[1]
+    return (empty_4d(tuple(x.shape), x),
+            x.new_empty(C if weight is not None else 0, dtype=weight.dtype if weight is not None else x.dtype),
+            x.new_empty(C if has_bias else 0, dtype=bias_dtype))
+
+
+class _BatchAffine(torch.autograd.Function):
+    """Autograd of bn_batch_affine (an op that updates running statistics cannot register its own)."""
 
     @staticmethod
-    def forward(ctx, x):
-        var, mean = torch.var_mean(x.to(acc_dtype(x)), dim=(0, 2, 3), correction=0)
-        ctx.save_for_backward(x, mean)
-        return var, mean
+    def forward(ctx, x, weight, bias, bn, update):
+        scale, shift, mean, var = bn_batch_affine(x, weight, bias, bn.running_mean, bn.running_var,
+                                                  bn.num_batches_tracked, float(bn.eps), bn.momentum, update)
+        ctx.save_for_backward(x, mean, var, weight)
+        ctx.cfg = (bias is not None, bias.dtype if bias is not None else mean.dtype, float(bn.eps))
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(mean, var)
+        return scale, shift, mean, var
 
     @staticmethod
-    def backward(ctx, dvar, dmean):
-        x, mean = ctx.saved_tensors
-        n = x.numel() // x.shape[1]
-        dvar = torch.zeros_like(mean) if dvar is None else dvar
-        dmean = torch.zeros_like(mean) if dmean is None else dmean
-        c2 = dvar * (2.0 / n)  # d/dx of var = 2 (x - mean) / n, of mean = 1 / n
-        c1 = dmean / n - c2 * mean
-        return torch.addcmul(c1.view(1, -1, 1, 1), x, c2.view(1, -1, 1, 1)).to(x.dtype)
-
-
-def batch_var_mean(x):
-    """Per-channel (biased var, mean) of x (B, C, H, W), accumulated in fp32 (fp64), differentiable."""
-    return _BatchVarMean.apply(x)
+    def backward(ctx, grad_scale, grad_shift, _mean, _var):
+        x, mean, var, weight = ctx.saved_tensors
+        has_bias, bias_dtype, eps = ctx.cfg
+        gx, g_w, g_b = bn_batch_affine_backward(grad_scale, grad_shift, x, mean, var, weight, has_bias, bias_dtype,
+                                                eps)
+        return gx, g_w if weight is not None else None, g_b if has_bias else None, None, None
 
 
 def scale_shift(x, bn, training):
@@ -254,8 +370,7 @@ def scale_shift(x, bn, training):
     n = x.numel() // c
     if n <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-    var, mean = batch_var_mean(x)
-    return batch_scale_shift(bn, mean, var, n, training)
+    return _BatchAffine.apply(x, bn.weight, bn.bias, bn, bool(training))[:2]
 
 
 def fold_into_conv(weight, bias, bn):

@@ -15,7 +15,8 @@ Weights come pre-folded (`FoldedLayer`, built by yolov10_kernels/modules/chain.p
 layouts, fp32 (fp64 for fp64 inputs): depthwise weights as (k*k, C), pointwise weights transposed as
 (K_in, N_out), biases as (C,).
 Activations may be fp32/fp16/bf16 (fp64 for tests) in NCHW or channels_last; the accumulators are fp32
-(fp64), the PW matmuls run on tensor cores in the activation dtype (fp32: IEEE, no TF32).
+(fp64), the PW matmuls run on tensor cores in the activation dtype (fp32: TF32 where torch allows it, IEEE
+otherwise; utils.dot_precision).
 The eager composites (cib_infer, scdown_infer, cls_head_infer) call the implementations directly; traced and
 compiled code goes through the registered ops.
 
@@ -73,7 +74,9 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                  KS: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
         """Depthwise KSxKS conv (stride 1, zero padding KS//2) + bias (+SiLU) at pixels (h, w) for channels kk:
         a (BLOCK_P, BLOCK_K) tile in the weights' dtype (fp32/fp64). Rows with pmask False hold garbage.
-        3x3 taps are unrolled; larger kernels (the folded RepVGGDW 7x7) loop, which keeps compile times sane."""
+        3x3 taps are all unrolled. Larger kernels (the folded RepVGGDW 7x7) unroll the taps of a row and loop over
+        the rows: 49 unrolled taps get software-pipelined into >200 KB of shared memory and spill (sm_90a, bf16),
+        and a row loop keeps the taps' masks and offsets from being hoisted out of the K loop all at once."""
         PAD: tl.constexpr = KS // 2
         acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=dww_ptr.dtype.element_ty)
         base = x_ptr + (pix_off + h * sxh + w * sxw)[:, None] + (kk * sxc)[None, :]
@@ -81,16 +84,18 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             for t in tl.static_range(KS * KS):
                 acc = _dw_tap(acc, base, h, w, pmask, kk, kmask, H, W, sxh, sxw, dww_ptr, K, t, t // KS - PAD, t % KS - PAD)
         else:
-            for t in range(KS * KS):
-                acc = _dw_tap(acc, base, h, w, pmask, kk, kmask, H, W, sxh, sxw, dww_ptr, K, t, t // KS - PAD, t % KS - PAD)
+            for i in range(KS):
+                for j in tl.static_range(KS):
+                    acc = _dw_tap(acc, base, h, w, pmask, kk, kmask, H, W, sxh, sxw, dww_ptr, K, i * KS + j, i - PAD,
+                                  j - PAD)
         acc += tl.load(dwb_ptr + kk, mask=kmask, other=0.0)[None, :]
         if ACT:
             acc = _silu(acc)
         return acc
 
-    @triton.jit(do_not_specialize=["NPIX", "H", "W"])
+    @triton.jit(do_not_specialize=["NPIX", "PIX_BUCKET", "H", "W"])
     def _dw_pw_kernel(x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, out_ptr,
-                      NPIX, H, W, K, N,
+                      NPIX, PIX_BUCKET, H, W, K, N,
                       sxb, sxc, sxh, sxw, sob, soc, soh, sow,
                       KS: tl.constexpr, ACT_DW: tl.constexpr, ACT_PW: tl.constexpr, DOT_PREC: tl.constexpr,
                       BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -123,9 +128,9 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         optr = out_ptr + (b * sob + h * soh + w * sow)[:, None] + (nn * soc)[None, :]
         tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & nmask[None, :])
 
-    @triton.jit(do_not_specialize=["NPIX", "H", "W"])
+    @triton.jit(do_not_specialize=["NPIX", "PIX_BUCKET", "H", "W"])
     def _dw_pw_pw_kernel(x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, pw2w_ptr, pw2b_ptr, out_ptr,
-                         NPIX, H, W, K, N1, N2,
+                         NPIX, PIX_BUCKET, H, W, K, N1, N2,
                          sxb, sxc, sxh, sxw, sob, soc, soh, sow,
                          KS: tl.constexpr, ACT_DW: tl.constexpr, ACT_PW: tl.constexpr, ACT_PW2: tl.constexpr,
                          DOT_PREC: tl.constexpr, N1P: tl.constexpr,
@@ -165,15 +170,17 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             tl.store(out_ptr + obase + (n2 * soc)[None, :], o.to(out_ptr.dtype.element_ty),
                      mask=pmask[:, None] & n2mask[None, :])
 
-    @triton.jit(do_not_specialize=["NQ", "H", "W", "HO", "WO"])
+    @triton.jit(do_not_specialize=["NQ", "PIX_BUCKET", "H", "W", "HO", "WO"])
     def _pw_dw_kernel(x_ptr, pww_ptr, pwb_ptr, dww_ptr, dwb_ptr, out_ptr,
-                      NQ, H, W, HO, WO, K, N,
+                      NQ, PIX_BUCKET, H, W, HO, WO, K, N,
                       sxb, sxc, sxh, sxw, sob, soc, soh, sow,
                       KS: tl.constexpr, STRIDE: tl.constexpr, ACT_PW: tl.constexpr, ACT_DW: tl.constexpr,
                       DOT_PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """out[q, n] = act(b_dw[n] + sum_t Wdw[t, n] * act(PW(x)[q*s + t, n])): PW -> DW (stride s). The PW output
         at each tap's input pixel is recomputed in registers (9 small matmuls per tile; for stride 2 that is 9/4 of
-        the unfused PW work, traded for never writing the PW output, which is 4x the size of the block's output)."""
+        the unfused PW work, traded for never writing the PW output, which is 4x the size of the block's output).
+        The tap loop is a runtime loop: unrolled, its 9 K loops keep every tap's addresses and masks live and spill
+        ~4.7 KB per thread (sm_90a, bf16); each tap is a whole K loop of matmuls, so unrolling buys no overlap."""
         PAD: tl.constexpr = KS // 2
         pid = tl.program_id(0)
         num_nb = tl.cdiv(N, BLOCK_N)
@@ -190,7 +197,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         dot_t = x_ptr.dtype.element_ty
         pwb = tl.load(pwb_ptr + nn, mask=nmask, other=0.0)
         out = tl.zeros((BLOCK_Q, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
-        for t in tl.static_range(KS * KS):
+        for t in range(KS * KS):
             ih = oh * STRIDE + (t // KS - PAD)
             iw = ow * STRIDE + (t % KS - PAD)
             valid = qmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -213,9 +220,9 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         optr = out_ptr + (b * sob + oh * soh + ow * sow)[:, None] + (nn * soc)[None, :]
         tl.store(optr, out.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & nmask[None, :])
 
-    @triton.jit(do_not_specialize=["B", "H", "W"])
+    @triton.jit(do_not_specialize=["B", "PIX_BUCKET", "H", "W"])
     def _dw_pw_dw_kernel(x_ptr, dw1w_ptr, dw1b_ptr, pww_ptr, pwb_ptr, dw2w_ptr, dw2b_ptr, res_ptr, out_ptr, scr_ptr,
-                         B, H, W, K, N,
+                         B, PIX_BUCKET, H, W, K, N,
                          sxb, sxc, sxh, sxw, srb, src, srh, srw, sob, soc, soh, sow,
                          KS1: tl.constexpr, KS2: tl.constexpr, ACT1: tl.constexpr, ACT_PW: tl.constexpr,
                          ACT2: tl.constexpr, HAS_RES: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -279,10 +286,13 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             ow = tw_i * TW + ocol
             omask = in_tile & (oh < H) & (ow < W)
             o = tl.zeros((BLOCK_E, BLOCK_N), dtype=pww_ptr.dtype.element_ty)
-            for t in tl.static_range(KS2 * KS2):
-                se = (orow + t // KS2) * EW + (ocol + t % KS2)
-                v = tl.load(scr + se[:, None] * BLOCK_N + nl[None, :], mask=omask[:, None], other=0.0)
-                o += v.to(o.dtype) * tl.load(dw2w_ptr + t * N + nn, mask=nmask, other=0.0)[None, :]
+            # a row loop: with all KS2 x KS2 taps unrolled, their scratch offsets are hoisted out of the work loop
+            # and the kernel spills (0.7-1.9 KB per thread on sm_90a, bf16)
+            for i in range(KS2):
+                srow = scr + ((orow + i) * EW + ocol)[:, None] * BLOCK_N + nl[None, :]
+                for j in tl.static_range(KS2):
+                    v = tl.load(srow + j * BLOCK_N, mask=omask[:, None], other=0.0)
+                    o += v.to(o.dtype) * tl.load(dw2w_ptr + (i * KS2 + j) * N + nn, mask=nmask, other=0.0)[None, :]
             o += tl.load(dw2b_ptr + nn, mask=nmask, other=0.0)[None, :]
             if ACT2:
                 o = _silu(o)
@@ -300,7 +310,13 @@ if triton is not None:  # without triton the ops import, and their launchers rai
     def _cfg(num_warps=4, num_stages=2, **kw):
         return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
 
-    # Spatial sizes are not specialised on (do_not_specialize), so a new image size re-tunes but does not recompile.
+    # The sizes that change with the batch and the image (pixel counts, B, H, W) are not specialised on
+    # (do_not_specialize) and the autotune keys hold PIX_BUCKET (_pix_bucket) instead of them: a new batch size,
+    # image size or rectangular validation shape re-tunes only when it moves the pixel count to another bucket, and
+    # never recompiles. (The strides stay specialised: channels_last strides are multiples of the channel count, so
+    # their divisibility by 16, which the vectorised loads rely on, does not change with B, H, W.)
+    # Every config compiles for sm_90a without spills in bf16 and fp16 at the yolov10n/s/m shapes and fits the
+    # 227 KB of shared memory; fp32 configs that would not fit are pruned before launch (bench/static.py checks).
     _DW_PW_CONFIGS = [
         _cfg(BLOCK_P=64, BLOCK_N=64, BLOCK_K=32, num_warps=4),
         _cfg(BLOCK_P=128, BLOCK_N=64, BLOCK_K=32, num_warps=8),
@@ -320,29 +336,45 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         _cfg(BLOCK_Q=64, BLOCK_N=128, BLOCK_K=32, num_warps=8),
         _cfg(BLOCK_Q=32, BLOCK_N=32, BLOCK_K=32, num_warps=4),
     ]
-    _DW_PW_DW_CONFIGS = [  # BLOCK_E // MAX_EW >= 3 (a tile needs >= 1 output row besides the halo)
+    # BLOCK_E // MAX_EW >= 3 (a tile needs >= 1 output row besides the halo). Tiles of 16 K elements (E256 x N64,
+    # E128 x N128) spill: the PW accumulator and the DW2 accumulator are both live.
+    _DW_PW_DW_CONFIGS = [
         _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=64, BLOCK_K=32, num_warps=4),
         _cfg(BLOCK_E=128, MAX_EW=32, BLOCK_N=64, BLOCK_K=32, num_warps=8),
-        _cfg(BLOCK_E=256, MAX_EW=32, BLOCK_N=64, BLOCK_K=32, num_warps=8),
-        _cfg(BLOCK_E=128, MAX_EW=16, BLOCK_N=128, BLOCK_K=32, num_warps=8),
         _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=32, BLOCK_K=32, num_warps=4),  # more programs for batch-1 P5 maps
     ]
+
+    def _prune_dw_pw(configs, named_args, **kwargs):
+        if named_args["x_ptr"].element_size() < 4:
+            return configs
+        # fp32 tiles take twice the shared memory: 128 x 128 with 3 stages would need 338 KB (limit 227 KB)
+        return [c for c in configs if c.kwargs["BLOCK_P"] * c.kwargs["BLOCK_N"] * c.num_stages < 3 * 128 * 128]
 
     def _prune_pw_pw(configs, named_args, **kwargs):
         n1p = kwargs.get("N1P", named_args.get("N1P", 64))
         kept = [c for c in configs if c.kwargs["BLOCK_P"] * n1p <= 16384]  # register budget of the hidden tile
         return kept or configs[:1]
 
-    _dw_pw = triton.autotune(_DW_PW_CONFIGS, key=["NPIX", "K", "N", "KS"])(_dw_pw_kernel)
-    _dw_pw_pw = triton.autotune(_DW_PW_PW_CONFIGS, key=["NPIX", "K", "N1", "N2", "KS"],
-                                prune_configs_by=None if _INTERPRET else {"early_config_prune": _prune_pw_pw}
-                                )(_dw_pw_pw_kernel)
-    _pw_dw = triton.autotune(_PW_DW_CONFIGS, key=["NQ", "K", "N", "KS", "STRIDE"])(_pw_dw_kernel)
-    _dw_pw_dw = triton.autotune(_DW_PW_DW_CONFIGS, key=["B", "H", "W", "K", "N", "KS1"])(_dw_pw_dw_kernel)
+    def _tuner(configs, key, prune=None):
+        return triton.autotune(configs, key=key, prune_configs_by=None if _INTERPRET or prune is None
+                               else {"early_config_prune": prune})
+
+    _dw_pw = _tuner(_DW_PW_CONFIGS, ["PIX_BUCKET", "K", "N", "KS"], _prune_dw_pw)(_dw_pw_kernel)
+    _dw_pw_pw = _tuner(_DW_PW_PW_CONFIGS, ["PIX_BUCKET", "K", "N1", "N2", "KS"], _prune_pw_pw)(_dw_pw_pw_kernel)
+    _pw_dw = _tuner(_PW_DW_CONFIGS, ["PIX_BUCKET", "K", "N", "KS", "STRIDE"])(_pw_dw_kernel)
+    _dw_pw_dw = _tuner(_DW_PW_DW_CONFIGS, ["PIX_BUCKET", "K", "N", "KS1"])(_dw_pw_dw_kernel)
     _SCRATCH_PER_PROGRAM = max(c.kwargs["BLOCK_E"] * c.kwargs["BLOCK_N"] for c in _DW_PW_DW_CONFIGS)
 
 
 INTERPRET_MAX_BLOCK = 256  # channel-block cap under TRITON_INTERPRET=1 (tests lower it to cover multi-block paths)
+# Above 2^16 pixels every config's grid covers the 132 SMs of an H200 several times over, so the best config no
+# longer depends on the size: one bucket for all of them (batch-64 training maps, the last partial batch).
+PIX_BUCKET_CAP = 1 << 16
+
+
+def _pix_bucket(npix):
+    """The autotune key's stand-in for a pixel count: the next power of two, capped at PIX_BUCKET_CAP."""
+    return min(next_pow2(npix), PIX_BUCKET_CAP)
 
 
 def _iblock(n, lo=16):
@@ -413,7 +445,7 @@ def _dw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w: 
         return (triton.cdiv(npix, meta["BLOCK_P"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
     _launch(_dw_pw, grid, dict(BLOCK_P=min(64, _iblock(npix)), BLOCK_N=_iblock(N), BLOCK_K=_iblock(C)),
-            (x, dw_w, dw_b, pw_w, pw_b, out, npix, H, W, C, N, *strides4(x), *strides4(out)),
+            (x, dw_w, dw_b, pw_w, pw_b, out, npix, _pix_bucket(npix), H, W, C, N, *strides4(x), *strides4(out)),
             dict(KS=ks, ACT_DW=act_dw, ACT_PW=act_pw, DOT_PREC=dot_precision(x)))
     return out
 
@@ -446,7 +478,8 @@ def _dw_pw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_
         return (triton.cdiv(npix, meta["BLOCK_P"]),)
 
     _launch(_dw_pw_pw, grid, dict(BLOCK_P=min(64, _iblock(npix)), BLOCK_K=_iblock(C), BLOCK_N2=_iblock(N2)),
-            (x, dw_w, dw_b, pw_w, pw_b, pw2_w, pw2_b, out, npix, H, W, C, N1, N2, *strides4(x), *strides4(out)),
+            (x, dw_w, dw_b, pw_w, pw_b, pw2_w, pw2_b, out, npix, _pix_bucket(npix), H, W, C, N1, N2, *strides4(x),
+             *strides4(out)),
             dict(KS=ks, ACT_DW=act_dw, ACT_PW=act_pw, ACT_PW2=act_pw2, DOT_PREC=dot_precision(x), N1P=n1p))
     return out
 
@@ -479,7 +512,7 @@ def _pw_dw_infer(x: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor, dw_w: 
         return (triton.cdiv(nq, meta["BLOCK_Q"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
     _launch(_pw_dw, grid, dict(BLOCK_Q=min(64, _iblock(nq)), BLOCK_N=_iblock(N), BLOCK_K=_iblock(C)),
-            (x, pw_w, pw_b, dw_w, dw_b, out, nq, H, W, HO, WO, C, N, *strides4(x), *strides4(out)),
+            (x, pw_w, pw_b, dw_w, dw_b, out, nq, _pix_bucket(nq), H, W, HO, WO, C, N, *strides4(x), *strides4(out)),
             dict(KS=ks, STRIDE=stride, ACT_PW=act_pw, ACT_DW=act_dw, DOT_PREC=dot_precision(x)))
     return out
 
@@ -527,7 +560,7 @@ def _dw_pw_dw_infer(x: torch.Tensor, dw1_w: torch.Tensor, dw1_b: torch.Tensor, p
 
     res = residual if residual is not None else out
     _launch(_dw_pw_dw, grid, interp_meta,
-            (x, dw1_w, dw1_b, pw_w, pw_b, dw2_w, dw2_b, res, out, scratch, B, H, W, C, N,
+            (x, dw1_w, dw1_b, pw_w, pw_b, dw2_w, dw2_b, res, out, scratch, B, _pix_bucket(B * H * W), H, W, C, N,
              *strides4(x), *strides4(res), *strides4(out)),
             dict(KS1=ks1, KS2=ks2, ACT1=act_dw1, ACT_PW=act_pw, ACT2=act_dw2, HAS_RES=residual is not None,
                  DOT_PREC=dot_precision(x)))

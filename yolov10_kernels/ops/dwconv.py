@@ -345,6 +345,10 @@ if triton is not None:  # without triton the ops import, and their launchers rai
 
 
 # ---------------------------------------------------------------------------------------------------- launchers
+# ptxas left to itself gives some variants 80-128 registers and spills (its heuristic, not a need): an explicit
+# ceiling of the hardware's 255 lets each variant take what it needs (bench.static: none then spills).
+MAXNREG = 255
+
 # Tests set this to run the GPU kernels' unrolled tap loops under the interpreter too (by default the interpreter
 # takes the vectorised-taps path, which is many times faster there).
 TAP_LOOP_ON_CPU = False
@@ -438,7 +442,7 @@ def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
         K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
         OUT_ACT=bool(out_act), HAS_RES=residual is not None, WRITE_OUT=bool(write_out), STATS=bool(stats),
         ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), TILE_W=tile_w, BLOCK_P=BP, BLOCK_C=BC,
-        num_warps=nw)
+        num_warps=nw, maxnreg=MAXNREG)
     if stats:
         return (out, *finish_stats(pcnt, pmean, pm2, x))
     return out, x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
@@ -479,7 +483,8 @@ def _grad_y_pass(grad_out, x, w, si, ti, so, to, mean, grad_mean, grad_var, stri
         *x.stride(), *(grad_out.stride() if has_go else (0, 0, 0, 0)), *g.stride(),
         K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
         OUT_ACT=bool(out_act), HAS_GO=has_go, STATS=stats, ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x),
-        KK_PAD=next_pow2(K * K), TILE_W=tile_w, BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
+        KK_PAD=next_pow2(K * K), TILE_W=tile_w, BLOCK_P=BP, BLOCK_C=BC, num_warps=nw,
+        maxnreg=MAXNREG)
     if so is None:
         return g, None, None
     return g, sum_partials(pgos, empty(C, x, sd)), sum_partials(pgot, empty(C, x, sd))
@@ -506,7 +511,8 @@ def _input_grad_pass(g, x, weight, w, si, ti, stride, in_act):
         C, H, W, OH, OW, NP, per,
         *x.stride(), *g.stride(), *gx.stride(),
         K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), ACC=tl_acc(x.dtype),
-        TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw)
+        TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw,
+        maxnreg=MAXNREG)
     gw = sum_partials(pdw, torch.empty_like(weight, memory_format=torch.contiguous_format), taps=K * K)
     if si is None:
         return gx, gw, x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
