@@ -7,8 +7,10 @@ compile time; per op and mode, the kernel launches and the bytes their tensor ar
 adds host-op counts and the eager side). The launches are found by running the real launchers on fake CUDA
 tensors (bench/static_capture.py), so the report follows the kernels as they change.
 
-Writes bench/results/static-<date>.json ({"rows", "ops", "env"}) and a markdown table beside it. --quick: one
-scale (s), the launchers' own configs plus a sample of each autotuner's (the test suite's mode)."""
+Writes bench/results/static-<date>.json ({"rows", "ops", "model_step", "env"}: per compiled config, per op and
+mode, the yolov10n train step's host ops ours vs the reference's) and a markdown table beside it; tests/
+test_gpu_budgets.py enforces the budgets on the committed one. --quick: one scale (s), the launchers' own configs
+plus a sample of each autotuner's."""
 import argparse
 import concurrent.futures as cf
 import datetime
@@ -37,21 +39,6 @@ def sources_hash():
     return h.hexdigest()
 
 
-def _spec_int(v):
-    """An integer argument by what Triton specialises on (== 1, divisible by 16, other)."""
-    if isinstance(v, bool) or not isinstance(v, int):
-        return v
-    return 1 if v == 1 else 16 if v % 16 == 0 else 3
-
-
-def _norm(v):
-    if isinstance(v, float):
-        return 1.0
-    if isinstance(v, tuple):
-        return list(v[:2]) if v[0] == "tensor" else list(v)
-    return _spec_int(v)
-
-
 def _configs(launch, quick):
     if not quick or len(launch.configs) <= 2:
         return launch.configs
@@ -76,12 +63,13 @@ def capture(scales, dtypes, log):
 
 def jobs_and_rows(launches, quick):
     """Unique compile jobs and the report rows pointing at them."""
+    from yolov10_kernels.warmup import variant_key
     jobs, rows = {}, []
     for ln in launches:
-        args = {k: _norm(v) for k, v in ln.args.items()}
+        args = {k: list(v) if isinstance(v, tuple) else v for k, v in ln.args.items()}
         consts = {k: list(v) if isinstance(v, tuple) else v for k, v in ln.constexprs.items()}
         for cfg in _configs(ln, quick):
-            key = json.dumps([ln.module, ln.kernel, args, consts, cfg], sort_keys=True)
+            key = json.dumps(variant_key(ln, cfg), default=str)
             jobs.setdefault(key, (key, ln.module, ln.kernel, args, consts, cfg))
             op, scale, batch, dtype, mode = ln.context.split()
             rows.append({"kernel": ln.kernel, "config": cfg, "dtype": dtype, "shape": f"{op} {scale} {batch} {mode}",
@@ -120,9 +108,11 @@ def build_report(quick, n_jobs, scales=None, dtypes=DTYPES, log=print):
     results = compile_all(jobs, n_jobs, log)
     for r in rows:
         r.update(results[r.pop("_job")])
-    from .static_ops import op_summary
+    from .static_ops import count_model_step, op_summary
     ops = op_summary(launches, scales or (("s",) if quick else SCALES), log)
-    return {"rows": rows, "ops": ops, "env": env_info(quick, n_jobs, time.time() - t0)}
+    step = {"scale": "n", "batch": 2, "imgsz": 640, **count_model_step("n", 2, 640)}
+    log(f"yolov10n train step host ops: ours {step['ours']['host_ops']}, reference {step['eager']['host_ops']}")
+    return {"rows": rows, "ops": ops, "model_step": step, "env": env_info(quick, n_jobs, time.time() - t0)}
 
 
 def main(argv=None):

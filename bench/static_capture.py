@@ -8,11 +8,13 @@ import torch
 from yolov10_kernels.capture import Recorder, capture, patched  # noqa: F401  (Recorder: for bench/static.py)
 
 
-def capture_op(recorder, op, scale, batch, dtype, train, channels_last=True):
-    """Record the launches of the op's drop-in (bench.ops) at batch `batch`, 640 px: eval forward (BN folded), or
-    train forward + backward."""
+def capture_op(recorder, op, scale, batch, dtype, train, channels_last=True, imgsz=640):
+    """Record the launches of the op's drop-in (bench.ops) at batch `batch` and image size `imgsz` (pixels, or
+    (height, width)): eval forward (BN folded), or train forward + backward."""
     from . import ops
     module, _, in_shapes = ops.op_module(op, scale)
+    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    in_shapes = [(*s[:2], s[2] * h // 640, s[3] * w // 640) for s in in_shapes]  # op_module's shapes: at 640 px
     module.train(train)
     with patched(torch.cuda, "is_available", lambda: True):
         ours = ops.make_ours(op, module, "cuda", "train_full" if train else "infer")

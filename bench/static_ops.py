@@ -78,10 +78,26 @@ def _ours_on_meta(recorder, counter):
         yield
 
 
-def count_op(op, scale, train, batch):
-    """{eager: {host_ops, bytes}, ours: {host_ops, launches, bytes}} on the meta device."""
+PARTS = ("psa.attn",)  # measured on their own too (the targets name PSA's attention)
+
+
+def _part(op, scale):
+    """(module, input shapes) of an op, or of its part: "psa.attn" is the PSA block's Attention alone (what the
+    fused attention replaces; the block's other convs are the same eager modules on both sides)."""
     from . import ops
-    module, _, in_shapes = ops.op_module(op, scale)
+    name, _, part = op.partition(".")
+    module, _, in_shapes = ops.op_module(name, scale)
+    if part:
+        module = module.get_submodule(part)
+        in_shapes = [(1, module.qkv.conv.in_channels, *in_shapes[0][2:])]
+    return name, module, in_shapes
+
+
+def count_op(op, scale, train, batch):
+    """{eager: {host_ops, bytes}, ours: {host_ops, launches, bytes}} on the meta device. op: one of bench.ops.OPS,
+    or "psa.attn" (the PSA block's Attention)."""
+    from . import ops
+    op, module, in_shapes = _part(op, scale)
     module.train(train)
     with _patched_cuda():
         ours = ops.make_ours(op, module, "cuda", "train_full" if train else "infer")
@@ -108,7 +124,7 @@ def op_summary(launches, scales, log=print):
     from . import ops
     out = []
     for scale in scales:
-        for op in ops.OPS:
+        for op in ops.OPS + PARTS:
             for train in (False, True):
                 batch = 64 if train else 1
                 c = count_op(op, scale, train, batch)

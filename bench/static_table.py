@@ -40,6 +40,13 @@ def markdown(report):
         lines.append(f"| {o['op']} | {o['scale']} | {o['mode']} | {o['batch']} | {o['host_ops_ours']} / "
                      f"{o['host_ops_eager']} | {o['launches_ours']} / {o['launches_eager']} | "
                      f"{o['bytes_ours'] / 1e6:.1f} / {o['bytes_eager'] / 1e6:.1f} | {o['byte_ceiling']}x |")
+    step = report.get("model_step")
+    if step:
+        e, o = step["eager"], step["ours"]
+        lines += ["", f"## yolov10{step['scale']} train step ({step['imgsz']} px, batch {step['batch']}): host ops", "",
+                  "| | model fwd + bwd | loss fwd + bwd (both assigners) | total |", "|---|---|---|---|",
+                  f"| reference | {e['model_ops']} | {e['loss_ops']} | {e['host_ops']} |",
+                  f"| accelerated + fused assigner | {o['model_ops']} | {o['loss_ops']} | {o['host_ops']} |"]
     lines += ["", "## Every row", "", "| kernel | shape | dtype | config | regs | spill B | smem B | mma | compile s | "
               "launchable |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:

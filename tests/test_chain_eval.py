@@ -200,25 +200,25 @@ def _tuning_signatures(monkeypatch, block, x):
 
 @needs_triton_cpu
 def test_autotune_keys_bucket_batch_and_image_size(monkeypatch):
-    """Batch sizes, image sizes and rectangular shapes whose pixel counts share a bucket give one autotune key and
-    one specialisation (channels_last, channel counts multiples of 16 as in every yolov10 layer): no retune and
-    no recompile. Kernels are not run."""
+    """Batch sizes, and image sizes and rectangular shapes whose per-image pixel counts share a bucket, give one
+    autotune key and one specialisation (channels_last, channel counts multiples of 16 as in every yolov10
+    layer): no retune and no recompile. Kernels are not run."""
     cl = torch.channels_last
     blocks = {"cib": (D.cib_infer, fused(make_cib(32, lk=True)).folded(), 32),
               "cib3": (D.cib_infer, fused(make_cib(32, lk=False)).folded(), 32),
               "scdown": (D.scdown_infer, fused(make_scdown(32, 48)).folded(), 32),
               "cls": (D.cls_head_infer, fused(make_cls(32, nc=16)).folded(), 32)}
-    # 640 / 608 / rectangular maps at P5 (SCDown's stride-2 outputs share a bucket too), and batch sizes above
-    # the cap (PIX_BUCKET_CAP)
-    same_bucket = [[(1, 20, 20), (1, 19, 21), (1, 24, 16), (1, 22, 22)], [(48, 64, 64), (64, 64, 64), (40, 80, 72)]]
+    # 640 / 608 / rectangular maps at P5 (SCDown's stride-2 outputs share a bucket too) at batch 1, 7 and 64, and
+    # maps above the cap (PIX_BUCKET_CAP)
+    same_bucket = [[(1, 20, 20), (1, 19, 21), (7, 24, 16), (64, 22, 22)], [(2, 576, 512), (1, 528, 520)]]
     for name, (fn, p, c) in blocks.items():
         for group in same_bucket:
             sigs = [_tuning_signatures(monkeypatch, lambda x: fn(x, p), torch.empty(b, c, h, w).to(memory_format=cl))
                     for b, h, w in group]
             assert all(s == sigs[0] for s in sigs), (name, group, sigs)
-        small, large = (_tuning_signatures(monkeypatch, lambda x: fn(x, p), torch.empty(b, c, 20, 20).to(
-            memory_format=cl)) for b in (1, 64))
-        assert [s[1] for s in small] != [s[1] for s in large], name  # a batch-1 map and a batch-64 one tune apart
+        small, large = (_tuning_signatures(monkeypatch, lambda x: fn(x, p), torch.empty(1, c, h, h).to(
+            memory_format=cl)) for h in (20, 80))
+        assert [s[1] for s in small] != [s[1] for s in large], name  # a P5 map and a P3 one tune apart
 
 
 # ---- torch.library ----

@@ -147,6 +147,17 @@ def _basic_index(t, index):
     return t
 
 
+def _cudnn_memory_format(input, weight, backend):
+    """The memory format of a conv's output as cuDNN picks it on a GPU: channels_last when the input or the weight
+    has channels-innermost strides (a channel slice of a channels_last tensor counts, as in ATen's
+    suggest_memory_format). Without CUDA, the fake conv would pick NCHW for a fake CUDA tensor."""
+    def channels_innermost(t):
+        return t.dim() == 4 and t.shape[1] > 1 and t.stride(1) == 1 and t.stride(3) >= t.shape[1]
+    if channels_innermost(input) or channels_innermost(weight):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 @contextlib.contextmanager
 def fake_gpu(recorder, sm_count=H200_SMS, op_wrapper=None):
     """See the module docstring. op_wrapper(op) -> the function that runs in place of its fake implementation."""
@@ -171,6 +182,7 @@ def fake_gpu(recorder, sm_count=H200_SMS, op_wrapper=None):
                                  (torch.cuda, "is_bf16_supported", lambda *a, **k: True),  # torch.autocast asks
                                  (torch.cuda, "device", lambda d: contextlib.nullcontext()),
                                  (JITFunction, "run", jit_run), (Autotuner, "run", tuner_run),
+                                 (torch._C, "_conv_determine_backend_memory_format", _cudnn_memory_format),
                                  *((torch.Tensor, n, _aten_method(n)) for n in ("copy_", "contiguous", "__getitem__"))):
             stack.enter_context(patched(obj, name, value))
         for op in custom_ops():

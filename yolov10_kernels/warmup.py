@@ -135,17 +135,22 @@ def _spec(v, specialize=True):
     return tuple(v) if isinstance(v, list) else v
 
 
+def variant_key(ln, cfg):
+    """What Triton compiles launch `ln` (a capture.Launch) with config `cfg` into: kernel, argument
+    specialisation, constexprs and config. Two launches with one key share one binary."""
+    fixed = {p.name for p in getattr(ln.fn, "params", ()) if p.do_not_specialize}
+    args = tuple(sorted((k, _spec(v, k not in fixed)) for k, v in ln.args.items()))
+    return (ln.module, ln.kernel, args, tuple(sorted((k, _spec(v)) for k, v in ln.constexprs.items())),
+            tuple(sorted(cfg.items())))
+
+
 def variants(launches):
     """The distinct compile jobs (module, kernel, args, constexprs, config) of `launches`: one per kernel,
     specialisation and config."""
     jobs = {}
     for ln in launches:
-        fixed = {p.name for p in getattr(ln.fn, "params", ()) if p.do_not_specialize}
-        args = tuple(sorted((k, _spec(v, k not in fixed)) for k, v in ln.args.items()))
         for cfg in ln.configs:
-            key = (ln.module, ln.kernel, args, tuple(sorted((k, _spec(v)) for k, v in ln.constexprs.items())),
-                   tuple(sorted(cfg.items())))
-            jobs.setdefault(key, (ln.module, ln.kernel, ln.args, ln.constexprs, cfg))
+            jobs.setdefault(variant_key(ln, cfg), (ln.module, ln.kernel, ln.args, ln.constexprs, cfg))
     return list(jobs.values())
 
 

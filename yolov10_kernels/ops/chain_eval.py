@@ -311,9 +311,9 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
 
     # The sizes that change with the batch and the image (pixel counts, B, H, W) are not specialised on
-    # (do_not_specialize) and the autotune keys hold PIX_BUCKET (_pix_bucket) instead of them: a new batch size,
-    # image size or rectangular validation shape re-tunes only when it moves the pixel count to another bucket, and
-    # never recompiles. (The strides stay specialised: channels_last strides are multiples of the channel count, so
+    # (do_not_specialize) and the autotune keys hold PIX_BUCKET (_pix_bucket: the bucket of one image's pixel count)
+    # instead of them: a new batch size never re-tunes, an image size or rectangular validation shape only when it
+    # moves the per-image pixel count to another bucket, and neither recompiles. (The strides stay specialised: channels_last strides are multiples of the channel count, so
     # their divisibility by 16, which the vectorised loads rely on, does not change with B, H, W.)
     # Every config compiles for sm_90a without spills in bf16 and fp16 at the yolov10n/s/m shapes and fits the
     # 227 KB of shared memory; fp32 configs that would not fit are pruned before launch (bench/static.py checks).
@@ -373,7 +373,8 @@ PIX_BUCKET_CAP = 1 << 16
 
 
 def _pix_bucket(npix):
-    """The autotune key's stand-in for a pixel count: the next power of two, capped at PIX_BUCKET_CAP."""
+    """The autotune key's stand-in for an image's pixel count (per image: the batch only multiplies the grid, so
+    a new batch size never re-tunes): the next power of two, capped at PIX_BUCKET_CAP."""
     return min(next_pow2(npix), PIX_BUCKET_CAP)
 
 
@@ -445,7 +446,7 @@ def _dw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_w: 
         return (triton.cdiv(npix, meta["BLOCK_P"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
     _launch(_dw_pw, grid, dict(BLOCK_P=min(64, _iblock(npix)), BLOCK_N=_iblock(N), BLOCK_K=_iblock(C)),
-            (x, dw_w, dw_b, pw_w, pw_b, out, npix, _pix_bucket(npix), H, W, C, N, *strides4(x), *strides4(out)),
+            (x, dw_w, dw_b, pw_w, pw_b, out, npix, _pix_bucket(H * W), H, W, C, N, *strides4(x), *strides4(out)),
             dict(KS=ks, ACT_DW=act_dw, ACT_PW=act_pw, DOT_PREC=dot_precision(x)))
     return out
 
@@ -478,7 +479,7 @@ def _dw_pw_pw_infer(x: torch.Tensor, dw_w: torch.Tensor, dw_b: torch.Tensor, pw_
         return (triton.cdiv(npix, meta["BLOCK_P"]),)
 
     _launch(_dw_pw_pw, grid, dict(BLOCK_P=min(64, _iblock(npix)), BLOCK_K=_iblock(C), BLOCK_N2=_iblock(N2)),
-            (x, dw_w, dw_b, pw_w, pw_b, pw2_w, pw2_b, out, npix, _pix_bucket(npix), H, W, C, N1, N2, *strides4(x),
+            (x, dw_w, dw_b, pw_w, pw_b, pw2_w, pw2_b, out, npix, _pix_bucket(H * W), H, W, C, N1, N2, *strides4(x),
              *strides4(out)),
             dict(KS=ks, ACT_DW=act_dw, ACT_PW=act_pw, ACT_PW2=act_pw2, DOT_PREC=dot_precision(x), N1P=n1p))
     return out
@@ -512,7 +513,7 @@ def _pw_dw_infer(x: torch.Tensor, pw_w: torch.Tensor, pw_b: torch.Tensor, dw_w: 
         return (triton.cdiv(nq, meta["BLOCK_Q"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
     _launch(_pw_dw, grid, dict(BLOCK_Q=min(64, _iblock(nq)), BLOCK_N=_iblock(N), BLOCK_K=_iblock(C)),
-            (x, pw_w, pw_b, dw_w, dw_b, out, nq, _pix_bucket(nq), H, W, HO, WO, C, N, *strides4(x), *strides4(out)),
+            (x, pw_w, pw_b, dw_w, dw_b, out, nq, _pix_bucket(HO * WO), H, W, HO, WO, C, N, *strides4(x), *strides4(out)),
             dict(KS=ks, STRIDE=stride, ACT_PW=act_pw, ACT_DW=act_dw, DOT_PREC=dot_precision(x)))
     return out
 
@@ -560,7 +561,7 @@ def _dw_pw_dw_infer(x: torch.Tensor, dw1_w: torch.Tensor, dw1_b: torch.Tensor, p
 
     res = residual if residual is not None else out
     _launch(_dw_pw_dw, grid, interp_meta,
-            (x, dw1_w, dw1_b, pw_w, pw_b, dw2_w, dw2_b, res, out, scratch, B, _pix_bucket(B * H * W), H, W, C, N,
+            (x, dw1_w, dw1_b, pw_w, pw_b, dw2_w, dw2_b, res, out, scratch, B, _pix_bucket(H * W), H, W, C, N,
              *strides4(x), *strides4(res), *strides4(out)),
             dict(KS1=ks1, KS2=ks2, ACT1=act_dw1, ACT_PW=act_pw, ACT2=act_dw2, HAS_RES=residual is not None,
                  DOT_PREC=dot_precision(x)))

@@ -206,7 +206,7 @@ def _blocks(M, CI, CO, x, kernel="fwd"):
     dgrad keeps output blocks <= 64 wide (no spills) and wgrad 64 rows per step (fp32 fits in 227 KB)."""
     if triton_interpreted() or x.device.type != "cuda":
         return (min(max(next_pow2(M), 16), 256), min(max(next_pow2(CO), 16), 64), min(max(next_pow2(CI), 16), 64), 4)
-    bm = 128 if M >= 4096 and kernel != "wgrad" else 64
+    bm = 64 if kernel == "wgrad" else 128  # not sized by M: a new batch or image size must not recompile
     bn = min(max(next_pow2(CO), 16), 64 if kernel == "dgrad" else 128)
     bk = min(max(next_pow2(CI), 16), 64 if x.element_size() <= 2 else 32)
     return bm, bn, bk, (8 if bm * bn >= 128 * 64 else 4)
