@@ -48,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true",
                    help="set-up check: tiny shapes (yolov10n at 64 px), every row's callable run once on the "
                         "device, nothing timed; torch.compile rows use the dynamo-only 'eager' backend")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="CUDA: skip compiling every kernel variant up front (yolov10_kernels.warmup in parallel "
+                        "workers); the first call of each row then compiles, outside its timing window")
     p.add_argument("--no-write", action="store_true", help="do not write result files")
     p.add_argument("--stem", default=None,
                    help="result file name without extension (default <device>-<UTC date-time>)")
@@ -184,6 +187,13 @@ def main(argv=None):
                f"| cuDNN {env['cudnn']} | commit {env['git_commit']}")
     common.log(f"[bench] sections {run.sections}; {'smoke' if args.smoke else 'quick' if args.quick else 'full'}; "
                f"compile mode {run.compile_mode} (scope {args.compile_scope}); budget {run.budget.total_s:.0f}s")
+    if device.type == "cuda" and not args.smoke and not args.no_warmup:
+        from .warm import warm_up
+        t0 = time.monotonic()
+        w = warm_up(max(30.0, 0.25 * run.budget.total_s))
+        common.log(f"[bench] warm-up (yolov10_kernels.warmup, before any timing): {w.get('status')}, "
+                   f"{w.get('compiled', 0)} of {w.get('variants', 0)} kernel variants compiled in "
+                   f"{time.monotonic() - t0:.0f}s")
     if not args.smoke:
         run.copy_bw = common.measure_copy_bandwidth(device)
         common.log(f"[bench] copy bandwidth {run.copy_bw:.0f} GB/s (read + write)")

@@ -78,7 +78,8 @@ def _bench(session, f):
     if session.dry_run:
         args += ["--device", "cpu", "--smoke", "--ops", "scdown,e2e", "--threads", "1"]
     else:
-        args += ["--device", "cuda", "--quick", "--compile-mode", "max-autotune", "--scales", "n,s"]
+        # the build phase compiled the kernel variants already (bench/warm.py)
+        args += ["--device", "cuda", "--quick", "--compile-mode", "max-autotune", "--scales", "n,s", "--no-warmup"]
     session.log(f"  python -m bench {' '.join(args)}")
     main(args)
     rows = json.loads((session.out / "bench.json").read_text())["rows"]

@@ -128,6 +128,28 @@ def _warm_kernels_child(dry_run, workers, timeout_s):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def _wait(child, timeout_s):
+    """The warm-up child's summary (a dict), waiting at most timeout_s; the child never outlives the call."""
+    try:  # the child stops waiting for compiles at the budget it was given; this is the backstop
+        out, err = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        out, err = child.communicate()
+    finally:  # a SIGTERM of the caller must not leave the child compiling into what comes next
+        if child.poll() is None:
+            child.kill()
+    try:  # the summary line comes before the child waits for its last compiles (it may be killed there)
+        return json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"status": f"fail: rc {child.returncode}", "log_tail": err[-4000:]}
+
+
+def warm_up(timeout_s, workers=None):
+    """Compile every kernel variant the GPU benchmarks launch (see the module docstring) before any timing, in a
+    child process; returns its summary. `python -m bench` calls it first on CUDA."""
+    return _wait(_warm_kernels_child(False, workers or max(1, (os.cpu_count() or 2) - 1), timeout_s), timeout_s + 5)
+
+
 def run(session, f):
     env = dict(os.environ, MAX_JOBS=str(os.cpu_count() or 4))
     # the build's output is kept in build.json (its tail): $OUT takes at most 8 files
@@ -137,19 +159,7 @@ def run(session, f):
         workers = DRY_WORKERS if session.dry_run else GPU_WORKERS
         session.log(f"  building the extension; compiling the kernel variants in {workers} workers")
         warm = _warm_kernels_child(session.dry_run, workers, max(session.left() - 10, 1))
-        try:  # the child stops waiting for compiles at the budget it was given; this is the backstop
-            out, err = warm.communicate(timeout=max(session.left(), 1))
-        except subprocess.TimeoutExpired:
-            warm.kill()
-            out, err = warm.communicate()
-        finally:  # a SIGTERM of this phase must not leave the child compiling into the next phase
-            if warm.poll() is None:
-                warm.kill()
-        try:  # the summary line comes before the child waits for its last compiles (it may be killed there)
-            item = json.loads(out.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            item = {"status": f"fail: rc {warm.returncode}", "log_tail": err[-4000:]}
-        f.add({"what": "warm", "seconds": time.time() - t0, **item})
+        f.add({"what": "warm", "seconds": time.time() - t0, **_wait(warm, max(session.left(), 1))})
         try:
             rc = build.wait(timeout=max(session.left(), 1))
         except subprocess.TimeoutExpired:

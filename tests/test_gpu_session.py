@@ -55,3 +55,13 @@ def test_comparison_rules():
     assert compare(ref + 0.2 + 0.05 * 4 - 1e-3, ref, lowp, torch.bfloat16)["ok"]
     assert not compare(ref + 0.2 + 0.05 * 4 + 1e-2, ref, lowp, torch.bfloat16)["ok"]
     assert not compare(ref * float("nan"), ref, lowp, torch.float16)["ok"]
+
+
+def test_bench_warm_up_says_why_it_compiles_nothing_without_a_gpu():
+    """python -m bench's warm-up (CUDA only) in its child process: on this CPU machine it compiles nothing and
+    says why, in time, leaving no child behind."""
+    from bench.warm import warm_up
+    t0 = time.monotonic()
+    out = warm_up(120, workers=1)
+    assert out["status"].startswith("skipped") and "CUDA" in out["status"], out
+    assert time.monotonic() - t0 < 120
