@@ -54,7 +54,7 @@ def _affine(bn, mean, var):
 # updated, and in backward the gradients of mean, var, gamma and beta. As torch ops that is ~30 host ops per BN
 # layer (more than the eager layer's whole forward and backward); here it is one launch each way.
 if triton is not None:
-    from .utils import tile_stats_merge
+    from .utils import store_partial_stats, tile_stats_merge
 
     @triton.jit
     def _bn_affine_kernel(mean_ptr, var_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, nbt_ptr, scale_ptr, shift_ptr,
@@ -240,9 +240,7 @@ if triton is not None:
             xv = tl.load(xp, mask=m2d, other=0.0).to(ACC)
             n_run, mean_run, m2_run = tile_stats_merge(n_run, mean_run, m2_run, xv, m2d,
                                                        tl.sum(pmask.to(ACC), axis=0))
-        tl.store(pcnt_ptr + pid + tl.arange(0, BLOCK_C) * 0, n_run, mask=tl.arange(0, BLOCK_C) == 0)
-        tl.store(pmean_ptr + pid * C + c, mean_run, mask=cmask)
-        tl.store(pm2_ptr + pid * C + c, m2_run, mask=cmask)
+        store_partial_stats(pcnt_ptr, pmean_ptr, pm2_ptr, pid, c, cmask, C, n_run, mean_run, m2_run, BLOCK_C)
 
     @triton.jit(do_not_specialize=["HW", "W", "NP", "tiles_per_prog"])
     def _channel_stats_grad_kernel(x_ptr, gx_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_n, C, HW, W, NP,

@@ -43,7 +43,8 @@ Tensor = torch.Tensor
 
 # ---------------------------------------------------------------------------------------------------- kernels
 if triton is not None:  # without triton the ops import, and their launchers raise (utils.check_device)
-    from .utils import load_channel_pair, load_stat_grads, silu_fwd, silu_fwd_bwd, tile_stats_merge
+    from .utils import (load_channel_pair, load_stat_grads, silu_fwd, silu_fwd_bwd, store_partial_stats,
+                        tile_stats_merge)
 
     # what changes with the batch or image size is not specialised on: no recompile for a new size
     VARYING = ["N", "H", "W", "OH", "OW", "NP", "NT", "tiles_per_prog", "slot"]
@@ -168,9 +169,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                 yp = y_ptr + n.to(tl.int64)[:, None] * syn + c[None, :].to(tl.int64) * syc + oh[:, None] * syh + ow[:, None] * syw
                 tl.store(yp, v.to(y_ptr.dtype.element_ty), mask=m2d)
         if STATS:
-            tl.store(pcnt_ptr + pid + tl.arange(0, BLOCK_C) * 0, n_run, mask=tl.arange(0, BLOCK_C) == 0)
-            tl.store(pmean_ptr + pid * C + c, mean_run, mask=cmask)
-            tl.store(pm2_ptr + pid * C + c, m2_run, mask=cmask)
+            store_partial_stats(pcnt_ptr, pmean_ptr, pm2_ptr, pid, c, cmask, C, n_run, mean_run, m2_run, BLOCK_C)
 
     @triton.jit(do_not_specialize=VARYING)
     def _dw_grad_y_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, go_ptr, mean_ptr, gmean_ptr, gvar_ptr,

@@ -26,7 +26,7 @@ Tensor = torch.Tensor
 
 # ---------------------------------------------------------------------------------------------------- kernels
 if triton is not None:  # without triton the ops import, and their launchers raise (utils.check_device)
-    from .utils import load_stat_grads, silu_fwd_bwd, tile_stats_merge
+    from .utils import load_stat_grads, silu_fwd_bwd, store_partial_stats, tile_stats_merge
 
     # what changes with the batch or image size is not specialised on: no recompile for a new size
     VARYING = ["M", "HW"]
@@ -98,9 +98,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             z = tl.zeros([BLOCK_N], ACC)
             nb = tl.sum(mmask.to(ACC), axis=0)
             n_t, mean_t, m2_t = tile_stats_merge(z, z, z, acc, m2d, nb)
-            tl.store(pcnt_ptr + pid_m + tl.arange(0, BLOCK_N) * 0, n_t, mask=tl.arange(0, BLOCK_N) == 0)
-            tl.store(pmean_ptr + pid_m * CO + co, mean_t, mask=comask)
-            tl.store(pm2_ptr + pid_m * CO + co, m2_t, mask=comask)
+            store_partial_stats(pcnt_ptr, pmean_ptr, pm2_ptr, pid_m, co, comask, CO, n_t, mean_t, m2_t, BLOCK_N)
 
     @triton.jit(do_not_specialize=VARYING)
     def _pw_dgrad_kernel(gy_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m, w_ptr, x_ptr, s_ptr, t_ptr,

@@ -278,6 +278,15 @@ if triton is not None:
         return u * sig, sig * (1.0 + u * (1.0 - sig))
 
     @triton.jit
+    def store_partial_stats(pcnt_ptr, pmean_ptr, pm2_ptr, row, c, cmask, C, n, mean, m2, BLOCK_C: tl.constexpr):
+        """Row `row` of the per-program statistics partials: count (every lane holds it), mean and M2 of channels c
+        (finish_stats merges the rows)."""
+        lane = tl.arange(0, BLOCK_C)
+        tl.store(pcnt_ptr + row + lane * 0, n, mask=lane == 0)
+        tl.store(pmean_ptr + row * C + c, mean, mask=cmask)
+        tl.store(pm2_ptr + row * C + c, m2, mask=cmask)
+
+    @triton.jit
     def tile_stats_merge(n_a, mean_a, m2_a, y, mask2d, n_b):
         """Merge the statistics of tile y ([BLOCK_P, BLOCK_C], valid where mask2d; n_b valid rows) into the running
         (n_a, mean_a [BLOCK_C], m2_a [BLOCK_C]) with the parallel-variance formula (chunked Welford)."""
