@@ -437,11 +437,15 @@ LOWP = ([(k, cl, dt) for k, cl in [("cib", True), ("cib_lk", False), ("scdown", 
         [("cib_lk", False, torch.bfloat16), ("scdown", True, torch.float16)])
 
 
+@pytest.mark.parametrize("staged", [False] if CUDA else [False, True])  # a GPU always takes the staged path
 @pytest.mark.parametrize("kind,cl,dtype", LOWP, ids=[f"{k}-{'cl' if cl else 'nchw'}-{str(d)[6:]}" for k, cl, d in LOWP])
-def test_chain_low_precision(kind, cl, dtype):
+def test_chain_low_precision(monkeypatch, kind, cl, dtype, staged):
     """|fused - ref32| <= 2 |torch_lowp - ref32| + atol, for the output and every gradient (flash-attention's
     rule). On a GPU: fp16/bf16 on tensor cores at a moderate shape; under the interpreter: one tiny case each
-    (bf16 dot operands are upcast there), which checks the low-precision storage paths and the test itself."""
+    (bf16 dot operands are upcast there), which checks the low-precision storage paths and the test itself;
+    "staged": the GPU's depthwise path, whose staged activations are stored in the low-precision dtype."""
+    from yolov10_kernels.ops import dwconv
+    monkeypatch.setattr(dwconv, "TAP_LOOP_ON_CPU", staged)
     torch.manual_seed(10)
     c, shape = (24, (3, 24, 23, 19)) if CUDA else (6, (2, 6, 5, 7))
     ref32, layers, residual = make_block(kind, c, torch.float32)
