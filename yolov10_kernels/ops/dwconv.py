@@ -348,8 +348,8 @@ if triton is not None:  # without triton the ops import, and their launchers rai
 # ceiling of the hardware's 255 lets each variant take what it needs (bench.static: none then spills).
 MAXNREG = 255
 
-# Tests set this to run the GPU kernels' unrolled tap loops under the interpreter too (by default the interpreter
-# takes the vectorised-taps path, which is many times faster there).
+# Tests set this to run the GPU kernels' path (staged tiles, tap loops) under the interpreter too (by default the
+# interpreter takes the vectorised-taps path, which is many times faster there).
 TAP_LOOP_ON_CPU = False
 
 
