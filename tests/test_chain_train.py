@@ -271,6 +271,10 @@ def test_gradcheck_dw_op_fp64():
         return out, mean, var
     assert torch.autograd.gradcheck(f, (x, w, si, ti, so, to, res), eps=1e-6, atol=1e-7, fast_mode=True)
 
+    def raw(x, w, si, ti):  # the raw output and its statistics from one op: the backward reads the saved output
+        return dw_conv_bn(x, w, si, ti, None, None, None, 1, True, False, True, True)
+    assert torch.autograd.gradcheck(raw, (x, w, si, ti), eps=1e-6, atol=1e-7, fast_mode=True)
+
 
 def test_gradcheck_pw_op_fp64():
     torch.manual_seed(5)
@@ -314,8 +318,9 @@ def test_opcheck_dw_conv_bn():
     g = torch.randn(2, 3, 5, 4, device=DEV)
     gm, gv = torch.randn(3, device=DEV), torch.randn(3, device=DEV)
     mean = torch.randn(3, device=DEV)
-    torch.library.opcheck(dw_conv_bn_backward, (g, gm, gv, x.detach(), w.detach(), s.detach(), t.detach(), None,
-                                                None, mean, 1, True, False, True, True))
+    for y in (None, torch.randn(2, 3, 5, 4, device=DEV)):  # y: the saved raw output (no recompute pass)
+        torch.library.opcheck(dw_conv_bn_backward, (g, gm, gv, x.detach(), w.detach(), s.detach(), t.detach(), None,
+                                                    None, mean, y, 1, True, False, True, True))
 
 
 def test_opcheck_pw_conv_bn():

@@ -21,8 +21,10 @@ once, the prologue applied once per element, and staged in the program's own scr
 the k*k taps read (kernel rows a runtime loop, columns unrolled: the fully unrolled 7x7 spills); under the
 interpreter a tile is a run of flat positions and the taps a third tile dimension (TAPS_VEC), many times faster
 there; tests run both. Backward: (1) if y is needed (statistics or an epilogue), a kernel recomputes y (the same
-staged tiles) and writes the fp32 gradient w.r.t. y, g = dout/dy + dmean/M + dvar * 2 (y - mean) / M (y is never
-saved); (2) one kernel over input positions computes grad x (transposed depthwise conv, the prologue derivative
+staged tiles) and writes the fp32 gradient w.r.t. y, g = dout/dy + dmean/M + dvar * 2 (y - mean) / M, unless y
+is the op's raw output with statistics (a chain's inner depthwise layer): that y is the next conv's input, saved
+anyway, and (2) adds the statistics' term as it reads dout at each tap, with no pass and no g tensor;
+(2) one kernel over input positions computes grad x (transposed depthwise conv, the prologue derivative
 applied once per element) and, for the weight, per-program fp32 partial sums (a partial row per tap, in L1/L2),
 summed on the device in a fixed order (deterministic; no atomics). Inputs may be NCHW, channels_last or any
 strided layout; outputs follow channels_last when the input is channels_last, else NCHW. fp32/fp16/bf16 compute
@@ -235,8 +237,20 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         return xv, tl.where(m2d, a, 0.0), da
 
     @triton.jit
-    def _dw_bwd_taps_loop(g_ptr, w_ptr, n, ih, iw, qmask, c, cmask, a, pdw_ptr, C, accumulate, OH, OW,
-                          sgn, sgc, sgh, sgw, K: tl.constexpr, STRIDE: tl.constexpr, ACC: tl.constexpr,
+    def _grad_at(gp, yp, m, mu, gm, gv2, Y_STATS: tl.constexpr, ACC: tl.constexpr):
+        """d loss / d y at output positions (pointers gp into grad_out, yp into the saved raw output, valid where
+        m): grad_out, plus with Y_STATS the batch statistics' term gm + gv2 (y - mean) from the saved y (a layer
+        whose raw output feeds the next conv keeps it anyway: no recompute, no g tensor)."""
+        gv = tl.load(gp, mask=m, other=0.0).to(ACC)
+        if Y_STATS:
+            yv = tl.load(yp, mask=m, other=0.0).to(ACC)
+            gv += tl.where(m, gm + gv2 * (yv - mu), 0.0)
+        return gv
+
+    @triton.jit
+    def _dw_bwd_taps_loop(g_ptr, y_ptr, w_ptr, n, ih, iw, qmask, c, cmask, a, pdw_ptr, C, accumulate, OH, OW,
+                          sgn, sgc, sgh, sgw, syn, syc, syh, syw, mu, gm, gv2, K: tl.constexpr,
+                          STRIDE: tl.constexpr, Y_STATS: tl.constexpr, ACC: tl.constexpr,
                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
         """GPU path of the backward tap loop: grad a at input positions (ih, iw) = sum over the taps that read them of
         g(out) * w(tap); each tap's weight-gradient sum over this tile, g(out) * a(in), is added to the program's
@@ -244,6 +258,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         PAD: tl.constexpr = K // 2
         ga = tl.zeros([BLOCK_P, BLOCK_C], ACC)
         gb = g_ptr + n.to(tl.int64)[:, None] * sgn + c[None, :].to(tl.int64) * sgc
+        yb = y_ptr + n.to(tl.int64)[:, None] * syn + c[None, :].to(tl.int64) * syc
         for kh in range(K):  # a runtime loop over kernel rows: unrolling all k*k taps spills at 7x7
             th = ih + PAD - kh
             if STRIDE == 1:
@@ -261,7 +276,8 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                     ow = tw // STRIDE
                     wok = (tw >= 0) & ((tw % STRIDE) == 0) & (ow < OW)
                 m = (hok & wok)[:, None] & cmask[None, :]
-                gv = tl.load(gb + oh[:, None] * sgh + ow[:, None] * sgw, mask=m, other=0.0).to(ACC)
+                gv = _grad_at(gb + oh[:, None] * sgh + ow[:, None] * sgw, yb + oh[:, None] * syh + ow[:, None] * syw,
+                              m, mu[None, :], gm[None, :], gv2[None, :], Y_STATS, ACC)
                 wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=cmask, other=0.0).to(ACC)
                 ga += gv * wv[None, :]
                 pp = pdw_ptr + (kh * K + kw) * C + c
@@ -270,11 +286,12 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         return ga
 
     @triton.jit(do_not_specialize=VARYING)
-    def _dw_bwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, g_ptr, gx_ptr, pdw_ptr, pgs_ptr, pgt_ptr,
+    def _dw_bwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, g_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m,
+                       gx_ptr, pdw_ptr, pgs_ptr, pgt_ptr,
                        C, H, W, OH, OW, NP, tiles_per_prog,
-                       sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, sdn, sdc, sdh, sdw,
+                       sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, syn, syc, syh, syw, sdn, sdc, sdh, sdw,
                        K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-                       ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
+                       Y_STATS: tl.constexpr, ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
         """Over input positions: grad x = prologue'(x) * sum_taps g(out of tap) * w(tap), and per-program partial
         weight gradients sum g(out) * a(in) (a recomputed from x) and prologue-parameter gradients."""
@@ -284,6 +301,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         cmask = c < C
         kk = tl.arange(0, KK_PAD)
         s_in, t_in = load_channel_pair(is_ptr, it_ptr, c, cmask, IN_AFFINE, ACC, BLOCK_C)
+        mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, c, cmask, inv_m, Y_STATS, ACC, BLOCK_C)
         dw_acc = tl.zeros([KK_PAD, BLOCK_C], ACC)
         gs = tl.zeros([BLOCK_C], ACC)
         gt = tl.zeros([BLOCK_C], ACC)
@@ -313,14 +331,17 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                 m3 = ok[:, :, None] & cmask[None, None, :]
                 gp = g_ptr + n.to(tl.int64)[:, None, None] * sgn + c[None, None, :].to(tl.int64) * sgc \
                     + oh[:, :, None] * sgh + ow[:, :, None] * sgw
-                gv = tl.load(gp, mask=m3, other=0.0).to(ACC)
+                yp = y_ptr + n.to(tl.int64)[:, None, None] * syn + c[None, None, :].to(tl.int64) * syc \
+                    + oh[:, :, None] * syh + ow[:, :, None] * syw
+                gv = _grad_at(gp, yp, m3, mu[None, None, :], gm[None, None, :], gv2[None, None, :], Y_STATS, ACC)
                 wv = tl.load(w_ptr + c[None, :] * (K * K) + kk[:, None], mask=(kk < K * K)[:, None] & cmask[None, :],
                              other=0.0).to(ACC)
                 ga = tl.sum(gv * wv[None, :, :], axis=1)
                 dw_acc += tl.sum(gv * a[:, None, :], axis=0)
             else:
-                ga = _dw_bwd_taps_loop(g_ptr, w_ptr, n, ih, iw, qmask, c, cmask, a, pdw_ptr + pid * (K * K * C), C,
-                                       i > 0, OH, OW, sgn, sgc, sgh, sgw, K, STRIDE, ACC, BLOCK_P, BLOCK_C)
+                ga = _dw_bwd_taps_loop(g_ptr, y_ptr, w_ptr, n, ih, iw, qmask, c, cmask, a, pdw_ptr + pid * (K * K * C),
+                                       C, i > 0, OH, OW, sgn, sgc, sgh, sgw, syn, syc, syh, syw, mu, gm, gv2, K,
+                                       STRIDE, Y_STATS, ACC, BLOCK_P, BLOCK_C)
                 tl.debug_barrier()  # this tile's partial-row updates land before the next tile reads them
             # x reloaded (from L1/L2) rather than kept live through the tap loop with its derivative
             xv, _, da = _prologue_act(xp, m2d, s_in, t_in, IN_AFFINE, IN_ACT, ACC, BLOCK_P, BLOCK_C)
@@ -489,9 +510,10 @@ def _grad_y_pass(grad_out, x, w, si, ti, so, to, mean, grad_mean, grad_var, stri
     return g, sum_partials(pgos, empty(C, x, sd)), sum_partials(pgot, empty(C, x, sd))
 
 
-def _input_grad_pass(g, x, weight, w, si, ti, stride, in_act):
+def _input_grad_pass(g, x, weight, w, si, ti, stride, in_act, y=None, mean=None, grad_mean=None, grad_var=None):
     """(grad x, grad weight, grad in_scale, grad in_shift) from g = d loss / d y: one pass over input positions
-    and the on-device sums of its per-program partials."""
+    and the on-device sums of its per-program partials. With the saved raw output y, g is grad_out and the batch
+    statistics' term is added on the fly (see _grad_at)."""
     N, C, H, W = x.shape
     K = weight.shape[-1]
     OH, OW = conv_out_size(H, K, stride), conv_out_size(W, K, stride)
@@ -505,11 +527,13 @@ def _input_grad_pass(g, x, weight, w, si, ti, stride, in_act):
     pdw = empty((splits, K * K, C), x, sd)
     pgs = empty((splits, C), x, sd) if si is not None else dummy
     pgt = empty((splits, C), x, sd) if si is not None else dummy
+    y_stats = y is not None
     _dw_bwd_kernel[(splits, cblk)](
-        x, w, si if si is not None else dummy, ti if ti is not None else dummy, g, gx, pdw, pgs, pgt,
-        C, H, W, OH, OW, NP, per,
-        *x.stride(), *g.stride(), *gx.stride(),
-        K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), ACC=tl_acc(x.dtype),
+        x, w, si if si is not None else dummy, ti if ti is not None else dummy, g, y if y_stats else dummy,
+        *((vec(mean), vec(grad_mean), vec(grad_var)) if y_stats else (dummy,) * 3), 1.0 / (N * OH * OW),
+        gx, pdw, pgs, pgt, C, H, W, OH, OW, NP, per,
+        *x.stride(), *g.stride(), *strides4(y), *gx.stride(),
+        K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), Y_STATS=y_stats, ACC=tl_acc(x.dtype),
         TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw,
         maxnreg=MAXNREG)
     gw = sum_partials(pdw, torch.empty_like(weight, memory_format=torch.contiguous_format), taps=K * K)
@@ -518,7 +542,7 @@ def _input_grad_pass(g, x, weight, w, si, ti, stride, in_act):
     return gx, gw, sum_partials(pgs, empty(C, x, sd)), sum_partials(pgt, empty(C, x, sd))
 
 
-def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, out_scale, out_shift, mean,
+def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, out_scale, out_shift, mean, y,
                  stride, in_act, out_act, write_out, stats):
     N, C, H, W = x.shape
     K = weight.shape[-1]
@@ -536,6 +560,9 @@ def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, o
     w = _taps(weight)
     si, ti, so, to = (vec(t) for t in (in_scale, in_shift, out_scale, out_shift))
     g, g_os, g_ot = grad_out, None, None
+    if stats and has_go and y is not None and y.numel():  # a raw output that was saved: no recompute pass
+        return (*_input_grad_pass(grad_out, x, weight, w, si, ti, stride, in_act, y, mean, grad_mean, grad_var),
+                x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd))
     if stats or so is not None or (out_act and has_go):
         g, g_os, g_ot = _grad_y_pass(grad_out if has_go else None, x, w, si, ti, so, to, mean if stats else None,
                                      grad_mean if stats else None, grad_var if stats else None, stride, in_act,
@@ -573,17 +600,17 @@ def _dw_conv_bn_fake(x, weight, in_scale, in_shift, out_scale, out_shift, residu
 def dw_conv_bn_backward(grad_out: Optional[Tensor], grad_mean: Optional[Tensor], grad_var: Optional[Tensor],
                         x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
                         out_scale: Optional[Tensor], out_shift: Optional[Tensor], mean: Optional[Tensor],
-                        stride: int, in_act: bool, out_act: bool, write_out: bool, stats: bool
+                        y: Optional[Tensor], stride: int, in_act: bool, out_act: bool, write_out: bool, stats: bool
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad x, grad weight, grad in_scale, grad in_shift, grad out_scale, grad out_shift); the affine-vector
     gradients are fp32 (fp64 for fp64 x), empty where that vector was not given."""
     return _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, out_scale, out_shift, mean,
-                        stride, in_act, out_act, write_out, stats)
+                        y, stride, in_act, out_act, write_out, stats)
 
 
 @dw_conv_bn_backward.register_fake
 def _dw_conv_bn_backward_fake(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, out_scale, out_shift,
-                              mean, stride, in_act, out_act, write_out, stats):
+                              mean, y, stride, in_act, out_act, write_out, stats):
     C = x.shape[1]
     sd = acc_dtype(x)
 
@@ -595,18 +622,21 @@ def _dw_conv_bn_backward_fake(grad_out, grad_mean, grad_var, x, weight, in_scale
 
 def _setup_context(ctx, inputs, output):
     x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride, in_act, out_act, write_out, stats = inputs
-    _, mean, _ = output
-    # only the input and per-channel vectors: y is recomputed in backward, never saved
+    out, mean, _ = output
+    # the input and per-channel vectors; y itself only where out is the raw y with batch statistics (the next
+    # conv's input, saved by it anyway): its backward then needs no recompute pass. Else y is recomputed.
+    raw = write_out and stats and out_scale is None and not out_act and residual is None
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zero tensor is made for it
-    ctx.save_for_backward(x, weight, in_scale, in_shift, out_scale, out_shift, mean if stats else None)
+    ctx.save_for_backward(x, weight, in_scale, in_shift, out_scale, out_shift, mean if stats else None,
+                          out if raw else None)
     ctx.cfg = (stride, in_act, out_act, write_out, stats, residual is not None)
 
 
 def _backward(ctx, grad_out, grad_mean, grad_var):
-    x, weight, in_scale, in_shift, out_scale, out_shift, mean = ctx.saved_tensors
+    x, weight, in_scale, in_shift, out_scale, out_shift, mean, y = ctx.saved_tensors
     stride, in_act, out_act, write_out, stats, has_res = ctx.cfg
     gx, gw, g_is, g_it, g_os, g_ot = dw_conv_bn_backward(
-        grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, out_scale, out_shift, mean,
+        grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, out_scale, out_shift, mean, y,
         stride, in_act, out_act, write_out, stats)
     return (gx, gw, grad_like(g_is, in_scale), grad_like(g_it, in_shift), grad_like(g_os, out_scale),
             grad_like(g_ot, out_shift), grad_out if has_res else None, None, None, None, None, None)
@@ -670,7 +700,7 @@ def dw_conv_bn_act_backward(grad_out: Tensor, x: Tensor, weight: Tensor, in_scal
 def _dw_conv_bn_act_backward_fake(grad_out, x, weight, in_scale, in_shift, bn_weight, has_bias, bias_dtype, mean,
                                   var, scale, shift, stride, in_act, out_act, eps):
     gx, gw, g_is, g_it, _, _ = _dw_conv_bn_backward_fake(grad_out, None, None, x, weight, in_scale, in_shift, None,
-                                                         None, mean, stride, in_act, out_act, True, False)
+                                                         None, mean, None, stride, in_act, out_act, True, False)
     C = x.shape[1]
     return (gx, gw, g_is, g_it,
             x.new_empty(C if bn_weight is not None else 0, dtype=bn_weight.dtype if bn_weight is not None else x.dtype),
