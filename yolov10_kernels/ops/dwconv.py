@@ -31,6 +31,7 @@ strided layout; outputs follow channels_last when the input is channels_last, el
 in fp32 (staged activations in the input's dtype, as eager stores them), fp64 in fp64. Block sizes and warps
 come from ptxas on sm_90a (bench.static): no variant spills."""
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -399,16 +400,36 @@ def _blocks(C, spatial, x, K=3, bwd=False, prologue=True):
     return bp, bc, (8 if big and (prologue or bwd) else 4)
 
 
-def _tiling(x, N, OH, OW, K, stride, BP, BC):
-    """(TILE_W, number of tiles, scratch elements per program) of the conv kernels' output tiles (see
-    _tile_positions): BLOCK_P flat positions under the interpreter's TAPS_VEC path; else TILE_H x TILE_W blocks,
-    each staging its (TILE_H - 1) * stride + k by (TILE_W - 1) * stride + k input region."""
+@dataclass
+class _ConvGrid:
+    """How a conv kernel over output tiles (_dw_fwd_kernel, _dw_grad_y_kernel) is launched: blocks, warps, the
+    (splits, channel blocks) grid, tiles per program, TILE_W, the number of tiles and each program's scratch
+    slot (see _tile_positions)."""
+    BP: int
+    BC: int
+    nw: int
+    grid: tuple
+    per: int
+    tile_w: int
+    nt: int
+    slot: int
+    scratch: torch.Tensor
+
+
+def _conv_grid(x, C, N, OH, OW, K, stride, prologue):
+    """Output tiles: BLOCK_P flat positions under the interpreter's TAPS_VEC path; else TILE_H x TILE_W blocks,
+    each staging its (TILE_H - 1) * stride + k by (TILE_W - 1) * stride + k input region in its slot."""
+    BP, BC, nw = _blocks(C, N * OH * OW, x, K, prologue=prologue)
+    cblk = triton.cdiv(C, BC)
     if _tapsvec(x):
-        return 1, triton.cdiv(N * OH * OW, BP), 0
-    tw = min(next_pow2(OW), 16 if BP >= 128 else 8, BP)
-    th = BP // tw
-    region = ((th - 1) * stride + K) * ((tw - 1) * stride + K)
-    return tw, N * triton.cdiv(OH, th) * triton.cdiv(OW, tw), triton.cdiv(region, BP) * BP * BC
+        tw, nt, slot = 1, triton.cdiv(N * OH * OW, BP), 0
+    else:
+        tw = min(next_pow2(OW), 16 if BP >= 128 else 8, BP)
+        th = BP // tw
+        region = ((th - 1) * stride + K) * ((tw - 1) * stride + K)
+        nt, slot = N * triton.cdiv(OH, th) * triton.cdiv(OW, tw), triton.cdiv(region, BP) * BP * BC
+    splits, per = split_tiles(nt, cblk, x.device)
+    return _ConvGrid(BP, BC, nw, (splits, cblk), per, tw, nt, slot, empty(max(1, splits * cblk * slot), x))
 
 
 def _check_args(x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride):
@@ -445,24 +466,20 @@ def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
     if N * OH * OW == 0 or C == 0:
         return out, x.new_zeros(C if stats else 0, dtype=sd), x.new_zeros(C if stats else 0, dtype=sd)
     w = _taps(weight)
-    BP, BC, nw = _blocks(C, N * OH * OW, x, K, prologue=in_scale is not None or bool(in_act))
-    cblk = triton.cdiv(C, BC)
-    tile_w, nt, slot = _tiling(x, N, OH, OW, K, stride, BP, BC)
-    splits, per = split_tiles(nt, cblk, x.device)
-    scratch = empty(max(1, splits * cblk * slot), x)
-    pcnt, pmean, pm2 = partial_stats(splits, C, x, sd, stats)
+    cg = _conv_grid(x, C, N, OH, OW, K, stride, in_scale is not None or bool(in_act))
+    pcnt, pmean, pm2 = partial_stats(cg.grid[0], C, x, sd, stats)
     si, ti, so, to = (vec(t) for t in (in_scale, in_shift, out_scale, out_shift))
     dummy = pcnt
-    _dw_fwd_kernel[(splits, cblk)](
+    _dw_fwd_kernel[cg.grid](
         x, w, si if si is not None else dummy, ti if ti is not None else dummy,
         so if so is not None else dummy, to if to is not None else dummy,
         residual if residual is not None else dummy, out if write_out else dummy, pcnt, pmean, pm2,
-        scratch, C, N, H, W, OH, OW, nt, per, slot,
+        cg.scratch, C, N, H, W, OH, OW, cg.nt, cg.per, cg.slot,
         *x.stride(), *strides4(out), *strides4(residual),
         K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
         OUT_ACT=bool(out_act), HAS_RES=residual is not None, WRITE_OUT=bool(write_out), STATS=bool(stats),
-        ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), TILE_W=tile_w, BLOCK_P=BP, BLOCK_C=BC,
-        num_warps=nw, maxnreg=MAXNREG)
+        ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), TILE_W=cg.tile_w, BLOCK_P=cg.BP,
+        BLOCK_C=cg.BC, num_warps=cg.nw, maxnreg=MAXNREG)
     if stats:
         return (out, *finish_stats(pcnt, pmean, pm2, x))
     return out, x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
@@ -486,24 +503,20 @@ def _grad_y_pass(grad_out, x, w, si, ti, so, to, mean, grad_mean, grad_var, stri
     has_go, stats = grad_out is not None, grad_mean is not None
     g = out if out is not None else empty_4d((N, C, OH, OW), x, dtype=sd)
     NP = N * OH * OW
-    BP, BC, nw = _blocks(C, NP, x, K, prologue=si is not None or bool(in_act))
-    cblk = triton.cdiv(C, BC)
-    tile_w, nt, slot = _tiling(x, N, OH, OW, K, stride, BP, BC)
-    splits, per = split_tiles(nt, cblk, x.device)
-    scratch = empty(max(1, splits * cblk * slot), x)
-    pgos = empty((splits, C), x, sd) if so is not None else dummy
-    pgot = empty((splits, C), x, sd) if so is not None else dummy
-    _dw_grad_y_kernel[(splits, cblk)](
+    cg = _conv_grid(x, C, N, OH, OW, K, stride, si is not None or bool(in_act))
+    pgos = empty((cg.grid[0], C), x, sd) if so is not None else dummy
+    pgot = empty((cg.grid[0], C), x, sd) if so is not None else dummy
+    _dw_grad_y_kernel[cg.grid](
         x, w, si if si is not None else dummy, ti if ti is not None else dummy,
         so if so is not None else dummy, to if to is not None else dummy,
         grad_out if has_go else dummy, vec(mean) if stats else dummy,
         vec(grad_mean) if stats else dummy, vec(grad_var) if stats else dummy,
         g, pgos, pgot, 1.0 / NP,
-        scratch, C, N, H, W, OH, OW, nt, per, slot,
+        cg.scratch, C, N, H, W, OH, OW, cg.nt, cg.per, cg.slot,
         *x.stride(), *(grad_out.stride() if has_go else (0, 0, 0, 0)), *g.stride(),
         K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
         OUT_ACT=bool(out_act), HAS_GO=has_go, STATS=stats, ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x),
-        KK_PAD=next_pow2(K * K), TILE_W=tile_w, BLOCK_P=BP, BLOCK_C=BC, num_warps=nw,
+        KK_PAD=next_pow2(K * K), TILE_W=cg.tile_w, BLOCK_P=cg.BP, BLOCK_C=cg.BC, num_warps=cg.nw,
         maxnreg=MAXNREG)
     if so is None:
         return g, None, None
