@@ -18,7 +18,8 @@ from yolov10_kernels.modules.chain import read_chain  # noqa: E402
 from yolov10_kernels.ops.batchnorm import BatchNormSpec, bn_affine, bn_affine_backward  # noqa: E402
 from yolov10_kernels.ops.chain_train import chain_train  # noqa: E402
 from yolov10_kernels.ops.dwconv import (dw_conv_bn, dw_conv_bn_act, dw_conv_bn_act_backward,  # noqa: E402
-                                         dw_conv_bn_backward)
+                                         dw_conv_bn_backward, dw_repvgg_bn, dw_repvgg_bn_backward,
+                                         dw_repvgg_train)
 from yolov10_kernels.ops.pwconv import pw_conv_bn, pw_conv_bn_backward  # noqa: E402
 from helpers import assert_close, randomize_bn
 
@@ -359,6 +360,71 @@ def test_opcheck_dw_conv_bn_act_and_bn_affine():
     torch.library.opcheck(bn_affine, (mean, var, None, None, None, None, None, 60.0, 1e-3, None, False))
     torch.library.opcheck(bn_affine_backward, (s, t, mean, var, bw, True, torch.float32, 1e-3))
     torch.library.opcheck(bn_affine_backward, (None, t, mean, var, None, False, torch.float32, 1e-3))
+
+
+def test_opcheck_dw_repvgg_bn():
+    """The RepVGGDW op (both branches' statistics, two BN affines with running-statistics updates, the merged
+    conv) and its backward op: schema, fake implementations, torch.compile."""
+    torch.manual_seed(15)
+    x = torch.randn(2, 3, 5, 4, device=DEV)
+    w7, w3 = torch.randn(3, 1, 7, 7, device=DEV), torch.randn(3, 1, 3, 3, device=DEV)
+    s, t, bw, bb, bw2, bb2, mean, mean2 = (torch.randn(3, device=DEV) for _ in range(8))
+    var, var2 = torch.rand(3, device=DEV) + 0.5, torch.rand(3, device=DEV) + 0.5
+
+    def running():
+        return torch.randn(3, device=DEV), torch.rand(3, device=DEV) + 0.5, torch.tensor(4, device=DEV)
+    torch.library.opcheck(dw_repvgg_bn, (x, w7, w3, s, t, bw, bb, *running(), bw2, bb2, *running(), True, 1e-3, 0.03,
+                                         1e-3, 0.03, True))
+    torch.library.opcheck(dw_repvgg_bn, (x.to(memory_format=torch.channels_last), w7, w3, None, None, None, None,
+                                         *running(), None, None, *running(), False, 1e-5, None, 1e-5, None, True))
+    g = torch.randn(2, 3, 5, 4, device=DEV)
+    torch.library.opcheck(dw_repvgg_bn_backward, (g, t, x, w7, w3, s, t, mean, var, s, mean2, var2, t, bw, bw2, True,
+                                                  torch.float32, 1e-3, 1e-3, True))
+    torch.library.opcheck(dw_repvgg_bn_backward, (g, None, x, w7, w3, None, None, mean, var, s, mean2, var2, t, None,
+                                                  None, False, torch.float32, 1e-5, 1e-5, False))
+
+
+@pytest.mark.parametrize("k,k2", [(7, 3), (5, 3), (3, 3)])
+def test_gradcheck_dw_repvgg_fp64(k, k2):
+    """The RepVGGDW op in fp64 (both branches' statistics, the merged weights, the backward's recomputed branch
+    outputs and its per-branch statistics terms): every input, weight and BN parameter."""
+    torch.manual_seed(16)
+    d = dict(dtype=torch.float64, device=DEV)
+    x = torch.randn(2, 2, 4, 3, **d, requires_grad=True)
+    w, w2 = torch.randn(2, 1, k, k, **d, requires_grad=True), torch.randn(2, 1, k2, k2, **d, requires_grad=True)
+    si, ti, bw, bb, bw2, bb2 = (torch.randn(2, **d, requires_grad=True) for _ in range(6))
+    bn, bn2 = nn.BatchNorm2d(2).to(**d), nn.BatchNorm2d(2).to(**d)
+
+    def f(x, w, w2, si, ti, bw, bb, bw2, bb2):
+        z, ones, shift = dw_repvgg_train(x, w, si, ti, w2, dataclasses.replace(BatchNormSpec.of(bn), weight=bw, bias=bb),
+                                         dataclasses.replace(BatchNormSpec.of(bn2), weight=bw2, bias=bb2), True)
+        return z, z * ones.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    assert torch.autograd.gradcheck(f, (x, w, w2, si, ti, bw, bb, bw2, bb2), eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+@pytest.mark.parametrize("mode", ["last", "frozen_small_bn"])
+def test_repvgg_as_last_layer_and_with_a_frozen_bn(mode):
+    """A RepVGGDW ending a chain (its act and the residual in torch after the op), and one whose small branch's BN
+    is in eval mode (running statistics: the multi-op path): values, every gradient and the running statistics."""
+    from yolov10.modules import RepVGGDW
+    torch.manual_seed(17)
+    ref = randomize_bn(nn.Sequential(Conv(4, 4, 1), RepVGGDW(4))).to(DEV).train()
+    if mode == "frozen_small_bn":
+        ref = nn.Sequential(*ref, Conv(4, 4, 1))
+        ref[1].conv1.bn.eval()
+    mine = copy.deepcopy(ref)
+    x = torch.randn(2, 4, 5, 6, device=DEV)
+    xr, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, out = ref(xr) + xr, conv_chain_train(xm, list(mine), True)
+    go = torch.randn_like(out_ref)
+    (out_ref * go).sum().backward()
+    (out * go).sum().backward()
+    assert_close(out, out_ref, rel=1e-4)
+    assert_close(xm.grad, xr.grad, rel=1e-4, what="x.grad")
+    for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
+        assert_close(p.grad, q.grad, rel=1e-4, what=name)
+    for (name, b), (_, r) in zip(mine.named_buffers(), ref.named_buffers()):
+        assert_close(b.float(), r.float(), rel=1e-5, what=name)
 
 
 # ------------------------------------------------------------------------------------------------ compile

@@ -250,9 +250,13 @@ class _Ctx:
     def set_materialize_grads(self, value):
         """The replay passes every output gradient (zeros): a superset of the kernels a real backward launches."""
 
+    def mark_non_differentiable(self, *tensors):
+        pass
+
 
 class BackwardReplay:
-    """op_wrapper that remembers the differentiable custom-op calls of a forward, to replay their backward."""
+    """op_wrapper that remembers the differentiable calls of a forward, to replay their backward: custom ops with a
+    registered autograd, and the package's autograd.Functions (the ops that update running statistics in place)."""
 
     def __init__(self):
         self.calls = []
@@ -263,18 +267,33 @@ class BackwardReplay:
         def run(*args, **kwargs):
             out = impl(*args, **kwargs)
             if op._backward_fn is not None:
-                self.calls.append((op, args, out))
+                ctx = _Ctx(args)
+                op._setup_context_fn(ctx, args, out)
+                self.calls.append((op._backward_fn, ctx, out))
             return out
         return run
 
-    def backward(self):
-        """Each recorded op's registered setup_context + backward, last first, with zero output gradients (autograd
-        cannot run on fake CUDA tensors in a CPU-only torch; the backward kernels are all this needs)."""
-        for op, args, out in reversed(self.calls):
+    @contextlib.contextmanager
+    def functions(self):
+        """Within: an autograd.Function of yolov10_kernels.ops runs its forward with a stand-in ctx, recorded."""
+        base = torch.autograd.Function.apply.__func__
+
+        def apply(cls, *args):
+            if not cls.__module__.startswith("yolov10_kernels.ops"):
+                return base(cls, *args)
             ctx = _Ctx(args)
-            op._setup_context_fn(ctx, args, out)
+            out = cls.forward(ctx, *args)
+            self.calls.append((cls.backward, ctx, out))
+            return out
+        with patched(torch.autograd.Function, "apply", classmethod(apply)):
+            yield
+
+    def backward(self):
+        """Each recorded call's backward, last first, with zero output gradients (autograd cannot run on fake CUDA
+        tensors in a CPU-only torch; the backward kernels are all this needs)."""
+        for backward, ctx, out in reversed(self.calls):
             outs = out if isinstance(out, tuple) else (out,)
-            op._backward_fn(ctx, *(torch.zeros_like(o) for o in outs))
+            backward(ctx, *(torch.zeros_like(o) for o in outs))
         self.calls = []
 
 
@@ -315,7 +334,8 @@ def capture(model, input_shapes, dtype, train=False, channels_last=True, sm_coun
     for module, shapes in dropin_calls(model, input_shapes, param_dtype, train, channels_last):
         replay = BackwardReplay()
         fake = meta_copy(module)
-        with fake_gpu(recorder, sm_count, op_wrapper=replay) as mode, torch.no_grad(), warnings.catch_warnings():
+        with fake_gpu(recorder, sm_count, op_wrapper=replay) as mode, replay.functions(), torch.no_grad(), \
+                warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Accessing the data pointer of FakeTensor")  # the drop-ins' fold cache
             fake = to_fake_cuda(fake, mode, param_dtype, channels_last).train(train)
             with torch.autocast("cuda", dtype, enabled=amp):  # a drop-in's input is a conv output: in `dtype`

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .batchnorm import BatchNormSpec, batch_scale_shift, running_scale_shift, uses_batch_stats
-from .dwconv import dw_conv_bn, dw_conv_bn_act_train
+from .dwconv import dw_conv_bn, dw_conv_bn_act_train, dw_repvgg_train
 from .pwconv import pw_conv_bn
 from .utils import acc_dtype, check_device, check_tensor, conv_out_size
 
@@ -168,9 +168,14 @@ def _pw_step(cur, s, count, last, res):
     if not last:
         cur.set(y, scale, shift, s.act)
         return None
-    # a chain ending in a pointwise conv: BN + act in torch (not a YOLOv10 chain)
+    return _torch_epilogue(y, scale, shift, s.act, res)
+
+
+def _torch_epilogue(y, scale, shift, act, res):
+    """BN affine + act (+ residual) in torch: for a chain ending in a conv whose op has no epilogue (not a YOLOv10
+    chain)."""
     out = y * scale.to(y.dtype).view(1, -1, 1, 1) + shift.to(y.dtype).view(1, -1, 1, 1)
-    out = F.silu(out) if s.act else out
+    out = F.silu(out) if act else out
     return out + res if res is not None else out
 
 
@@ -186,7 +191,15 @@ def _dw_step(cur, s, count, last, res):
 
 
 def _repvgg_step(cur, s, count, last, res):
-    """BN statistics of both branches, then one large depthwise conv with the BN-scaled, summed weights."""
+    """Both BNs on batch statistics: one op (dwconv.dw_repvgg_train). Else each branch's BN affine (from its
+    statistics-only pass, or its running statistics), then one large depthwise conv with the BN-scaled, summed
+    weights."""
+    if all(uses_batch_stats(bn, bn.training) for bn in (s.bn, s.bn2)):
+        z, ones, shift = dw_repvgg_train(*cur.args(s.weight), s.weight2, s.bn, s.bn2, cur.act)
+        if last:
+            return _torch_epilogue(z, ones, shift, s.act, res)
+        cur.set(z, ones, shift, s.act)
+        return None
     (sc7, sh7), (sc3, sh3) = (_dw_stats(cur, w, 1, False, bn, count)[1] for w, bn in ((s.weight, s.bn),
                                                                                       (s.weight2, s.bn2)))
     sd = sc7.dtype

@@ -74,16 +74,20 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         return n0 + p * 0, oh, ow, (oh < OH) & (ow < OW) & (t < NT), n0, oh0, ow0
 
     @triton.jit
-    def _dw_conv_tile(x_ptr, w_ptr, scr_ptr, n, oh, ow, pmask, n0, oh0, ow0, c, cmask, s_in, t_in, H, W,
-                      sxn, sxc, sxh, sxw, K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr,
-                      IN_ACT: tl.constexpr, ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
-                      TILE_W: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _dw_conv_tile(x_ptr, w_ptr, w2_ptr, scr_ptr, n, oh, ow, pmask, n0, oh0, ow0, c, cmask, s_in, t_in, H, W,
+                      sxn, sxc, sxh, sxw, K: tl.constexpr, K2: tl.constexpr, STRIDE: tl.constexpr,
+                      IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr, ACC: tl.constexpr, TAPS_VEC: tl.constexpr,
+                      KK_PAD: tl.constexpr, TILE_W: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
         """Raw depthwise conv outputs at output positions (oh, ow) [BLOCK_P] x channels c [BLOCK_C] of the
-        prologue-activated input. GPU: the tile's input region (its outputs' receptive field) is activated once
-        per element and staged in the program's own scratch slot (L1/L2), then the taps read it back: one
-        BN + SiLU per input element instead of one per tap (k*k times as many exp). TAPS_VEC (the
-        interpreter's fast path): the k*k taps as a third tile dimension, the prologue applied per tap."""
+        prologue-activated input, and with K2 > 0 those of a second, centred K2 x K2 weight over the same input
+        (a RepVGGDW's small branch, reading the same staged region; zeros without one). GPU: the tile's input
+        region (its outputs' receptive field) is activated once per element and staged in the program's own
+        scratch slot (L1/L2), then the taps read it back: one BN + SiLU per input element instead of one per
+        tap (k*k times as many exp). TAPS_VEC (the interpreter's fast path): the k*k taps as a third tile
+        dimension, the prologue applied per tap."""
         PAD: tl.constexpr = K // 2
+        D2: tl.constexpr = (K - K2) // 2  # the second kernel's offset inside the first's taps
+        acc2 = tl.zeros([BLOCK_P, BLOCK_C], ACC)
         if TAPS_VEC:
             tap = tl.arange(0, KK_PAD)
             ih = oh[:, None] * STRIDE - PAD + (tap // K)[None, :]
@@ -101,7 +105,14 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                 xv = tl.where(m3, xv, 0.0)
             wv = tl.load(w_ptr + c[None, :] * (K * K) + tap[:, None], mask=(tap < K * K)[:, None] & cmask[None, :],
                          other=0.0).to(ACC)
-            return tl.sum(xv * wv[None, :, :], axis=1)
+            if K2 > 0:
+                th = tap // K - D2
+                tw = tap % K - D2
+                inner = (tap < K * K) & (th >= 0) & (th < K2) & (tw >= 0) & (tw < K2)
+                w2v = tl.load(w2_ptr + c[None, :] * (K2 * K2) + (th * K2 + tw)[:, None],
+                              mask=inner[:, None] & cmask[None, :], other=0.0).to(ACC)
+                acc2 = tl.sum(xv * w2v[None, :, :], axis=1)
+            return tl.sum(xv * wv[None, :, :], axis=1), acc2
         TILE_H: tl.constexpr = BLOCK_P // TILE_W
         EW: tl.constexpr = (TILE_W - 1) * STRIDE + K
         EH: tl.constexpr = (TILE_H - 1) * STRIDE + K
@@ -130,16 +141,24 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                             other=0.0).to(ACC)
                 wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=cmask, other=0.0).to(ACC)
                 acc += v * wv[None, :]
+                if K2 > 0:
+                    if kw >= D2:
+                        if kw < D2 + K2:
+                            kh2 = kh - D2
+                            w2v = tl.load(w2_ptr + c * (K2 * K2) + (kh2 * K2 + kw - D2),
+                                          mask=cmask & (kh2 >= 0) & (kh2 < K2), other=0.0).to(ACC)
+                            acc2 += v * w2v[None, :]
         tl.debug_barrier()  # every tap has read the slot before the next tile restages it
-        return acc
+        return acc, acc2
 
     @triton.jit(do_not_specialize=VARYING)
     def _dw_fwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, r_ptr, y_ptr, pcnt_ptr, pmean_ptr, pm2_ptr,
+                       w2_ptr, y2_ptr, p2cnt_ptr, p2mean_ptr, p2m2_ptr, g_ptr, pg_ptr,
                        scr_ptr, C, N, H, W, OH, OW, NT, tiles_per_prog, slot,
-                       sxn, sxc, sxh, sxw, syn, syc, syh, syw, srn, src, srh, srw,
-                       K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-                       OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr, HAS_RES: tl.constexpr,
-                       WRITE_OUT: tl.constexpr, STATS: tl.constexpr, ACC: tl.constexpr,
+                       sxn, sxc, sxh, sxw, syn, syc, syh, syw, srn, src, srh, srw, sgn, sgc, sgh, sgw,
+                       K: tl.constexpr, K2: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr,
+                       IN_ACT: tl.constexpr, OUT_AFFINE: tl.constexpr, OUT_ACT: tl.constexpr, HAS_RES: tl.constexpr,
+                       WRITE_OUT: tl.constexpr, STATS: tl.constexpr, G_SUMS: tl.constexpr, ACC: tl.constexpr,
                        TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr, TILE_W: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
         pid = tl.program_id(0)
         c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -149,17 +168,27 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         n_run = tl.zeros([BLOCK_C], ACC)
         mean_run = tl.zeros([BLOCK_C], ACC)
         m2_run = tl.zeros([BLOCK_C], ACC)
+        n2_run, mean2_run, m22_run = n_run, mean_run, m2_run  # the second weight's (K2 > 0)
+        gs = tl.zeros([BLOCK_C], ACC)  # G_SUMS: sum grad_out * y (and * y2)
+        gs2 = tl.zeros([BLOCK_C], ACC)
         scr = scr_ptr + (tl.program_id(1) * tl.num_programs(0) + pid).to(tl.int64) * slot
         for i in range(tiles_per_prog):
             n, oh, ow, pmask, n0, oh0, ow0 = _tile_positions(pid * tiles_per_prog + i, NT, N, OH, OW, TAPS_VEC,
                                                              TILE_W, BLOCK_P)
             m2d = pmask[:, None] & cmask[None, :]
-            acc = _dw_conv_tile(x_ptr, w_ptr, scr, n, oh, ow, pmask, n0, oh0, ow0, c, cmask, s_in, t_in, H, W,
-                                sxn, sxc, sxh, sxw, K, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD, TILE_W,
-                                BLOCK_P, BLOCK_C)
+            acc, acc2 = _dw_conv_tile(x_ptr, w_ptr, w2_ptr, scr, n, oh, ow, pmask, n0, oh0, ow0, c, cmask, s_in,
+                                      t_in, H, W, sxn, sxc, sxh, sxw, K, K2, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC,
+                                      KK_PAD, TILE_W, BLOCK_P, BLOCK_C)
             if STATS:
                 nb = tl.sum(pmask.to(ACC), axis=0)
                 n_run, mean_run, m2_run = tile_stats_merge(n_run, mean_run, m2_run, acc, m2d, nb)
+                if K2 > 0:
+                    n2_run, mean2_run, m22_run = tile_stats_merge(n2_run, mean2_run, m22_run, acc2, m2d, nb)
+            if G_SUMS:
+                go = tl.load(g_ptr + n.to(tl.int64)[:, None] * sgn + c[None, :].to(tl.int64) * sgc + oh[:, None] * sgh
+                             + ow[:, None] * sgw, mask=m2d, other=0.0).to(ACC)
+                gs += tl.sum(tl.where(m2d, go * acc, 0.0), axis=0)
+                gs2 += tl.sum(tl.where(m2d, go * acc2, 0.0), axis=0)
             if WRITE_OUT:
                 v = acc
                 if OUT_AFFINE:
@@ -169,10 +198,18 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                 if HAS_RES:
                     rp = r_ptr + n.to(tl.int64)[:, None] * srn + c[None, :].to(tl.int64) * src + oh[:, None] * srh + ow[:, None] * srw
                     v += tl.load(rp, mask=m2d, other=0.0).to(ACC)
-                yp = y_ptr + n.to(tl.int64)[:, None] * syn + c[None, :].to(tl.int64) * syc + oh[:, None] * syh + ow[:, None] * syw
-                tl.store(yp, v.to(y_ptr.dtype.element_ty), mask=m2d)
+                yoff = n.to(tl.int64)[:, None] * syn + c[None, :].to(tl.int64) * syc + oh[:, None] * syh + ow[:, None] * syw
+                tl.store(y_ptr + yoff, v.to(y_ptr.dtype.element_ty), mask=m2d)
+                if K2 > 0:  # raw, in y's layout
+                    tl.store(y2_ptr + yoff, acc2.to(y2_ptr.dtype.element_ty), mask=m2d)
         if STATS:
             store_partial_stats(pcnt_ptr, pmean_ptr, pm2_ptr, pid, c, cmask, C, n_run, mean_run, m2_run, BLOCK_C)
+            if K2 > 0:
+                store_partial_stats(p2cnt_ptr, p2mean_ptr, p2m2_ptr, pid, c, cmask, C, n2_run, mean2_run, m22_run,
+                                    BLOCK_C)
+        if G_SUMS:
+            tl.store(pg_ptr + pid * 2 * C + c, gs, mask=cmask)
+            tl.store(pg_ptr + (pid * 2 + 1) * C + c, gs2, mask=cmask)
 
     @triton.jit(do_not_specialize=VARYING)
     def _dw_grad_y_kernel(x_ptr, w_ptr, is_ptr, it_ptr, os_ptr, ot_ptr, go_ptr, mean_ptr, gmean_ptr, gvar_ptr,
@@ -197,9 +234,9 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             n, oh, ow, pmask, n0, oh0, ow0 = _tile_positions(pid * tiles_per_prog + i, NT, N, OH, OW, TAPS_VEC,
                                                              TILE_W, BLOCK_P)
             m2d = pmask[:, None] & cmask[None, :]
-            y = _dw_conv_tile(x_ptr, w_ptr, scr, n, oh, ow, pmask, n0, oh0, ow0, c, cmask, s_in, t_in, H, W,
-                              sxn, sxc, sxh, sxw, K, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD, TILE_W,
-                              BLOCK_P, BLOCK_C)
+            y, _ = _dw_conv_tile(x_ptr, w_ptr, w_ptr, scr, n, oh, ow, pmask, n0, oh0, ow0, c, cmask, s_in, t_in, H,
+                                 W, sxn, sxc, sxh, sxw, K, 0, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD,
+                                 TILE_W, BLOCK_P, BLOCK_C)
             gy = tl.zeros([BLOCK_P, BLOCK_C], ACC)
             if HAS_GO:
                 gp = go_ptr + n.to(tl.int64)[:, None] * son + c[None, :].to(tl.int64) * soc + oh[:, None] * soh + ow[:, None] * sow
@@ -238,11 +275,14 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         return xv, tl.where(m2d, a, 0.0), da
 
     @triton.jit
-    def _grad_at(gp, yp, m, mu, gm, gv2, Y_STATS: tl.constexpr, ACC: tl.constexpr):
-        """d loss / d y at output positions (pointers gp into grad_out, yp into the saved raw output, valid where
-        m): grad_out, plus with Y_STATS the batch statistics' term gm + gv2 (y - mean) from the saved y (a layer
-        whose raw output feeds the next conv keeps it anyway: no recompute, no g tensor)."""
-        gv = tl.load(gp, mask=m, other=0.0).to(ACC)
+    def _grad_at(go, yp, m, gsc, mu, gm, gv2, GO_SCALE: tl.constexpr, Y_STATS: tl.constexpr, ACC: tl.constexpr):
+        """d loss / d y at output positions (go: grad_out loaded there, yp: pointers into the saved raw output,
+        valid where m): grad_out (times gsc with GO_SCALE: y reaches the output scaled, as a RepVGGDW's branch
+        does), plus with Y_STATS the batch statistics' term gm + gv2 (y - mean) from the saved y (a layer whose raw
+        output feeds the next conv keeps it anyway: no recompute, no g tensor)."""
+        gv = go
+        if GO_SCALE:
+            gv = go * gsc
         if Y_STATS:
             yv = tl.load(yp, mask=m, other=0.0).to(ACC)
             gv += tl.where(m, gm + gv2 * (yv - mu), 0.0)
@@ -250,16 +290,20 @@ if triton is not None:  # without triton the ops import, and their launchers rai
 
     @triton.jit
     def _dw_bwd_taps_loop(g_ptr, y_ptr, w_ptr, n, ih, iw, qmask, c, cmask, a, pdw_ptr, C, accumulate, OH, OW,
-                          sgn, sgc, sgh, sgw, syn, syc, syh, syw, mu, gm, gv2, K: tl.constexpr,
-                          STRIDE: tl.constexpr, Y_STATS: tl.constexpr, ACC: tl.constexpr,
-                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                          sgn, sgc, sgh, sgw, syn, syc, syh, syw, gsc, mu, gm, gv2,
+                          y2_ptr, w2_ptr, pdw2_ptr, gsc2, mu2, gm2, gv22,
+                          K: tl.constexpr, K2: tl.constexpr, STRIDE: tl.constexpr, GO_SCALE: tl.constexpr,
+                          Y_STATS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
         """GPU path of the backward tap loop: grad a at input positions (ih, iw) = sum over the taps that read them of
         g(out) * w(tap); each tap's weight-gradient sum over this tile, g(out) * a(in), is added to the program's
-        own partial row pdw[tap] (in L1/L2: a [taps x channels] register accumulator would spill at 7x7)."""
+        own partial row pdw[tap] (in L1/L2: a [taps x channels] register accumulator would spill at 7x7). K2 > 0:
+        the same for a second, centred K2 x K2 weight whose output y2 (saved) reached grad_out scaled by gsc2."""
         PAD: tl.constexpr = K // 2
+        D2: tl.constexpr = (K - K2) // 2
         ga = tl.zeros([BLOCK_P, BLOCK_C], ACC)
         gb = g_ptr + n.to(tl.int64)[:, None] * sgn + c[None, :].to(tl.int64) * sgc
         yb = y_ptr + n.to(tl.int64)[:, None] * syn + c[None, :].to(tl.int64) * syc
+        y2b = y2_ptr + n.to(tl.int64)[:, None] * syn + c[None, :].to(tl.int64) * syc
         for kh in range(K):  # a runtime loop over kernel rows: unrolling all k*k taps spills at 7x7
             th = ih + PAD - kh
             if STRIDE == 1:
@@ -277,33 +321,56 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                     ow = tw // STRIDE
                     wok = (tw >= 0) & ((tw % STRIDE) == 0) & (ow < OW)
                 m = (hok & wok)[:, None] & cmask[None, :]
-                gv = _grad_at(gb + oh[:, None] * sgh + ow[:, None] * sgw, yb + oh[:, None] * syh + ow[:, None] * syw,
-                              m, mu[None, :], gm[None, :], gv2[None, :], Y_STATS, ACC)
+                go = tl.load(gb + oh[:, None] * sgh + ow[:, None] * sgw, mask=m, other=0.0).to(ACC)
+                yoff = oh[:, None] * syh + ow[:, None] * syw
+                gv = _grad_at(go, yb + yoff, m, gsc[None, :], mu[None, :], gm[None, :], gv2[None, :], GO_SCALE,
+                              Y_STATS, ACC)
                 wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=cmask, other=0.0).to(ACC)
                 ga += gv * wv[None, :]
                 pp = pdw_ptr + (kh * K + kw) * C + c
                 prev = tl.load(pp, mask=cmask & accumulate, other=0.0)
                 tl.store(pp, prev + tl.sum(gv * a, axis=0), mask=cmask)
+                if K2 > 0:
+                    if kw >= D2:
+                        if kw < D2 + K2:
+                            kh2 = kh - D2
+                            cm2 = cmask & (kh2 >= 0) & (kh2 < K2)
+                            m2 = m & cm2[None, :]
+                            gv = tl.where(m2, _grad_at(go, y2b + yoff, m2, gsc2[None, :], mu2[None, :],
+                                                       gm2[None, :], gv22[None, :], GO_SCALE, True, ACC), 0.0)
+                            w2v = tl.load(w2_ptr + c * (K2 * K2) + (kh2 * K2 + kw - D2), mask=cm2,
+                                          other=0.0).to(ACC)
+                            ga += gv * w2v[None, :]
+                            pp = pdw2_ptr + (kh2 * K2 + kw - D2) * C + c
+                            prev = tl.load(pp, mask=cm2 & accumulate, other=0.0)
+                            tl.store(pp, prev + tl.sum(gv * a, axis=0), mask=cm2)
         return ga
 
     @triton.jit(do_not_specialize=VARYING)
     def _dw_bwd_kernel(x_ptr, w_ptr, is_ptr, it_ptr, g_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m,
-                       gx_ptr, pdw_ptr, pgs_ptr, pgt_ptr,
+                       gx_ptr, pdw_ptr, pgs_ptr, pgt_ptr, gsc_ptr,
+                       w2_ptr, y2_ptr, mean2_ptr, gmean2_ptr, gvar2_ptr, gsc2_ptr, pdw2_ptr,
                        C, H, W, OH, OW, NP, tiles_per_prog,
                        sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, syn, syc, syh, syw, sdn, sdc, sdh, sdw,
-                       K: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
-                       Y_STATS: tl.constexpr, ACC: tl.constexpr, TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr,
-                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                       K: tl.constexpr, K2: tl.constexpr, STRIDE: tl.constexpr, IN_AFFINE: tl.constexpr,
+                       IN_ACT: tl.constexpr, GO_SCALE: tl.constexpr, Y_STATS: tl.constexpr, ACC: tl.constexpr,
+                       TAPS_VEC: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
         """Over input positions: grad x = prologue'(x) * sum_taps g(out of tap) * w(tap), and per-program partial
-        weight gradients sum g(out) * a(in) (a recomputed from x) and prologue-parameter gradients."""
+        weight gradients sum g(out) * a(in) (a recomputed from x) and prologue-parameter gradients. K2 > 0 (a
+        RepVGGDW): the same input feeds a second, centred K2 x K2 weight (saved output y2, its own statistics and
+        grad_out scale): grad x sums both, each weight gets its partial rows."""
         PAD: tl.constexpr = K // 2
+        D2: tl.constexpr = (K - K2) // 2
         pid = tl.program_id(0)
         c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = c < C
         kk = tl.arange(0, KK_PAD)
         s_in, t_in = load_channel_pair(is_ptr, it_ptr, c, cmask, IN_AFFINE, ACC, BLOCK_C)
         mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, c, cmask, inv_m, Y_STATS, ACC, BLOCK_C)
+        gsc, gsc2 = load_channel_pair(gsc_ptr, gsc2_ptr, c, cmask, GO_SCALE, ACC, BLOCK_C)
+        mu2, gm2, gv22 = load_stat_grads(mean2_ptr, gmean2_ptr, gvar2_ptr, c, cmask, inv_m, K2 > 0, ACC, BLOCK_C)
         dw_acc = tl.zeros([KK_PAD, BLOCK_C], ACC)
+        dw2_acc = tl.zeros([KK_PAD, BLOCK_C], ACC)  # K2 > 0: in the K x K tap layout
         gs = tl.zeros([BLOCK_C], ACC)
         gt = tl.zeros([BLOCK_C], ACC)
         HW = H * W
@@ -332,17 +399,31 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                 m3 = ok[:, :, None] & cmask[None, None, :]
                 gp = g_ptr + n.to(tl.int64)[:, None, None] * sgn + c[None, None, :].to(tl.int64) * sgc \
                     + oh[:, :, None] * sgh + ow[:, :, None] * sgw
-                yp = y_ptr + n.to(tl.int64)[:, None, None] * syn + c[None, None, :].to(tl.int64) * syc \
+                yoff = n.to(tl.int64)[:, None, None] * syn + c[None, None, :].to(tl.int64) * syc \
                     + oh[:, :, None] * syh + ow[:, :, None] * syw
-                gv = _grad_at(gp, yp, m3, mu[None, None, :], gm[None, None, :], gv2[None, None, :], Y_STATS, ACC)
+                go = tl.load(gp, mask=m3, other=0.0).to(ACC)
+                gv = _grad_at(go, y_ptr + yoff, m3, gsc[None, None, :], mu[None, None, :], gm[None, None, :],
+                              gv2[None, None, :], GO_SCALE, Y_STATS, ACC)
                 wv = tl.load(w_ptr + c[None, :] * (K * K) + kk[:, None], mask=(kk < K * K)[:, None] & cmask[None, :],
                              other=0.0).to(ACC)
                 ga = tl.sum(gv * wv[None, :, :], axis=1)
                 dw_acc += tl.sum(gv * a[:, None, :], axis=0)
+                if K2 > 0:
+                    th2 = kk // K - D2
+                    tw2 = kk % K - D2
+                    inner = (kk < K * K) & (th2 >= 0) & (th2 < K2) & (tw2 >= 0) & (tw2 < K2)
+                    m3 = m3 & inner[None, :, None]
+                    gv = tl.where(m3, _grad_at(go, y2_ptr + yoff, m3, gsc2[None, None, :], mu2[None, None, :],
+                                               gm2[None, None, :], gv22[None, None, :], GO_SCALE, True, ACC), 0.0)
+                    w2v = tl.load(w2_ptr + c[None, :] * (K2 * K2) + (th2 * K2 + tw2)[:, None],
+                                  mask=inner[:, None] & cmask[None, :], other=0.0).to(ACC)
+                    ga += tl.sum(gv * w2v[None, :, :], axis=1)
+                    dw2_acc += tl.sum(gv * a[:, None, :], axis=0)
             else:
                 ga = _dw_bwd_taps_loop(g_ptr, y_ptr, w_ptr, n, ih, iw, qmask, c, cmask, a, pdw_ptr + pid * (K * K * C),
-                                       C, i > 0, OH, OW, sgn, sgc, sgh, sgw, syn, syc, syh, syw, mu, gm, gv2, K,
-                                       STRIDE, Y_STATS, ACC, BLOCK_P, BLOCK_C)
+                                       C, i > 0, OH, OW, sgn, sgc, sgh, sgw, syn, syc, syh, syw, gsc, mu, gm, gv2,
+                                       y2_ptr, w2_ptr, pdw2_ptr + pid * (K2 * K2 * C), gsc2, mu2, gm2, gv22, K, K2,
+                                       STRIDE, GO_SCALE, Y_STATS, ACC, BLOCK_P, BLOCK_C)
                 tl.debug_barrier()  # this tile's partial-row updates land before the next tile reads them
             # x reloaded (from L1/L2) rather than kept live through the tap loop with its derivative
             xv, _, da = _prologue_act(xp, m2d, s_in, t_in, IN_AFFINE, IN_ACT, ACC, BLOCK_P, BLOCK_C)
@@ -360,9 +441,40 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             KK: tl.constexpr = K * K
             tl.store(pdw_ptr + pid * (KK * C) + kk[:, None] * C + c[None, :], dw_acc,
                      mask=(kk[:, None] < KK) & cmask[None, :])
+            if K2 > 0:  # the inner taps, in the K2 x K2 layout
+                th2 = kk // K - D2
+                tw2 = kk % K - D2
+                inner = (kk < KK) & (th2 >= 0) & (th2 < K2) & (tw2 >= 0) & (tw2 < K2)
+                tl.store(pdw2_ptr + pid * (K2 * K2 * C) + (th2 * K2 + tw2)[:, None] * C + c[None, :], dw2_acc,
+                         mask=inner[:, None] & cmask[None, :])
         if IN_AFFINE:
             tl.store(pgs_ptr + pid * C + c, gs, mask=cmask)
             tl.store(pgt_ptr + pid * C + c, gt, mask=cmask)
+
+
+    @triton.jit
+    def _repvgg_merge_kernel(w_ptr, w2_ptr, s_ptr, s2_ptr, t_ptr, t2_ptr, wc_ptr, ones_ptr, shift_ptr, C,
+                             K: tl.constexpr, K2: tl.constexpr, KK_PAD: tl.constexpr, ACC: tl.constexpr,
+                             BLOCK_C: tl.constexpr):
+        """A RepVGGDW's BN-scaled, summed weights w * s + pad(w2) * s2 (K x K taps), its shift t + t2 and the unit
+        scale the next conv's prologue takes with it."""
+        D2: tl.constexpr = (K - K2) // 2
+        c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        tap = tl.arange(0, KK_PAD)
+        th2 = tap // K - D2
+        tw2 = tap % K - D2
+        inner = (tap < K * K) & (th2 >= 0) & (th2 < K2) & (tw2 >= 0) & (tw2 < K2)
+        m = cmask[:, None] & (tap < K * K)[None, :]
+        w = tl.load(w_ptr + c[:, None] * (K * K) + tap[None, :], mask=m, other=0.0).to(ACC)
+        w2 = tl.load(w2_ptr + c[:, None] * (K2 * K2) + (th2 * K2 + tw2)[None, :], mask=cmask[:, None] & inner[None, :],
+                     other=0.0).to(ACC)
+        s = tl.load(s_ptr + c, mask=cmask, other=0.0).to(ACC)
+        s2 = tl.load(s2_ptr + c, mask=cmask, other=0.0).to(ACC)
+        tl.store(wc_ptr + c[:, None] * (K * K) + tap[None, :], w * s[:, None] + w2 * s2[:, None], mask=m)
+        t = tl.load(t_ptr + c, mask=cmask, other=0.0).to(ACC) + tl.load(t2_ptr + c, mask=cmask, other=0.0).to(ACC)
+        tl.store(shift_ptr + c, t, mask=cmask)
+        tl.store(ones_ptr + c, t * 0.0 + 1.0, mask=cmask)
 
 
 # ---------------------------------------------------------------------------------------------------- launchers
@@ -379,11 +491,12 @@ def _tapsvec(x):
     return x.device.type != "cuda" and not TAP_LOOP_ON_CPU
 
 
-def _blocks(C, spatial, x, K=3, bwd=False, prologue=True):
+def _blocks(C, spatial, x, K=3, bwd=False, prologue=True, dual=False):
     """(BLOCK_P, BLOCK_C, num_warps). channels_last: wide channel blocks (contiguous); NCHW: wide spatial blocks.
     GPU sizes from ptxas on sm_90a (bench.static), chosen so that no variant spills: a 64x64 tile with the BN + SiLU
     prologue needs 8 warps (without one, 4: at 8 ptxas caps it at 128 registers and spills); the backward over
-    input positions, which also holds the activation and its derivative, 32 positions a tile on 8 warps."""
+    input positions, which also holds the activation and its derivative, 32 positions a tile on 8 warps, half that
+    for a RepVGGDW's two branches (dual: their statistics terms and grad_out scales)."""
     if triton_interpreted() or x.device.type != "cuda":
         # the interpreter pays per program and per op, not per element: few, large tiles
         bc = min(max(next_pow2(C), 2), 64)
@@ -397,6 +510,8 @@ def _blocks(C, spatial, x, K=3, bwd=False, prologue=True):
     if x.dtype == torch.float64:  # fp64 (gradcheck) tiles: keep register use and compile time small
         bp = max(16, min(bp, 1024 // bc))
     big = bp * bc >= (2048 if bwd else 4096)
+    if dual:
+        bp //= 2
     return bp, bc, (8 if big and (prologue or bwd) else 4)
 
 
@@ -454,35 +569,72 @@ def _check_args(x, weight, in_scale, in_shift, out_scale, out_shift, residual, s
         check_tensor("residual", residual, device=x.device, dim=4)
 
 
+def _launch_fwd(cg, x, weight, stride, in_act, si=None, ti=None, so=None, to=None, out_act=False, residual=None,
+                out=None, stats=None, weight2=None, out2=None, stats2=None, grad_out=None, g_sums=None):
+    """One _dw_fwd_kernel launch on the grid cg; what is None is not computed (dummy pointers). stats / stats2:
+    the per-program (count, mean, M2) partials of the output / of the second weight's output; g_sums: the
+    per-program partial sums of grad_out * y and grad_out * y2 (rows 2 pid and 2 pid + 1)."""
+    N, C, H, W = x.shape
+    K = weight.shape[-1]
+    dummy = x.new_empty(1, dtype=acc_dtype(x))
+
+    def ptr(t):
+        return t if t is not None else dummy
+    _dw_fwd_kernel[cg.grid](
+        x, _taps(weight), ptr(si), ptr(ti), ptr(so), ptr(to), ptr(residual), ptr(out),
+        *(stats if stats is not None else (dummy,) * 3), _taps(weight2) if weight2 is not None else dummy, ptr(out2),
+        *(stats2 if stats2 is not None else (dummy,) * 3), ptr(grad_out), ptr(g_sums),
+        cg.scratch, C, N, H, W, *_out_hw(H, W, K, stride), cg.nt, cg.per, cg.slot,
+        *x.stride(), *strides4(out if out is not None else out2), *strides4(residual), *strides4(grad_out),
+        K=K, K2=weight2.shape[-1] if weight2 is not None else 0, STRIDE=stride, IN_AFFINE=si is not None,
+        IN_ACT=bool(in_act), OUT_AFFINE=so is not None, OUT_ACT=bool(out_act), HAS_RES=residual is not None,
+        WRITE_OUT=out is not None, STATS=stats is not None, G_SUMS=grad_out is not None, ACC=tl_acc(x.dtype),
+        TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), TILE_W=cg.tile_w, BLOCK_P=cg.BP, BLOCK_C=cg.BC,
+        num_warps=cg.nw, maxnreg=MAXNREG)
+
+
+def _out_hw(H, W, K, stride):
+    return conv_out_size(H, K, stride), conv_out_size(W, K, stride)
+
+
 def _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride, in_act, out_act,
                 write_out, stats):
     N, C, H, W = x.shape
     K = weight.shape[-1]
-    OH, OW = conv_out_size(H, K, stride), conv_out_size(W, K, stride)
+    OH, OW = _out_hw(H, W, K, stride)
     if residual is not None and tuple(residual.shape) != (N, C, OH, OW):
         raise ValueError(f"residual must have the output's shape {(N, C, OH, OW)}, got {tuple(residual.shape)}")
     sd = acc_dtype(x)
     out = empty_4d((N, C, OH, OW), x) if write_out else x.new_empty(0)
     if N * OH * OW == 0 or C == 0:
         return out, x.new_zeros(C if stats else 0, dtype=sd), x.new_zeros(C if stats else 0, dtype=sd)
-    w = _taps(weight)
     cg = _conv_grid(x, C, N, OH, OW, K, stride, in_scale is not None or bool(in_act))
-    pcnt, pmean, pm2 = partial_stats(cg.grid[0], C, x, sd, stats)
-    si, ti, so, to = (vec(t) for t in (in_scale, in_shift, out_scale, out_shift))
-    dummy = pcnt
-    _dw_fwd_kernel[cg.grid](
-        x, w, si if si is not None else dummy, ti if ti is not None else dummy,
-        so if so is not None else dummy, to if to is not None else dummy,
-        residual if residual is not None else dummy, out if write_out else dummy, pcnt, pmean, pm2,
-        cg.scratch, C, N, H, W, OH, OW, cg.nt, cg.per, cg.slot,
-        *x.stride(), *strides4(out), *strides4(residual),
-        K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
-        OUT_ACT=bool(out_act), HAS_RES=residual is not None, WRITE_OUT=bool(write_out), STATS=bool(stats),
-        ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), TILE_W=cg.tile_w, BLOCK_P=cg.BP,
-        BLOCK_C=cg.BC, num_warps=cg.nw, maxnreg=MAXNREG)
+    partials = partial_stats(cg.grid[0], C, x, sd, True) if stats else None
+    _launch_fwd(cg, x, weight, stride, in_act, *(vec(t) for t in (in_scale, in_shift, out_scale, out_shift)),
+                out_act, residual, out if write_out else None, partials)
     if stats:
-        return (out, *finish_stats(pcnt, pmean, pm2, x))
+        return (out, *finish_stats(*partials, x))
     return out, x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
+
+
+def _dw_dual_pass(x, weight, weight2, si, ti, in_act, grad_out=None):
+    """Both branches of a RepVGGDW (weight2 centred in weight's taps, stride 1) in one pass over the staged input.
+    Without grad_out: their batch statistics (mean, var, mean2, var2), nothing written. With grad_out (backward):
+    their raw outputs y, y2 recomputed and written, and (sum grad_out * y, sum grad_out * y2) per channel:
+    (y, y2, g_sum, g_sum2)."""
+    N, C, H, W = x.shape
+    sd = acc_dtype(x)
+    cg = _conv_grid(x, C, N, H, W, weight.shape[-1], 1, si is not None or bool(in_act))
+    if grad_out is None:
+        stats, stats2 = (partial_stats(cg.grid[0], C, x, sd, True) for _ in range(2))
+        _launch_fwd(cg, x, weight, 1, in_act, si, ti, stats=stats, weight2=weight2, stats2=stats2)
+        return (*finish_stats(*stats, x), *finish_stats(*stats2, x))
+    y, y2 = empty_4d(tuple(x.shape), x), empty_4d(tuple(x.shape), x)
+    g_sums = empty((cg.grid[0], 2, C), x, sd)
+    _launch_fwd(cg, x, weight, 1, in_act, si, ti, out=y, weight2=weight2, out2=y2, grad_out=grad_out,
+                g_sums=g_sums)
+    g = sum_partials(g_sums, empty(2 * C, x, sd))
+    return y, y2, g[:C], g[C:]
 
 
 def _taps(weight):
@@ -497,7 +649,7 @@ def _grad_y_pass(grad_out, x, w, si, ti, so, to, mean, grad_mean, grad_var, stri
     into `out` when given (it may be grad_out itself: each element is read before it is written, by one thread)."""
     N, C, H, W = x.shape
     K = math.isqrt(w.shape[1])
-    OH, OW = conv_out_size(H, K, stride), conv_out_size(W, K, stride)
+    OH, OW = _out_hw(H, W, K, stride)
     sd = acc_dtype(x)
     dummy = x.new_empty(1, dtype=sd)
     has_go, stats = grad_out is not None, grad_mean is not None
@@ -523,43 +675,54 @@ def _grad_y_pass(grad_out, x, w, si, ti, so, to, mean, grad_mean, grad_var, stri
     return g, sum_partials(pgos, empty(C, x, sd)), sum_partials(pgot, empty(C, x, sd))
 
 
-def _input_grad_pass(g, x, weight, w, si, ti, stride, in_act, y=None, mean=None, grad_mean=None, grad_var=None):
+def _input_grad_pass(g, x, weight, w, si, ti, stride, in_act, y=None, mean=None, grad_mean=None, grad_var=None,
+                     g_scale=None, second=None):
     """(grad x, grad weight, grad in_scale, grad in_shift) from g = d loss / d y: one pass over input positions
     and the on-device sums of its per-program partials. With the saved raw output y, g is grad_out and the batch
-    statistics' term is added on the fly (see _grad_at)."""
+    statistics' term is added on the fly (see _grad_at); g_scale: y reached grad_out scaled per channel.
+    second = (weight2, y2, mean2, grad_mean2, grad_var2, g_scale2): a second depthwise weight over the same input
+    (a RepVGGDW's small branch): grad x sums both branches, and its weight gradient comes last."""
     N, C, H, W = x.shape
     K = weight.shape[-1]
-    OH, OW = conv_out_size(H, K, stride), conv_out_size(W, K, stride)
+    OH, OW = _out_hw(H, W, K, stride)
     sd = acc_dtype(x)
     dummy = x.new_empty(1, dtype=sd)
     gx = empty_4d((N, C, H, W), x)
     NP = N * H * W
-    BP, BC, nw = _blocks(C, NP, x, K, bwd=True)
+    BP, BC, nw = _blocks(C, NP, x, K, bwd=True, dual=second is not None)
     cblk = triton.cdiv(C, BC)
     splits, per = split_tiles(triton.cdiv(NP, BP), cblk, x.device)
     pdw = empty((splits, K * K, C), x, sd)
     pgs = empty((splits, C), x, sd) if si is not None else dummy
     pgt = empty((splits, C), x, sd) if si is not None else dummy
     y_stats = y is not None
+    w2, y2, mean2, gm2, gv2, g_scale2 = second if second is not None else (None,) * 6
+    K2 = w2.shape[-1] if second is not None else 0
+    pdw2 = empty((splits, K2 * K2, C), x, sd) if K2 else dummy
     _dw_bwd_kernel[(splits, cblk)](
         x, w, si if si is not None else dummy, ti if ti is not None else dummy, g, y if y_stats else dummy,
         *((vec(mean), vec(grad_mean), vec(grad_var)) if y_stats else (dummy,) * 3), 1.0 / (N * OH * OW),
-        gx, pdw, pgs, pgt, C, H, W, OH, OW, NP, per,
+        gx, pdw, pgs, pgt, vec(g_scale) if g_scale is not None else dummy,
+        *((_taps(w2), y2, vec(mean2), vec(gm2), vec(gv2)) if K2 else (dummy,) * 5),
+        vec(g_scale2) if g_scale2 is not None else dummy, pdw2,
+        C, H, W, OH, OW, NP, per,
         *x.stride(), *g.stride(), *strides4(y), *gx.stride(),
-        K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), Y_STATS=y_stats, ACC=tl_acc(x.dtype),
-        TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP, BLOCK_C=BC, num_warps=nw,
-        maxnreg=MAXNREG)
-    gw = sum_partials(pdw, torch.empty_like(weight, memory_format=torch.contiguous_format), taps=K * K)
+        K=K, K2=K2, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), GO_SCALE=g_scale is not None,
+        Y_STATS=y_stats, ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP,
+        BLOCK_C=BC, num_warps=nw, maxnreg=MAXNREG)
+    gws = [sum_partials(pdw, torch.empty_like(weight, memory_format=torch.contiguous_format), taps=K * K)]
+    if K2:
+        gws.append(sum_partials(pdw2, torch.empty_like(w2, memory_format=torch.contiguous_format), taps=K2 * K2))
     if si is None:
-        return gx, gw, x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
-    return gx, gw, sum_partials(pgs, empty(C, x, sd)), sum_partials(pgt, empty(C, x, sd))
+        return gx, *gws, x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
+    return gx, *gws, sum_partials(pgs, empty(C, x, sd)), sum_partials(pgt, empty(C, x, sd))
 
 
 def _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, out_scale, out_shift, mean, y,
                  stride, in_act, out_act, write_out, stats):
     N, C, H, W = x.shape
     K = weight.shape[-1]
-    OH, OW = conv_out_size(H, K, stride), conv_out_size(W, K, stride)
+    OH, OW = _out_hw(H, W, K, stride)
     sd = acc_dtype(x)
     has_go = bool(write_out) and grad_out is not None and grad_out.numel() > 0
     grad_mean, grad_var = stat_grads(grad_mean, grad_var)
@@ -750,3 +913,135 @@ def dw_conv_bn_act_train(x, weight, in_scale, in_shift, residual, bn, stride, in
     or a BatchNormSpec."""
     return _DwConvBnAct.apply(x, weight, in_scale, in_shift, residual, bn, stride, in_act, out_act, bn.weight,
                               bn.bias)
+
+
+# ------------------------------------------------------------------------------------------- a RepVGGDW in training
+# Its two branches (a k x k and a centred k2 x k2 depthwise conv of one input, each with a BN on batch statistics,
+# summed) as one op. Forward: one statistics-only pass over the staged input gives both branches' statistics; a BN
+# affine per branch; one small kernel merges the BN-scaled weights w * s + pad(w2) * s2 and the shift; one conv
+# pass writes z = conv(a, merged) (the next conv adds the shift and applies the act in its prologue). Backward: one
+# pass recomputes both raw outputs (written) with the BN scales' gradients (sum gz * y, sum gz * y2), the BN
+# affine backward per branch, and one pass over input positions forms each branch's gradient s * gz + statistics
+# term on the fly from gz and the recomputed outputs: grad x and both weights' gradients. Per step that is two
+# reads of the input, one of gz and the input-gradient sum fewer than two statistics-only ops plus a conv op.
+def _repvgg_merge(weight, weight2, scale, scale2, shift, shift2):
+    C, K, K2 = weight.shape[0], weight.shape[-1], weight2.shape[-1]
+    wc = empty((C, 1, K, K), scale)
+    ones, out_shift = empty(C, scale), empty(C, scale)
+    block = min(max(next_pow2(C), 16), 32)  # a [channels x taps] tile: wider spills
+    _repvgg_merge_kernel[(triton.cdiv(C, block),)](_taps(weight), _taps(weight2), scale, scale2, shift, shift2, wc,
+                                                   ones, out_shift, C, K=K, K2=K2, KK_PAD=next_pow2(K * K),
+                                                   ACC=tl_acc(scale.dtype), BLOCK_C=block)
+    return wc, ones, out_shift
+
+
+def _check_repvgg(x, weight, weight2, in_scale, in_shift):
+    _check_args(x, weight, in_scale, in_shift, None, None, None, 1)
+    _check_args(x, weight2, None, None, None, None, None, 1)
+    if weight2.shape[-1] > weight.shape[-1]:
+        raise ValueError(f"weight2 must be the smaller kernel: got {tuple(weight.shape)} and {tuple(weight2.shape)}")
+
+
+@torch.library.custom_op(op_name("dw_repvgg_bn"),
+                         mutates_args=("running_mean", "running_var", "num_batches_tracked", "running_mean2",
+                                       "running_var2", "num_batches_tracked2"))
+def dw_repvgg_bn(x: Tensor, weight: Tensor, weight2: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
+                 bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], running_mean: Optional[Tensor],
+                 running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor],
+                 bn_weight2: Optional[Tensor], bn_bias2: Optional[Tensor], running_mean2: Optional[Tensor],
+                 running_var2: Optional[Tensor], num_batches_tracked2: Optional[Tensor], in_act: bool, eps: float,
+                 momentum: Optional[float], eps2: float, momentum2: Optional[float], update: bool
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """z = depthwise_conv(a, w * s + pad(w2 * s2)) with a = in_act(x * in_scale + in_shift) and (s, t), (s2, t2)
+    the BN affines of the two branches' batch statistics (running statistics updated when `update`): the
+    RepVGGDW's pre-activation is z * ones + shift. Returns (z, ones, shift, mean, var, mean2, var2, scale, scale2),
+    all but z per channel in the accumulation dtype."""
+    _check_repvgg(x, weight, weight2, in_scale, in_shift)
+    si, ti = vec(in_scale), vec(in_shift)
+    mean, var, mean2, var2 = _dw_dual_pass(x, weight, weight2, si, ti, in_act)
+    count = float(x.shape[0] * x.shape[2] * x.shape[3])
+    scale, shift = affine_from_stats(mean, var, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked,
+                                     count, eps, momentum, update)
+    scale2, shift2 = affine_from_stats(mean2, var2, bn_weight2, bn_bias2, running_mean2, running_var2,
+                                       num_batches_tracked2, count, eps2, momentum2, update)
+    wc, ones, out_shift = _repvgg_merge(weight, weight2, scale, scale2, shift, shift2)
+    z = _dw_forward(x, wc, in_scale, in_shift, None, None, None, 1, in_act, False, True, False)[0]
+    return z, ones, out_shift, mean, var, mean2, var2, scale, scale2
+
+
+@dw_repvgg_bn.register_fake
+def _dw_repvgg_bn_fake(x, weight, weight2, in_scale, in_shift, bn_weight, bn_bias, running_mean, running_var,
+                       num_batches_tracked, bn_weight2, bn_bias2, running_mean2, running_var2, num_batches_tracked2,
+                       in_act, eps, momentum, eps2, momentum2, update):
+    _check_repvgg(x, weight, weight2, in_scale, in_shift)
+    return (empty_4d(tuple(x.shape), x), *(x.new_empty(x.shape[1], dtype=acc_dtype(x)) for _ in range(8)))
+
+
+@torch.library.custom_op(op_name("dw_repvgg_bn_backward"), mutates_args=())
+def dw_repvgg_bn_backward(grad_z: Tensor, grad_shift: Optional[Tensor], x: Tensor, weight: Tensor, weight2: Tensor,
+                          in_scale: Optional[Tensor], in_shift: Optional[Tensor], mean: Tensor, var: Tensor, scale: Tensor, mean2: Tensor, var2: Tensor, scale2: Tensor,
+                          bn_weight: Optional[Tensor], bn_weight2: Optional[Tensor], has_bias: bool,
+                          bias_dtype: torch.dtype, eps: float, eps2: float, in_act: bool
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(grad x, grad weight, grad weight2, grad in_scale, grad in_shift, grad BN weight, grad BN bias, grad BN2
+    weight, grad BN2 bias); empty where absent. The branches' raw outputs are recomputed (with the BN scales'
+    gradients, sum grad_z * y) rather than saved: a training step holds less, and moves fewer bytes in all."""
+    si, ti = vec(in_scale), vec(in_shift)
+    y, y2, g_scale, g_scale2 = _dw_dual_pass(x, weight, weight2, si, ti, in_act, grad_out=grad_z)
+    g_mean, g_var, g_bw, g_bb = affine_grads(g_scale, grad_shift, mean, var, bn_weight, has_bias, bias_dtype, eps)
+    g_mean2, g_var2, g_bw2, g_bb2 = affine_grads(g_scale2, grad_shift, mean2, var2, bn_weight2, has_bias, bias_dtype,
+                                                 eps2)
+    gx, gw, gw2, g_is, g_it = _input_grad_pass(grad_z, x, weight, _taps(weight), si, ti, 1, in_act, y, mean, g_mean,
+                                               g_var, scale, (weight2, y2, mean2, g_mean2, g_var2, scale2))
+    return gx, gw, gw2, g_is, g_it, g_bw, g_bb, g_bw2, g_bb2
+
+
+@dw_repvgg_bn_backward.register_fake
+def _dw_repvgg_bn_backward_fake(grad_z, grad_shift, x, weight, weight2, in_scale, in_shift, mean, var, scale,
+                                mean2, var2, scale2, bn_weight, bn_weight2, has_bias, bias_dtype, eps, eps2, in_act):
+    C = x.shape[1]
+    sd = acc_dtype(x)
+
+    def like(t, own_dtype=False):
+        return x.new_empty(C if t is not None else 0, dtype=t.dtype if own_dtype and t is not None else sd)
+    return (empty_4d(tuple(x.shape), x), torch.empty_like(weight, memory_format=torch.contiguous_format),
+            torch.empty_like(weight2, memory_format=torch.contiguous_format), like(in_scale), like(in_shift),
+            like(bn_weight, True), x.new_empty(C if has_bias else 0, dtype=bias_dtype), like(bn_weight2, True),
+            x.new_empty(C if has_bias else 0, dtype=bias_dtype))
+
+
+class _DwRepVGG(torch.autograd.Function):
+    """Autograd of dw_repvgg_bn (an op that updates running statistics cannot register its own)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, weight2, in_scale, in_shift, bn, bn2, in_act, bn_weight, bn_bias, bn_weight2,
+                bn_bias2):
+        z, ones, shift, mean, var, mean2, var2, scale, scale2 = dw_repvgg_bn(
+            x, weight, weight2, in_scale, in_shift, bn_weight, bn_bias, bn.running_mean, bn.running_var,
+            bn.num_batches_tracked, bn_weight2, bn_bias2, bn2.running_mean, bn2.running_var, bn2.num_batches_tracked,
+            in_act, float(bn.eps), bn.momentum, float(bn2.eps), bn2.momentum, bool(bn.training))
+        ctx.save_for_backward(x, weight, weight2, in_scale, in_shift, mean, var, scale, mean2, var2, scale2,
+                              bn_weight, bn_weight2)
+        ctx.cfg = (in_act, float(bn.eps), float(bn2.eps), bn_bias is not None,
+                   bn_bias.dtype if bn_bias is not None else mean.dtype)
+        ctx.mark_non_differentiable(ones)
+        return z, ones, shift
+
+    @staticmethod
+    def backward(ctx, grad_z, _grad_ones, grad_shift):
+        x, weight, weight2, in_scale, in_shift, mean, var, scale, mean2, var2, scale2, bn_w, bn_w2 = ctx.saved_tensors
+        in_act, eps, eps2, has_bias, bias_dtype = ctx.cfg
+        gx, gw, gw2, g_is, g_it, g_bw, g_bb, g_bw2, g_bb2 = dw_repvgg_bn_backward(
+            grad_z, grad_shift, x, weight, weight2, in_scale, in_shift, mean, var, scale, mean2, var2, scale2, bn_w,
+            bn_w2, has_bias, bias_dtype, eps, eps2, in_act)
+        return (gx, gw, gw2, grad_like(g_is, in_scale), grad_like(g_it, in_shift), None, None, None,
+                g_bw if bn_w is not None else None, g_bb if has_bias else None,
+                g_bw2 if bn_w2 is not None else None, g_bb2 if has_bias else None)
+
+
+def dw_repvgg_train(x, weight, in_scale, in_shift, weight2, bn, bn2, in_act):
+    """A RepVGGDW in a training chain with both BNs on batch statistics (see dw_repvgg_bn): (z, ones, shift),
+    the pre-activation being z * ones + shift; differentiable in x, both weights, the input affine and both BNs'
+    weights and biases. bn, bn2: nn.BatchNorm2d or BatchNormSpec (bn: the large kernel's)."""
+    return _DwRepVGG.apply(x, weight, weight2, in_scale, in_shift, bn, bn2, in_act, bn.weight, bn.bias, bn2.weight,
+                           bn2.bias)
