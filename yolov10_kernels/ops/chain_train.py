@@ -22,8 +22,8 @@ statistics, on the device); one small kernel per BN (ops/batchnorm.bn_affine) tu
 updates the running statistics, and the next conv applies BN + act to its input tiles on the fly (its prologue).
 No per-layer glue runs as torch ops: a training step dispatches fewer host ops than the eager modules. The last
 conv of a chain runs twice over its input inside one op (dwconv.dw_conv_bn_act): a statistics-only pass, then a
-pass whose epilogue writes act(BN(y)) (+ x) directly, so its raw output never exists. A RepVGGDW
-computes the statistics of both branches (statistics-only passes), then one 7x7 depthwise conv with the
+pass whose epilogue writes act(BN(y)) (+ x) directly, so its raw output never exists. A RepVGGDW is one op
+(dwconv.dw_repvgg_bn): the statistics of both branches from one pass, then one 7x7 depthwise conv with the
 BN-scaled, summed weights (w7 * s7 + pad(w3 * s3)) gives the pre-activation, as exact in train mode as the
 two-branch form. Backward recomputes activations from the saved raw tensors: what is saved for backward is the
 chain input, the raw outputs that feed a later conv, and per-channel vectors (see tests/test_chain_train.py for

@@ -12,7 +12,11 @@ Acts are SiLU (True) or identity (False).
 
 Op `yolov10_kernels::dw_conv_bn_act(...)` (`dw_conv_bn_act_train` for nn.BatchNorm2d / BatchNormSpec): a chain's
 last depthwise layer with its BN on batch statistics in one op: statistics pass, BN affine and running-statistics
-update, epilogue pass; one backward (see the section at the end).
+update, epilogue pass; one backward (see its section below).
+
+Op `yolov10_kernels::dw_repvgg_bn(...)` (`dw_repvgg_train`): a RepVGGDW (a k x k and a centred smaller depthwise
+conv of one input, each with a BN on batch statistics, summed) in training as one op: both branches' statistics
+from one pass, their BN affines, the merged-weight conv; one backward (see the last section).
 
 Forward: one kernel; each program walks a run of output tiles of one channel block and merges per-tile statistics
 (count, mean, M2) with the parallel-variance formula; one small kernel merges the per-program partials the same
