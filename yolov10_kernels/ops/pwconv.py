@@ -6,22 +6,31 @@
                 partials merged with the parallel-variance formula)
 
 Op `yolov10_kernels::pw_conv_bn(x, weight, in_scale?, in_shift?, bias?, in_act, stats) -> (y, mean, var)`, mean/var
-empty when stats is False. Differentiable in x, weight, the affine vectors and bias. Backward: two kernels,
-grad x (g @ weight, the prologue derivative applied on the fly) and grad weight (g^T @ a, a recomputed from x,
-the N x H x W reduction split across programs into fp32 partials then summed), where g = dL/dy + dmean / M +
-dvar * 2 (y - mean) / M is formed on the fly from the saved raw output y. fp16/bf16 tiles go through tensor
-cores with fp32 accumulation (fp32 operands under the interpreter, whose bf16 dot is broken); fp32 uses TF32
-where torch allows it for matmuls or cuDNN convs (as the eager convs it replaces do), IEEE otherwise. NCHW and
-channels_last inputs are read in place; the output follows the input's memory format."""
+empty when stats is False. Differentiable in x, weight, the affine vectors and bias. Backward: grad x (g @ weight,
+the prologue derivative applied on the fly) and grad weight (g^T @ a, a recomputed from x, the N x H x W reduction
+split across programs into fp32 partials then summed), where g = dL/dy + dmean / M + dvar * 2 (y - mean) / M is
+formed on the fly from the saved raw output y: one kernel reading g and x once where both channel counts fit one
+block (FUSED_MAX: the light cls head) and the dots use tensor cores (or the interpreter), else two, each reading
+them. fp16/bf16 tiles go through tensor cores with fp32 accumulation (fp32 operands under the interpreter, whose
+bf16 dot is broken); fp32 uses TF32 where torch allows it for matmuls or cuDNN convs (as the eager convs it replaces
+do), IEEE otherwise. NCHW and channels_last inputs are read in place; the output follows the input's memory format."""
 from typing import Optional
 
 import torch
 
-from .utils import (acc_dtype, check_device, check_tensor, empty, empty_4d, finish_stats, grad_like, next_pow2,
-                    op_name, partial_stats, stat_grads, sum_partials, target_programs, tf32_allowed, tl, tl_acc,
-                    triton, triton_interpreted, vec)
+from .utils import (PROGRAMS_PER_SM, acc_dtype, check_device, check_tensor, empty, empty_4d, finish_stats, grad_like,
+                    next_pow2, op_name, partial_stats, split_tiles, stat_grads, sum_partials, target_programs,
+                    tf32_allowed, tl, tl_acc, triton, triton_interpreted, vec)
 
 Tensor = torch.Tensor
+
+# The fused backward (one pass over g and x) runs when both channel counts, rounded up to a power of two, are at most
+# this: the light cls head's 1x1 convs (64..128 channels at yolov10n/s).
+FUSED_MAX = 128
+# Its GPU tiles, sized with ptxas on sm_90a (bench.static): the 128 x 128 fp32 grad W accumulator and the weight,
+# held for the whole run, leave room for 32-row tiles at 8 warps (64 rows spill, as do 4 warps or 16, which cap
+# registers at 128); two stages prefetch the next tile within 227 KB, fp32 included.
+FUSED_BLOCK_M, FUSED_WARPS, FUSED_STAGES = 32, 8, 2
 
 
 # ---------------------------------------------------------------------------------------------------- kernels
@@ -173,6 +182,59 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         if HAS_BIAS:
             tl.store(pgb_ptr + split * CO + co, gb, mask=comask & (pid_k == 0))
 
+    @triton.jit(do_not_specialize=VARYING + ["tiles_per_prog"])
+    def _pw_bwd_fused_kernel(gy_ptr, y_ptr, mean_ptr, gmean_ptr, gvar_ptr, inv_m, w_ptr, x_ptr, s_ptr, t_ptr,
+                             gx_ptr, pgs_ptr, pgt_ptr, pgw_ptr, pgb_ptr,
+                             M, HW, CI, CO, tiles_per_prog, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp, sdn, sdc, sdp,
+                             swo, swi,
+                             HAS_GY: tl.constexpr, STATS: tl.constexpr, IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr,
+                             HAS_BIAS: tl.constexpr, ACC: tl.constexpr, DOT_DT: tl.constexpr, IEEE: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """The dgrad and wgrad kernels in one pass, for channel counts that fit one block each (BLOCK_N >= CO,
+        BLOCK_K >= CI): a program reads g and x of its run of row tiles once, writes grad x, and keeps its partial
+        grad W = g^T a, grad bias and in_scale / in_shift sums (fp32) to the end, one row of partials per program."""
+        pid = tl.program_id(0)
+        co = tl.arange(0, BLOCK_N)
+        comask = co < CO
+        ci = tl.arange(0, BLOCK_K)
+        kmask = ci < CI
+        mu, gm, gv2 = load_stat_grads(mean_ptr, gmean_ptr, gvar_ptr, co, comask, inv_m, STATS, ACC, BLOCK_N)
+        wt = tl.load(w_ptr + co[:, None] * swo + ci[None, :] * swi, mask=comask[:, None] & kmask[None, :], other=0.0)
+        acc_w = tl.zeros([BLOCK_N, BLOCK_K], ACC)
+        gb = tl.zeros([BLOCK_N], ACC)
+        gs = tl.zeros([BLOCK_K], ACC)
+        gt = tl.zeros([BLOCK_K], ACC)
+        for i in range(tiles_per_prog):
+            rm = (pid * tiles_per_prog + i) * BLOCK_M + tl.arange(0, BLOCK_M)
+            mmask = rm < M
+            img = (rm // HW).to(tl.int64)
+            hw = (rm % HW).to(tl.int64)
+            g = _grad_y(gy_ptr, y_ptr, img * sgn + hw * sgp, img * syn + hw * syp, co, mmask[:, None] & comask[None, :],
+                        sgc, syc, mu, gm, gv2, HAS_GY, STATS, ACC, BLOCK_M, BLOCK_N)
+            m2d = mmask[:, None] & kmask[None, :]
+            xv, a, da = _prologue(x_ptr, img * sxn + hw * sxp, ci, m2d, sxc, s_ptr, t_ptr, kmask, IN_AFFINE, IN_ACT,
+                                  ACC)
+            acc_w += _dot(tl.trans(g), a, DOT_DT, IEEE).to(ACC)
+            if HAS_BIAS:
+                gb += tl.sum(g, axis=0)
+            # g is 0 in rows past M and W in channels past CI: gu is exactly 0 outside the tile, no mask needed
+            gu = _dot(g, wt, DOT_DT, IEEE).to(ACC)
+            if IN_ACT:
+                gu = gu * da
+            if IN_AFFINE:
+                gs += tl.sum(gu * xv, axis=0)
+                gt += tl.sum(gu, axis=0)
+                gu = gu * tl.load(s_ptr + ci, mask=kmask, other=0.0).to(ACC)[None, :]
+            tl.store(gx_ptr + (img * sdn + hw * sdp)[:, None] + ci[None, :].to(tl.int64) * sdc,
+                     gu.to(gx_ptr.dtype.element_ty), mask=m2d)
+        tl.store(pgw_ptr + pid * (CO * CI) + co[:, None] * CI + ci[None, :], acc_w,
+                 mask=comask[:, None] & kmask[None, :])
+        if HAS_BIAS:
+            tl.store(pgb_ptr + pid * CO + co, gb, mask=comask)
+        if IN_AFFINE:
+            tl.store(pgs_ptr + pid * CI + ci, gs, mask=kmask)
+            tl.store(pgt_ptr + pid * CI + ci, gt, mask=kmask)
+
 
 # ---------------------------------------------------------------------------------------------------- launchers
 def _flat(t):
@@ -201,8 +263,14 @@ def _blocks(M, CI, CO, x, kernel="fwd"):
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of a (M x CI) @ (CI x CO) tile. Sized with ptxas on sm_90a (bench.static):
     the backward kernels hold more [rows x channels] tiles than the forward (dgrad: the accumulator, x and the
     activation derivative; wgrad: rows are its reduced dimension, staged num_stages deep in shared memory), so
-    dgrad keeps output blocks <= 64 wide (no spills) and wgrad 64 rows per step (fp32 fits in 227 KB)."""
-    if triton_interpreted() or x.device.type != "cuda":
+    dgrad keeps output blocks <= 64 wide (no spills) and wgrad 64 rows per step (fp32 fits in 227 KB). The fused
+    backward takes both channel dims whole (<= FUSED_MAX) and holds the grad W accumulator besides the dgrad tiles:
+    FUSED_BLOCK_M rows per step."""
+    cpu = triton_interpreted() or x.device.type != "cuda"
+    if kernel == "fused":
+        return (min(max(next_pow2(M), 16), 256) if cpu else FUSED_BLOCK_M, max(next_pow2(CO), 16),
+                max(next_pow2(CI), 16), 4 if cpu else FUSED_WARPS)
+    if cpu:
         return (min(max(next_pow2(M), 16), 256), min(max(next_pow2(CO), 16), 64), min(max(next_pow2(CI), 16), 64), 4)
     bm = 64 if kernel == "wgrad" else 128  # not sized by M: a new batch or image size must not recompile
     bn = min(max(next_pow2(CO), 16), 64 if kernel == "dgrad" else 128)
@@ -291,22 +359,57 @@ def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, 
         mu = gm = gv = dummy
     w = weight.detach().reshape(CO, CI)
     s, t = vec(in_scale), vec(in_shift)
-    acc = tl_acc(x.dtype)
     dot_dt, ieee = _dot_cfg(x)
-    inv_m = 1.0 / M
-    flags = dict(HAS_GY=has_gy, STATS=stats, IN_AFFINE=s is not None, IN_ACT=bool(in_act), ACC=acc,
+    # the arguments every backward kernel takes, in their order: g's inputs, weight, x and its prologue, grad x
+    io = (grad_y, y, mu, gm, gv, 1.0 / M, w, x, s if s is not None else dummy, t if t is not None else dummy, gx)
+    strides = (sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp)
+    flags = dict(HAS_GY=has_gy, STATS=stats, IN_AFFINE=s is not None, IN_ACT=bool(in_act), ACC=tl_acc(x.dtype),
                  DOT_DT=dot_dt, IEEE=ieee)
+    # the fused kernel's registers are sized for tensor-core dots: an IEEE dot on the GPU (fp32 with TF32 off, fp64)
+    # runs on FMA units with its operands in registers and spills heavily at these widths (ptxas), so takes two kernels
+    fused = max(next_pow2(CO), next_pow2(CI)) <= FUSED_MAX and not (ieee and x.device.type == "cuda")
+    launch = _fused_backward if fused else _split_backward
+    pgs, pgt, pgw, pgb = launch(io, (M, HW, CI, CO), strides, (sdn, sdc, sdp), bool(has_bias), dummy, flags)
+    if s is not None:
+        g_s, g_t = sum_partials(pgs, empty(CI, x, sd)), sum_partials(pgt, empty(CI, x, sd))
+    gw = sum_partials(pgw, torch.empty_like(weight, memory_format=torch.contiguous_format))
+    if has_bias:
+        g_b = sum_partials(pgb, empty(CO, x, sd))
+    return gx, gw, g_s, g_t, g_b
+
+
+def _fused_backward(io, dims, strides, gx_strides, has_bias, dummy, flags):
+    """grad x and the per-program partials (in_scale, in_shift, weight, bias grads) in one persistent launch: each
+    program a contiguous run of row tiles, so g and x are read once. Returns the partials (dummies where absent)."""
+    w, x = io[6], io[7]
+    M, _, CI, CO = dims
+    sd = acc_dtype(x)
+    BM, BN, BK, nw = _blocks(M, CI, CO, x, "fused")
+    # one program per SM (its registers leave no room for a second): the fewest grad W partials that fill the GPU
+    programs, per = split_tiles(triton.cdiv(M, BM), PROGRAMS_PER_SM, x.device)
+    pgs, pgt = (empty((programs, CI), x, sd) if flags["IN_AFFINE"] else dummy for _ in range(2))
+    pgw = empty((programs, CO, CI), x, sd)
+    pgb = empty((programs, CO), x, sd) if has_bias else dummy
+    _pw_bwd_fused_kernel[(programs,)](*io, pgs, pgt, pgw, pgb, *dims, per, *strides, *gx_strides, w.stride(0),
+                                      w.stride(1), HAS_BIAS=has_bias, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+                                      num_warps=nw, num_stages=FUSED_STAGES, **flags)
+    return pgs, pgt, pgw, pgb
+
+
+def _split_backward(io, dims, strides, gx_strides, has_bias, dummy, flags):
+    """Channel counts too wide for one block: grad x and its in_scale / in_shift partials per row block (dgrad),
+    then grad W and bias partials with the rows split across programs (wgrad); each reads g and x. Returns the
+    partials (dummies where absent)."""
+    w, x = io[6], io[7]
+    M, _, CI, CO = dims
+    sd = acc_dtype(x)
     # grad x: rows x input channels, looping over output channels
     BM, b_ci, b_co, nw = _blocks(M, CO, CI, x, "dgrad")  # (M x CO) @ (CO x CI): CO is the reduced dim
     mblk = triton.cdiv(M, BM)
-    pgs = empty((mblk, CI), x, sd) if s is not None else dummy
-    pgt = empty((mblk, CI), x, sd) if s is not None else dummy
+    pgs, pgt = (empty((mblk, CI), x, sd) if flags["IN_AFFINE"] else dummy for _ in range(2))
     _pw_dgrad_kernel[(mblk, triton.cdiv(CI, b_ci))](
-        grad_y, y, mu, gm, gv, inv_m, w, x, s if s is not None else dummy, t if t is not None else dummy,
-        gx, pgs, pgt, M, HW, CI, CO, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp, sdn, sdc, sdp,
-        w.stride(0), w.stride(1), BLOCK_M=BM, BLOCK_N=b_co, BLOCK_K=b_ci, num_warps=nw, **flags)
-    if s is not None:
-        g_s, g_t = sum_partials(pgs, empty(CI, x, sd)), sum_partials(pgt, empty(CI, x, sd))
+        *io, pgs, pgt, *dims, *strides, *gx_strides, w.stride(0), w.stride(1),
+        BLOCK_M=BM, BLOCK_N=b_co, BLOCK_K=b_ci, num_warps=nw, **flags)
     # grad W (and bias): output x input channels, the rows split across programs, fp32 partials
     BM, BN, BK, nw = _blocks(M, CI, CO, x, "wgrad")
     tiles = triton.cdiv(CO, BN) * triton.cdiv(CI, BK)
@@ -316,13 +419,9 @@ def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, 
     pgw = empty((splits, CO, CI), x, sd)
     pgb = empty((splits, CO), x, sd) if has_bias else dummy
     _pw_wgrad_kernel[(triton.cdiv(CO, BN), triton.cdiv(CI, BK), splits)](
-        grad_y, y, mu, gm, gv, inv_m, x, s if s is not None else dummy, t if t is not None else dummy, pgw, pgb,
-        M, HW, CI, CO, rows, sgn, sgc, sgp, syn, syc, syp, sxn, sxc, sxp, HAS_BIAS=bool(has_bias),
+        *io[:6], *io[7:10], pgw, pgb, *dims, rows, *strides, HAS_BIAS=has_bias,
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw, **flags)
-    gw = sum_partials(pgw, torch.empty_like(weight, memory_format=torch.contiguous_format))
-    if has_bias:
-        g_b = sum_partials(pgb, empty(CO, x, sd))
-    return gx, gw, g_s, g_t, g_b
+    return pgs, pgt, pgw, pgb
 
 
 # ---------------------------------------------------------------------------------------------------- ops
