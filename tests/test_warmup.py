@@ -140,3 +140,18 @@ def test_dtype_names_and_targets_are_accepted(monkeypatch):
     assert W._check_dtype("bfloat16") is torch.bfloat16 and W._check_imgsz((480, 640)) == (480, 640)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert W.resolve_target("sm_90a") == (90, None) and W.resolve_target(80) == (80, None)
+
+
+def test_capture_restores_what_it_patches():
+    """The capture patches autograd.Function.apply (a classmethod) to replay backwards; it must come back as the
+    classmethod itself, not the method bound to Function (every later autograd.Function would run Function's)."""
+    from yolov10_kernels.capture import BackwardReplay, patched
+    before = vars(torch.autograd.Function)["apply"]
+    with BackwardReplay().functions():
+        assert vars(torch.autograd.Function)["apply"] is not before
+    with patched(torch.autograd.Function, "apply", classmethod(lambda cls, *args: None)):
+        pass
+    assert vars(torch.autograd.Function)["apply"] is before
+    x = torch.randn(3, requires_grad=True)
+    (torch.nn.functional.silu(x) * torch.sigmoid(x)).sum().backward()  # autograd still works
+    assert x.grad is not None

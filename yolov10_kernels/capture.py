@@ -89,7 +89,8 @@ def direct_config(fn, kwargs):
 
 @contextlib.contextmanager
 def patched(obj, name, value):
-    old = getattr(obj, name)
+    # a class's own attribute as stored (a classmethod stays a classmethod, not the method bound to this class)
+    old = vars(obj)[name] if isinstance(obj, type) and name in vars(obj) else getattr(obj, name)
     setattr(obj, name, value)
     try:
         yield
