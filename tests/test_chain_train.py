@@ -428,9 +428,10 @@ def test_repvgg_as_last_layer_and_with_a_frozen_bn(mode):
 
 
 # ------------------------------------------------------------------------------------------------ compile
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("kind", ["scdown", "cib_lk"])  # the last-layer op; the RepVGGDW op
+def test_torch_compile_fullgraph(kind):
     torch.manual_seed(9)
-    ref, layers, residual = make_block("scdown", 4)
+    ref, layers, residual = make_block(kind, 4)
     mine = copy.deepcopy(ref)
     x = torch.randn(2, 4, 5, 5, device=DEV)
 
