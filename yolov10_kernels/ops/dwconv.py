@@ -478,7 +478,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         tl.store(wc_ptr + c[:, None] * (K * K) + tap[None, :], w * s[:, None] + w2 * s2[:, None], mask=m)
         t = tl.load(t_ptr + c, mask=cmask, other=0.0).to(ACC) + tl.load(t2_ptr + c, mask=cmask, other=0.0).to(ACC)
         tl.store(shift_ptr + c, t, mask=cmask)
-        tl.store(ones_ptr + c, t * 0.0 + 1.0, mask=cmask)
+        tl.store(ones_ptr + c, tl.full([BLOCK_C], 1.0, ACC), mask=cmask)
 
 
 # ---------------------------------------------------------------------------------------------------- launchers
@@ -772,7 +772,7 @@ def _dw_conv_bn_fake(x, weight, in_scale, in_shift, out_scale, out_shift, residu
     N, C, H, W = x.shape
     K = weight.shape[-1]
     sd = acc_dtype(x)
-    out = empty_4d((N, C, conv_out_size(H, K, stride), conv_out_size(W, K, stride)), x) if write_out else x.new_empty(0)
+    out = empty_4d((N, C, *_out_hw(H, W, K, stride)), x) if write_out else x.new_empty(0)
     return out, x.new_empty(C if stats else 0, dtype=sd), x.new_empty(C if stats else 0, dtype=sd)
 
 
@@ -845,7 +845,8 @@ def dw_conv_bn_act(x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shi
     _, mean, var = _dw_forward(x, weight, in_scale, in_shift, None, None, None, stride, in_act, False, False, True)
     N, _, H, W = x.shape
     K = weight.shape[-1]
-    count = N * conv_out_size(H, K, stride) * conv_out_size(W, K, stride)
+    OH, OW = _out_hw(H, W, K, stride)
+    count = N * OH * OW
     scale, shift = affine_from_stats(mean, var, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked,
                                      float(count), eps, momentum, update)
     out = _dw_forward(x, weight, in_scale, in_shift, scale, shift, residual, stride, in_act, out_act, True, False)[0]
