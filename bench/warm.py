@@ -64,7 +64,7 @@ def run_case(case):
     return case, time.perf_counter() - t0, status
 
 
-def capture_case(case, recorder, sms):
+def capture_case(case, recorder, gpu):
     """Record the launches of ours on `case` (forward, and backward in train) on fake CUDA tensors."""
     import torch
     from yolov10_kernels.capture import capture
@@ -75,7 +75,7 @@ def capture_case(case, recorder, sms):
     ours = ops.make_ours(op, module.train(train), "cuda", "train_full" if train else "infer")
     shapes = [tuple(x.shape) for x in gpu_check.make_inputs(c, in_shapes, "cpu", seed=0)]
     recorder.context = c.name
-    capture(ours, shapes, c.dtype, train, cl, sms, recorder=recorder)
+    capture(ours, shapes, c.dtype, train, cl, gpu, recorder=recorder)
 
 
 # the bench phase's end-to-end rows on the GPU (bench/e2e.py with --quick --scales n,s): 640 px, bf16 (AMP in train),
@@ -83,7 +83,7 @@ def capture_case(case, recorder, sms):
 E2E_CASES = [("n", 64, True), ("s", 64, True), ("n", 1, False), ("n", 32, False), ("s", 1, False), ("s", 32, False)]
 
 
-def capture_e2e(scale, batch, train, recorder, sms):
+def capture_e2e(scale, batch, train, recorder, gpu):
     """Record the launches of an accelerated model as bench/e2e.py runs it: a train step under AMP, or inference
     after model.fuse()."""
     import torch
@@ -94,24 +94,24 @@ def capture_e2e(scale, batch, train, recorder, sms):
     if not train:
         model.fuse()
     recorder.context = f"e2e yolov10{scale} b{batch} {'train' if train else 'infer'}"
-    capture(model, [(batch, 3, 640, 640)], torch.bfloat16, train, True, sms, recorder=recorder, amp=train)
+    capture(model, [(batch, 3, 640, 640)], torch.bfloat16, train, True, gpu, recorder=recorder, amp=train)
 
 
 def warm_kernels(dry_run, workers, timeout_s):
     """In the child: capture every case, then compile the distinct variants (yolov10_kernels.warmup); a dict."""
     from yolov10_kernels.capture import Recorder
-    from yolov10_kernels.warmup import compile_launches, resolve_target, sm_count
-    arch, why = resolve_target(DRY_TARGET if dry_run else None)
+    from yolov10_kernels.warmup import compile_launches, resolve_target
+    gpu, why = resolve_target(DRY_TARGET if dry_run else None)
     if why:
         return {"status": f"skipped: {why}"}
     t0, rec = time.perf_counter(), Recorder()
     for case in [] if dry_run else E2E_CASES:  # first: the timed phases need them most
-        capture_e2e(*case, rec, sm_count())
+        capture_e2e(*case, rec, gpu)
     cases = warm_cases(dry_run)
     for case in cases:
-        capture_case(case, rec, sm_count())
+        capture_case(case, rec, gpu)
     capture_s = time.perf_counter() - t0
-    summary = compile_launches(rec.launches, arch, workers, max(timeout_s - capture_s, 1))
+    summary = compile_launches(rec.launches, gpu.arch, workers, max(timeout_s - capture_s, 1))
     left = summary.variants - summary.compiled - len(summary.failed)
     status = "ok" if not summary.failed and not left else \
         f"{len(summary.failed)} failed, {left} not compiled at the phase time budget"

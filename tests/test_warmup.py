@@ -139,7 +139,12 @@ def test_bad_arguments_are_clear_errors(kwargs, match):
 def test_dtype_names_and_targets_are_accepted(monkeypatch):
     assert W._check_dtype("bfloat16") is torch.bfloat16 and W._check_imgsz((480, 640)) == (480, 640)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert W.resolve_target("sm_90a") == (90, None) and W.resolve_target(80) == (80, None)
+    from yolov10_kernels import gpus
+    assert W.resolve_target("sm_90a") == (gpus.PROFILES["H100"], None)
+    assert W.resolve_target(80) == (gpus.PROFILES["A100"], None)
+    assert W.resolve_target("RTX3090")[0].arch == 86 and W.resolve_target("sm_87")[0].arch == 87  # not in the table
+    with pytest.raises(ValueError, match="unknown GPU"):
+        W.resolve_target("V100X")
 
 
 def test_capture_restores_what_it_patches():

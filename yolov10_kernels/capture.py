@@ -2,8 +2,9 @@
 on fake CUDA tensors (FakeTensorMode: shapes, dtypes and strides, no data, no GPU needed).
 
 Inside `fake_gpu()`:
-- torch reports a CUDA device (`torch.cuda.is_available()`, a given SM count), so the drop-ins take their Triton
-  path and the launchers choose their GPU block sizes;
+- torch reports a CUDA device (`torch.cuda.is_available()`) whose profile is a given GPU's (`yolov10_kernels.gpus`:
+  its SM count, shared memory, capability), so the drop-ins take their Triton path and the launchers choose the
+  grids and configs that GPU would get;
 - every yolov10_kernels custom op runs its real implementation on fake tensors (not its fake implementation), so
   the launcher code runs;
 - a launch (`kernel[grid](...)`, or an autotuner's) is recorded as a `Launch` instead of running: the kernel, its
@@ -21,7 +22,6 @@ from typing import Optional
 
 import torch
 
-H200_SMS = 132
 LAUNCH_KW = ("num_warps", "num_stages", "num_ctas", "maxnreg", "grid", "warmup")
 
 
@@ -160,11 +160,12 @@ def _cudnn_memory_format(input, weight, backend):
 
 
 @contextlib.contextmanager
-def fake_gpu(recorder, sm_count=H200_SMS, op_wrapper=None):
-    """See the module docstring. op_wrapper(op) -> the function that runs in place of its fake implementation."""
+def fake_gpu(recorder, gpu="H200", op_wrapper=None):
+    """See the module docstring. gpu: a yolov10_kernels.gpus profile or its name ("RTX3090", "sm_86");
+    op_wrapper(op) -> the function that runs in place of its fake implementation."""
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
-    from .ops import utils
+    from . import gpus
 
     def jit_run(self, *args, grid, warmup, **kwargs):
         recorder.record(self, args, kwargs, [direct_config(self, kwargs)], tuned=False)
@@ -188,7 +189,7 @@ def fake_gpu(recorder, sm_count=H200_SMS, op_wrapper=None):
             stack.enter_context(patched(obj, name, value))
         for op in custom_ops():
             stack.enter_context(patched(op, "_abstract_fn", wrap(op)))
-        stack.enter_context(patched(utils, "_sm_counts", {0: sm_count}))
+        stack.enter_context(patched(gpus, "_cuda_profiles", {0: gpus.resolve(gpu)}))
         mode = stack.enter_context(torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True))
         yield mode
 
@@ -324,18 +325,19 @@ def dropin_calls(model, input_shapes, dtype, train, channels_last):
     return calls
 
 
-def capture(model, input_shapes, dtype, train=False, channels_last=True, sm_count=H200_SMS, recorder=None, amp=False):
+def capture(model, input_shapes, dtype, train=False, channels_last=True, gpu="H200", recorder=None, amp=False):
     """The Launches of one call of `model` (left as it is) on inputs of `input_shapes`, with parameters and
     activations in `dtype` (channels_last: 4-d tensors in that layout): eval forward under no_grad, or train
     forward + backward. amp: mixed precision as the trainer runs it, float32 parameters and the forward under
-    torch.autocast(dtype). `model` is a drop-in or holds some; `recorder` collects the launches (a new Recorder
+    torch.autocast(dtype). gpu: the GPU whose launches to reproduce (a yolov10_kernels.gpus profile, a name such
+    as "RTX3090", or a capability such as "sm_86"). `model` is a drop-in or holds some; `recorder` collects the launches (a new Recorder
     by default); returns its launches."""
     recorder = recorder or Recorder()
     param_dtype = torch.float32 if amp else dtype
     for module, shapes in dropin_calls(model, input_shapes, param_dtype, train, channels_last):
         replay = BackwardReplay()
         fake = meta_copy(module)
-        with fake_gpu(recorder, sm_count, op_wrapper=replay) as mode, replay.functions(), torch.no_grad(), \
+        with fake_gpu(recorder, gpu, op_wrapper=replay) as mode, replay.functions(), torch.no_grad(), \
                 warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Accessing the data pointer of FakeTensor")  # the drop-ins' fold cache
             fake = to_fake_cuda(fake, mode, param_dtype, channels_last).train(train)

@@ -24,7 +24,8 @@ from typing import Optional
 import torch
 
 from .backend import TRITON_IMPORT_ERROR, kernels_disabled, triton_interpreted, warn_once
-from .capture import H200_SMS, capture
+from . import gpus
+from .capture import capture
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -56,7 +57,8 @@ def warmup(model, imgsz=640, batch=1, dtype=torch.float16, train=False, *, amp=F
     parameters, the forward under torch.autocast(dtype)); otherwise the model runs in `dtype` (model.half()).
     imgsz: an int (square) or (height, width); channels_last: the layout the model runs in (accelerate() puts
     a CUDA model in channels_last). workers: compile processes (default: the CPU count). target: the GPU to
-    compile for (default: the current CUDA device; without one, e.g. "sm_90a"); timeout_s: stop waiting for
+    compile for and whose launches to reproduce: a yolov10_kernels.gpus profile name ("RTX3090", "T4") or a compute
+    capability ("sm_86", 90) (default: the current CUDA device; without one, nothing is compiled); timeout_s: stop waiting for
     compiles after that long. The model is left as it is. The workers are spawned processes: in a script, call
     this under `if __name__ == "__main__":`.
     Returns a WarmupSummary; does nothing (summary.skipped says why, with one warning) where nothing can or need
@@ -66,24 +68,17 @@ def warmup(model, imgsz=640, batch=1, dtype=torch.float16, train=False, *, amp=F
     for name, v in (("batch", batch), ("workers", 1 if workers is None else workers)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
-    arch, why = resolve_target(target)
+    gpu, why = resolve_target(target)
     launches = []
     if not why:
         shape = [(batch, getattr(model, "ch", 3), *hw)]
         for mode in (False, True) if train else (False,):
-            launches += capture(model, shape, dtype, mode, channels_last, sm_count(), amp=amp)
+            launches += capture(model, shape, dtype, mode, channels_last, gpu, amp=amp)
         why = None if launches else "the model launches no Triton kernel (call accelerate(model) first)"
     if why:
         warn_once(("warmup", why), f"yolov10_kernels.warmup: nothing compiled: {why}")
         return WarmupSummary(None, skipped=why)
-    return compile_launches(launches, arch, workers, timeout_s)
-
-
-def sm_count():
-    """The SM count the launchers size their grids by: the current CUDA device's, else an H200's (sm_90)."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    return H200_SMS
+    return compile_launches(launches, gpu.arch, workers, timeout_s)
 
 
 def _check_dtype(dtype):
@@ -101,22 +96,20 @@ def _check_imgsz(imgsz):
 
 
 def resolve_target(target):
-    """(compute capability as Triton's int, e.g. 90, or None; why nothing can be compiled, or None)."""
+    """(the yolov10_kernels.gpus profile to compile for, or None; why nothing can be compiled, or None). target: a
+    profile name ("RTX3090"), a compute capability ("sm_86", 90), or None for the current CUDA device."""
     if kernels_disabled():
         return None, "YOLOV10_KERNELS=off"
     if TRITON_IMPORT_ERROR:
         return None, TRITON_IMPORT_ERROR
-    m = re.fullmatch(r"(?:sm_)?(\d{2,3})a?", str(target))
-    if target is not None and not m:
-        raise ValueError(f"target must name a CUDA compute capability such as 'sm_90a', 'sm_80' or 90, got {target!r}")
+    profile = gpus.resolve(target) if target is not None else None  # a bad name is a ValueError here
     if triton_interpreted():  # the launchers were set up for the interpreter (its block sizes, no autotuning)
         return None, "TRITON_INTERPRET=1: the interpreter runs the kernels uncompiled"
-    if target is not None:
-        return int(m.group(1)), None
+    if profile is not None:
+        return profile, None
     if not torch.cuda.is_available():
-        return None, "no CUDA device (pass target='sm_90a' to compile for a GPU elsewhere)"
-    major, minor = torch.cuda.get_device_capability()
-    return major * 10 + minor, None
+        return None, "no CUDA device (pass target='H100' or 'sm_90a' to compile for a GPU elsewhere)"
+    return gpus.device_profile(torch.device("cuda", torch.cuda.current_device())), None
 
 
 def _spec(v, specialize=True):

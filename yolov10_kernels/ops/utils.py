@@ -10,6 +10,8 @@ import warnings
 
 import torch
 
+from ..gpus import PROGRAMS_PER_SM, device_profile  # noqa: F401  (PROGRAMS_PER_SM: pwconv's split grid)
+
 try:
     import triton
     import triton.language as tl
@@ -23,9 +25,6 @@ NAMESPACE = "yolov10_kernels"
 # With POISON on (the test suite turns it on; YOLOV10_KERNELS_POISON=1 does so by hand) each buffer a launcher
 # allocates starts as NaN, so an element a kernel forgets to write shows up instead of passing by luck.
 POISON = os.environ.get("YOLOV10_KERNELS_POISON", "0") == "1"
-
-# Enough resident programs per streaming multiprocessor to hide memory latency (persistent and split grids).
-PROGRAMS_PER_SM = 4
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -170,20 +169,10 @@ def conv_out_size(size, k, stride):
     return (size + 2 * (k // 2) - k) // stride + 1
 
 
-_sm_counts = {}  # a plain dict, not functools.lru_cache: torch.compile traces through callers of this
-
-
-def _sm_count(index):
-    if index not in _sm_counts:
-        _sm_counts[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _sm_counts[index]
-
-
 def target_programs(device):
-    """About how many programs fill the device (interpreter: few, since each costs Python time)."""
-    if device.type != "cuda":
-        return 1  # the interpreter runs programs one after another: one program per channel block
-    return PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    """About how many programs fill the device: its profile's (yolov10_kernels.gpus; the interpreter runs them one
+    after another, so 1 there unless the tests emulate a GPU's grid)."""
+    return device_profile(device).programs
 
 
 def split_tiles(num_tiles, other_programs, device):
