@@ -11,6 +11,7 @@ error relative to their own size would be noise. A dry run (CPU, TRITON_INTERPRE
 assigner against the reference assigner."""
 import copy
 import dataclasses
+import time
 
 import torch
 
@@ -255,6 +256,34 @@ def check_assigner(M, B, device):
             "status": "pass" if ok else "fail"}
 
 
+# the measured dispatch (yolov10_kernels.dispatch) at the e2e training shapes: (scale, batch, px, dtype, train, amp);
+# a dry run times one eval call per path with the CPU's clock through the interpreter (the mechanism, not choices)
+DISPATCH_GPU = ("n", 16, 640, torch.bfloat16, True, True)
+DISPATCH_DRY = ("tiny", 1, 64, torch.float32, False, False)
+
+
+def _wall_timer(fn, name=None, path=None, mode=None):
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def record_dispatch(dry_run, device):
+    """Measure the dispatch of an accelerated model (fused against reference per drop-in, shape, dtype and mode;
+    no cache: timed now) and return its report as a dict for correctness.json ("table": the text)."""
+    from yolov10_kernels import accelerate, dispatch
+    scale, batch, res, dtype, train, amp = DISPATCH_DRY if dry_run else DISPATCH_GPU
+    model = accelerate(ops.build_model(scale).to(device))
+    try:
+        report = dispatch.measure(model, (batch, 3, res, res), dtype, train, amp=amp,
+                                  timer=_wall_timer if dry_run else None, cache=False)
+    finally:
+        dispatch.set_policy(None)  # the later checks run the fused path, as before
+    return {"model": f"yolov10{scale}", "batch": batch, "imgsz": res, "dtype": str(dtype), "amp": amp,
+            "status": f"skipped: {report.skipped}" if report.skipped else "ok", "table": str(report),
+            **report.as_dict()}
+
+
 def run(session, f):
     """The phase body: every item is written to correctness.json as soon as it is checked."""
     device = torch.device("cpu" if session.dry_run else "cuda")
@@ -279,6 +308,12 @@ def run(session, f):
         f.add(item)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    try:
+        f.set(dispatch=record_dispatch(session.dry_run, device) if session.left() > 0 else
+              {"status": "skipped: phase time budget"})
+    except Exception as e:
+        f.set(dispatch={"status": f"error: {type(e).__name__}: {str(e)[:300]}"})
+    session.log(f"  dispatch: {f.data['dispatch']['status']}")
     statuses = [it["status"] for it in f.data["items"]]
     f.set(passed=statuses.count("pass"), failed=sum(s.startswith(("fail", "error")) for s in statuses),
           skipped=sum(s.startswith("skipped") for s in statuses))

@@ -9,7 +9,8 @@ phases (in order) and files:
   build   build.json        the extension (parallel ninja) + every Triton kernel variant the later phases
                             launch, compiled in a pool before any timing (yolov10_kernels.warmup, bench/warm.py)
   check   correctness.json  every op eval/train fwd+bwd fp32/bf16/fp16, target and odd shapes; the model;
-                            the CUDA assigner against the C++ op (bench/gpu_check.py)
+                            the CUDA assigner against the C++ op; the measured dispatch's decisions with
+                            their timings (yolov10n b16 640 px bf16 AMP, eval and train) (bench/gpu_check.py)
   sweep   sweep.json        every config of every autotuned kernel at the target shapes (bench/sweep.py)
   bench   bench.json/.md    the issue-target rows (eager, torch.compile max-autotune, ours), e2e n/s
   ncu     ncu.json          speed of light of the five heaviest kernels, where ncu reads counters

@@ -8,9 +8,10 @@ import torch
 from yolov10_kernels.capture import Recorder, capture, patched  # noqa: F401  (Recorder: for bench/static.py)
 
 
-def capture_op(recorder, op, scale, batch, dtype, train, channels_last=True, imgsz=640):
+def capture_op(recorder, op, scale, batch, dtype, train, channels_last=True, imgsz=640, gpu="H200"):
     """Record the launches of the op's drop-in (bench.ops) at batch `batch` and image size `imgsz` (pixels, or
-    (height, width)): eval forward (BN folded), or train forward + backward."""
+    (height, width)): eval forward (BN folded), or train forward + backward, as they are on `gpu` (a
+    yolov10_kernels.gpus profile or name: its SM count sizes the grids, its limits the configs)."""
     from . import ops
     module, _, in_shapes = ops.op_module(op, scale)
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
@@ -19,4 +20,5 @@ def capture_op(recorder, op, scale, batch, dtype, train, channels_last=True, img
     with patched(torch.cuda, "is_available", lambda: True):
         ours = ops.make_ours(op, module, "cuda", "train_full" if train else "infer")
     recorder.context = f"{op} yolov10{scale} b{batch} {str(dtype)[6:]} {'train' if train else 'eval'}"
-    capture(ours, [(batch,) + tuple(s[1:]) for s in in_shapes], dtype, train, channels_last, recorder=recorder)
+    capture(ours, [(batch,) + tuple(s[1:]) for s in in_shapes], dtype, train, channels_last, gpu=gpu,
+            recorder=recorder)

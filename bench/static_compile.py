@@ -1,17 +1,18 @@
-"""Compile one recorded Triton launch (bench/static_capture.Launch) for sm_90a on the CPU and read its resources.
+"""Compile one recorded Triton launch (bench/static_capture.Launch) for a GPU profile's target on the CPU and read
+its resources.
 
-Triton's driver is replaced (yolov10_kernels.warmup.install_driver) by one that targets GPUTarget("cuda", 90, 32);
-Triton lowers to PTX and its bundled ptxas (`-v`) reports registers, spill stores/loads and static shared memory. Triton's own metadata gives the shared memory it allocates
-(the number that must fit the 227 KB per block of sm_90). The MMA kind is read off the PTX: wgmma (Hopper
-warpgroup MMA), mma (mma.sync, Ampere-style) or fma (no tensor cores). Run in a process without TRITON_INTERPRET."""
+Triton's driver is replaced (yolov10_kernels.warmup.install_driver) by one that targets the profile's compute
+capability (GPUTarget("cuda", arch, 32)); Triton lowers to PTX and its bundled ptxas (`-v --gpu-name=<target>`,
+sm_75 ... sm_90a, sm_100a, sm_120a) reports registers, spill stores/loads and static shared memory. Triton's own
+metadata gives the shared memory it allocates (the number that must fit the profile's smem_per_block). The MMA
+kind is read off the PTX: wgmma (Hopper warpgroup MMA), tcgen05 (Blackwell), mma (mma.sync, Ampere-style) or fma
+(no tensor cores). Run in a process without TRITON_INTERPRET."""
 import os
 import re
 import subprocess
 import tempfile
 import time
 
-SMEM_LIMIT = 227 * 1024  # sm_90 shared memory per block (opt-in maximum)
-MAX_REGS = 255
 
 
 def ptxas_path():
@@ -19,13 +20,13 @@ def ptxas_path():
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
 
-def ptxas_usage(ptx):
-    """{regs, spill_bytes, ptxas_smem, ptxas_rc} from `ptxas -v --gpu-name=sm_90a`."""
+def ptxas_usage(ptx, target="sm_90a"):
+    """{regs, spill_bytes, ptxas_smem, ptxas_rc} from `ptxas -v --gpu-name=<target>`."""
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        r = subprocess.run([ptxas_path(), "-v", "--gpu-name=sm_90a", src, "-o", os.path.join(d, "k.o")],
+        r = subprocess.run([ptxas_path(), "-v", f"--gpu-name={target}", src, "-o", os.path.join(d, "k.o")],
                            capture_output=True, text=True)
     log = r.stderr + r.stdout
     out = {"ptxas_rc": r.returncode}
@@ -43,14 +44,20 @@ def ptxas_usage(ptx):
 def mma_kind(ptx):
     if "wgmma.mma_async" in ptx:
         return "wgmma"
+    if "tcgen05.mma" in ptx:
+        return "tcgen05"
     if "mma.sync" in ptx:
         return "mma"
     return "fma"
 
 
-def compile_variant(module, name, args, constexprs, config):
-    """Compile kernel `module.name` with recorded args/constexprs and one config; returns the resource dict."""
+def compile_variant(module, name, args, constexprs, config, gpu="H200"):
+    """Compile kernel `module.name` with recorded args/constexprs and one config for `gpu` (a yolov10_kernels.gpus
+    profile or name; this process's driver must target its arch: worker_init / install_driver); returns the
+    resource dict, `launchable` judged against that profile's limits."""
+    from yolov10_kernels import gpus
     from yolov10_kernels.warmup import compile_kernel
+    profile = gpus.resolve(gpu)
     t0 = time.time()
     try:
         k = compile_kernel(module, name, args, constexprs, config)
@@ -59,19 +66,27 @@ def compile_variant(module, name, args, constexprs, config):
                 "launchable": False}
     ptx = k.asm["ptx"]
     out = {"compile_s": round(time.time() - t0, 2), "smem_bytes": int(k.metadata.shared), "mma": mma_kind(ptx)}
-    out.update(ptxas_usage(ptx))
-    out["launchable"] = (out["ptxas_rc"] == 0 and out["smem_bytes"] <= SMEM_LIMIT
-                         and (out["regs"] or 0) <= MAX_REGS)
+    out.update(ptxas_usage(ptx, profile.target))
+    out["launchable"] = launchable(out, profile)
     return out
 
 
-def worker_init():
+def launchable(res, profile):
+    """Whether a compiled variant (compile_variant's dict) can launch on `profile`: it compiled, ptxas accepted it,
+    and its shared memory and registers are within the profile's limits."""
+    return ("error" not in res and res.get("ptxas_rc") == 0 and res["smem_bytes"] <= profile.smem_per_block
+            and (res.get("regs") or 0) <= profile.max_regs_per_thread)
+
+
+def worker_init(arch=90):
     os.environ.pop("TRITON_INTERPRET", None)
     from yolov10_kernels.warmup import install_driver
-    install_driver(90)
+    install_driver(arch)
 
 
 def compile_job(job):
-    """Pool entry point: job = (key, module, name, args, constexprs, config)."""
-    key, *rest = job
-    return key, compile_variant(*rest)
+    """Pool entry point: job = (key, gpu, module, name, args, constexprs, config), in a worker whose driver
+    targets gpu's arch (worker_init(arch): Triton binds a kernel to the target of its first compile in a process,
+    so a pool serves one arch)."""
+    key, gpu, *rest = job
+    return key, compile_variant(*rest, gpu=gpu)

@@ -55,7 +55,7 @@ def _ours_on_meta(recorder, counter):
     are recorded by `recorder` instead of run."""
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
-    from yolov10_kernels.modules import dropin, psa
+    from yolov10_kernels.modules import dropin
 
     def jit_run(self, *args, grid, warmup, **kwargs):
         recorder.record(self, args, kwargs, [direct_config(self, kwargs)], tuned=False)
@@ -70,7 +70,7 @@ def _ours_on_meta(recorder, counter):
         return run
     with contextlib.ExitStack() as stack:
         for obj, name, value in ((JITFunction, "run", jit_run), (Autotuner, "run", tuner_run),
-                                 (dropin, "use_triton_on", lambda b, d: True), (psa, "use_triton_on", lambda b, d: True),
+                                 (dropin, "use_triton_on", lambda b, d: True),
                                  (dropin, "_autocast_input", lambda x: x)):  # no autocast on meta
             stack.enter_context(patched(obj, name, value))
         for op in custom_ops():

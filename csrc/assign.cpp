@@ -17,7 +17,8 @@
 //   top-topk2 of its row am(m, .) * won(m, .) (torch.topk over all A, ties as above); the others become
 //   background,
 //   target_scores[a, label] = am(w,a) * max_pos ov(w,.) / (max_pos am(w,.) + eps).
-// ciou84: CIoU's alpha term in ultralytics 8.4's op order (8.4 wrote v / (1 - iou + v + eps)).
+// ciou84: ultralytics 8.4's op order: CIoU's alpha term (8.4 wrote v / (1 - iou + v + eps)), and the metric's
+// pow over the flat array of pairs inside their gt instead of the dense (B, M, A) tensor (see RefLoop).
 // Nothing of shape (B, M, A) is materialised: per (image, gt) only the anchors inside the gt are visited
 // (found through an anchor index sorted by (y, x)), their CIoU and metric are computed and a top-k is
 // selected; then per anchor the claims are resolved and the targets written. Images run in parallel
@@ -26,7 +27,8 @@
 // Bit parity with the float32 reference on the CPU: every elementwise op is done in float32 in the
 // reference's order (no FMA contraction), atan goes through MKL VML in HA mode and pow through SLEEF
 // exactly as ATen's CPU kernels do (resolved at run time from libtorch_cpu, std:: fallbacks otherwise),
-// and the top-k replays libstdc++'s partial_sort / nth_element as ATen's topk_impl_loop does, so that
+// pow with the double-precision scalar op where ATen's loop leaves an element to it (pow_at), and the top-k
+// replays libstdc++'s partial_sort / nth_element as ATen's topk_impl_loop does, so that
 // exact ties (e.g. zero metrics) select the same anchors as torch.topk on the CPU.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -41,6 +43,7 @@
 #include <cstring>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <Python.h>
 
@@ -215,6 +218,50 @@ void pow_scalar(const float* x, float* y, int64_t n, double e) {
   }
 }
 
+// Where ATen's elementwise CPU loop computes each element of the array the reference's metric pow runs over:
+// 8.3 (and yolov10's reference) the dense (B, M, A) tensor, element (b, m, a) at (b * M + m) * A + a; 8.4 the
+// flat array of pairs inside their gt (indices = mask.nonzero(): image-major, then gt, then anchor ascending).
+// TensorIterator splits n > 32768 elements into divup(n, min(threads, divup(n, 32768))) sized chunks, and each
+// chunk's vectorised loop runs 2 * Vectorized<float>::size() elements at a time, leaving the rest of the chunk to
+// the scalar op. For pow with a general exponent that is std::pow(float, double), a double pow rounded to float,
+// not SLEEF's powf: the last bits of an element depend on its position.
+struct RefLoop {
+  int64_t n = 0, chunk = 1, step = 0;  // step 0: no vectorised loop reproduced (every element as pow_scalar)
+};
+
+RefLoop ref_loop(int64_t n) {
+  RefLoop L;
+  L.n = n;
+  const int64_t grain = 32768, threads = at::get_num_threads();  // at::internal::GRAIN_SIZE
+  const int64_t tasks = (n > grain && threads > 1) ? std::min(threads, (n + grain - 1) / grain) : 1;
+  L.chunk = std::max<int64_t>(1, (n + tasks - 1) / tasks);
+  const VecKind v = math_cfg().vec;
+  L.step = v == VecKind::Avx512 ? 32 : (v == VecKind::Avx2 ? 16 : 0);
+  return L;
+}
+
+bool general_pow(double e) {  // the exponents pow_scalar does not special-case
+  return e != 0.0 && e != 1.0 && e != 0.5 && e != 2.0 && e != 3.0 && e != -0.5 && e != -1.0 && e != -2.0;
+}
+
+inline bool in_scalar_tail(const RefLoop& L, int64_t p) {
+  const int64_t c0 = p / L.chunk * L.chunk, c1 = std::min(L.n, c0 + L.chunk);
+  return p >= c0 + (c1 - c0) / L.step * L.step;
+}
+
+// y = x.pow(e) for n elements at positions base + (at ? at[j] : j) of the reference's array: SLEEF where ATen's
+// loop is vectorised, the rounded double pow in the chunks' scalar tails. In place (y == x) is fine.
+void pow_at(const float* x, float* y, int64_t n, double e, int64_t base, const int32_t* at, const RefLoop& L) {
+  std::vector<std::pair<int64_t, float>> tails;  // (j, x[j]) of the tail elements, read before y is written
+  if (L.step > 0 && general_pow(e)) {
+    for (int64_t j = 0; j < n; j++) {
+      if (in_scalar_tail(L, base + (at ? at[j] : j))) tails.emplace_back(j, x[j]);
+    }
+  }
+  pow_scalar(x, y, n, e);
+  for (const auto& [j, v] : tails) y[j] = static_cast<float>(std::pow(static_cast<double>(v), e));
+}
+
 // y = x.atan(): ATen uses MKL VML (HA, no FTZ/DAZ) when built with MKL, else SLEEF / std::atan.
 void atan_array(const float* x, float* y, int64_t n) {
   if (n <= 0) return;
@@ -307,7 +354,14 @@ struct Problem {
   const float* gt;    // (B, M, 4)
   const int64_t* lab; // (B, M)
   const bool* valid;  // (B, M)
+  RefLoop loop;         // how the reference's pow ran over its array (dense with !alpha84, else the pairs)
+  const int64_t* first; // (B, M) pair layout: position of each (image, gt)'s first pair in that array
 };
+
+// Where (b, m)'s elements start in the array the reference's pow ran over (dense: plus a; pairs: plus a's rank)
+inline int64_t pow_base(const Problem& P, int64_t b, int64_t m) {
+  return P.alpha84 ? P.first[b * P.M + m] : (b * P.M + m) * P.A;
+}
 
 // Anchors sorted by (y, x, index), grouped into rows of equal y, so that the anchors strictly inside a box
 // are found with binary searches (a superset filter; the exact test is then applied to each). Storage is a
@@ -360,7 +414,8 @@ void build_anchor_index(const float* anc, int64_t A, AnchorIndex& ix) {
   ix.rows = rows;
 }
 
-// Anchor indices strictly inside gt box g (exact reference test), ascending. Returns the count.
+// Anchor indices strictly inside gt box g (exact reference test), ascending, to out (nullptr: only count them).
+// Returns the count.
 int64_t gather_inside(const Problem& P, const AnchorIndex& ix, const float* g, int32_t* out) {
   const float x1 = g[0], y1 = g[1], x2 = g[2], y2 = g[3];
   // rows with y1 < y < y2 (NaN bounds give empty ranges)
@@ -374,10 +429,13 @@ int64_t gather_inside(const Problem& P, const AnchorIndex& ix, const float* g, i
     const float* c1 = std::lower_bound(c0, xe, x2);
     for (const float* c = c0; c < c1; c++) {
       const int32_t a = ix.idx[c - ix.xs];
-      if (inside(g, P.anc[2 * a], P.anc[2 * a + 1])) out[n++] = a;
+      if (inside(g, P.anc[2 * a], P.anc[2 * a + 1])) {
+        if (out) out[n] = a;
+        n++;
+      }
     }
   }
-  std::sort(out, out + n);
+  if (out) std::sort(out, out + n);
   return n;
 }
 
@@ -536,8 +594,10 @@ void assign_image(const Problem& P, const AnchorIndex& ix, const scalar_t* sc, i
       w.cov[j] = ciou_clamped(g, pdb + 4 * a, w.atan_gt[m], w.atan_pd[a], P.alpha84);
       w.cam[j] = score_at(sc, sA, sC, a, c);
     }
-    pow_scalar(w.cam, w.cam, n, P.alpha);  // bbox_scores.pow(alpha)
-    pow_scalar(w.cov, w.tmp, n, P.beta);   // overlaps.pow(beta)
+    const int64_t base = pow_base(P, b, m);
+    const int32_t* at = P.alpha84 ? nullptr : w.cand;  // dense: at (b, m, a); pairs: consecutive
+    pow_at(w.cam, w.cam, n, P.alpha, base, at, P.loop);  // bbox_scores.pow(alpha)
+    pow_at(w.cov, w.tmp, n, P.beta, base, at, P.loop);   // overlaps.pow(beta)
     for (int64_t j = 0; j < n; j++) w.cam[j] = w.cam[j] * w.tmp[j];
     topk_row(w.cand, w.cam, n, A, K, w.queue, heap, w.sel);
     int32_t npos = 0;
@@ -585,10 +645,12 @@ void assign_image(const Problem& P, const AnchorIndex& ix, const scalar_t* sc, i
       }
     }
     float am = 0.f;
-    if (valb[best] && inside(w.ibox + 4 * best, ax, ay)) {
+    if (valb[best] && inside(w.ibox + 4 * best, ax, ay)) {  // the pair (best, a): its place in the array
+      const int64_t pos = pow_base(P, b, best) + (P.alpha84 ? find_anchor(w.cand, gather_inside(
+                                                                  P, ix, w.ibox + 4 * best, w.cand), a) : a);
       float s = score_at(sc, sA, sC, a, label_col(best)), pw = bv;
-      pow_scalar(&s, &s, 1, P.alpha);
-      pow_scalar(&pw, &pw, 1, P.beta);
+      pow_at(&s, &s, 1, P.alpha, pos, nullptr, P.loop);
+      pow_at(&pw, &pw, 1, P.beta, pos, nullptr, P.loop);
       am = s * pw;
     }
     w.win[a] = static_cast<int32_t>(best);
@@ -630,7 +692,7 @@ void assign_image(const Problem& P, const AnchorIndex& ix, const scalar_t* sc, i
 }
 
 template <typename scalar_t>
-void assign_cpu_impl(const Problem& P, const scalar_t* scores, int64_t sB, int64_t sA, int64_t sC,
+void assign_cpu_impl(Problem P, const scalar_t* scores, int64_t sB, int64_t sA, int64_t sC,
                      int64_t* out_labels, float* out_bboxes, float* out_scores, bool* out_fg, int64_t* out_idx) {
   const int64_t B = P.B, A = P.A, M = P.M, K = P.K, Kmax = std::max(P.K, P.K2);
   // One parallel region over the images (a region per phase costs a lot when the cores are shared).
@@ -644,6 +706,24 @@ void assign_cpu_impl(const Problem& P, const scalar_t* scores, int64_t sB, int64
   at::Tensor heap_t = at::empty({nthreads, (Kmax + 1) * static_cast<int64_t>(sizeof(Elem))}, at::kByte);
   AnchorIndex ix;
   build_anchor_index(P.anc, A, ix);
+  at::Tensor first_t;
+  if (P.alpha84) {  // the pairs per (image, gt), then each one's first position in the flat pair array
+    first_t = at::zeros({B * M + 1}, at::TensorOptions().dtype(at::kLong));
+    int64_t* first = first_t.data_ptr<int64_t>();
+    at::parallel_for(0, B, (B + nthreads - 1) / nthreads, [&](int64_t lo, int64_t hi) {
+      float box[4];
+      for (int64_t i = lo * M; i < hi * M; i++) {
+        if (!P.valid[i]) continue;
+        inside_box(P.gt + 4 * i, true, P.stride_val, box);
+        first[i + 1] = gather_inside(P, ix, box, nullptr);
+      }
+    });
+    for (int64_t i = 0; i < B * M; i++) first[i + 1] += first[i];
+    P.loop = ref_loop(first[B * M]);
+    P.first = first;
+  } else {
+    P.loop = ref_loop(B * M * A);
+  }
 
   at::parallel_for(0, B, (B + nthreads - 1) / nthreads, [&](int64_t lo, int64_t hi) {
     const int tid = at::get_thread_num();

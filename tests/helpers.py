@@ -1,6 +1,9 @@
 """Test helpers shared by several test files."""
 import torch
 
+# TF32 keeps 10 of fp32's 23 mantissa bits: a TF32 dot rounds its inputs with unit roundoff 2 ** -11
+TF32_EPS = 2.0 ** -11
+
 
 def randomize_bn(module, seed=0):
     """Non-trivial BN affine parameters, running statistics and batch counters (a fresh BN is the identity in

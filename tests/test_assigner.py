@@ -247,13 +247,34 @@ def test_backend_selection(monkeypatch):
         assert_same(ref, FusedTaskAlignedAssigner(10, NC, 0.5, 6.0, backend=backend)(*x))
     monkeypatch.setenv("YOLOV10_KERNELS", "off")
     a = FusedTaskAlignedAssigner(10, NC, 0.5, 6.0, backend="cpp")
-    assert not a._use_op(torch.device("cpu"))
+    assert not a._use_op(x[0])
     assert_same(ref, a(*x))
     with pytest.raises(ValueError, match="backend must be one of"):
         FusedTaskAlignedAssigner(backend="nope")
     monkeypatch.delenv("YOLOV10_KERNELS")
     with pytest.raises(RuntimeError, match="needs cuda tensors"):
         FusedTaskAlignedAssigner(10, NC, 0.5, 6.0, backend="cuda")(*x)
+
+
+def test_topk_limit_and_degenerate_shapes_are_clear_errors_or_the_auto_fallback(monkeypatch):
+    """The op takes topk <= assign.MAX_TOPK on both devices (the CUDA kernel's bound): a larger topk is a clear
+    error for an explicit backend and the reference under "auto"; zero classes or a pd_scores whose last dim is
+    not num_classes is a clear error, not a CUDA launch failure."""
+    from yolov10_kernels.ops import assign, utils
+    monkeypatch.setattr(utils, "_warned", set())  # the fallback warns once per process
+    k = assign.MAX_TOPK + 1
+    x = make_inputs(1, 4, img=160, seed=12)
+    with pytest.warns(RuntimeWarning, match="topk must be in"):
+        assert_same(TaskAlignedAssigner(k, NC, 0.5, 6.0)(*x), FusedTaskAlignedAssigner(k, NC, 0.5, 6.0)(*x))
+    for backend in ("cpp", "fused"):
+        with pytest.raises(ValueError, match=f"topk must be in \\[1, {assign.MAX_TOPK}\\]"):
+            FusedTaskAlignedAssigner(k, NC, 0.5, 6.0, backend=backend)(*x)
+    with pytest.raises(ValueError, match="num_classes and topk must be >= 1"):
+        FusedTaskAlignedAssigner(10, 0)
+    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+        assign.task_aligned_assign(x[0][..., :0], *x[1:], 10, 0)
+    with pytest.raises(ValueError, match="pd_scores must be"):
+        assign.task_aligned_assign(x[0], *x[1:], 10, NC + 1)
 
 
 def test_extension_status():

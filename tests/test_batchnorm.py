@@ -2,6 +2,7 @@
 (scale_shift -> bn_batch_affine) and the running-statistics update, against nn.BatchNorm2d: values, running
 statistics and gradients in fp64 (the ops' float scalars travel as fp32 hi + lo parts), opcheck."""
 import copy
+import os
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from yolov10_kernels.ops.batchnorm import (BatchNormSpec, batch_scale_shift, bn_
                                            bn_batch_affine_backward, scale_shift)
 from helpers import assert_close, randomize_bn
 
-DEV = "cpu"
+# the GPU where there is one (the kernels' CUDA path), else the CPU through the Triton interpreter
+DEV = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1" else "cpu"
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
@@ -40,10 +42,23 @@ def test_bn_affine_matches_batchnorm_fp64(momentum):
 @pytest.mark.parametrize("momentum,cl", [(0.1, False), (None, True)])
 def test_scale_shift_of_a_tensor_matches_batchnorm_fp64(momentum, cl):
     """scale_shift(x, bn, True): x's batch statistics, one op each way; NCHW and channels_last x."""
+    x, mine = check_scale_shift(momentum, cl, (3, 5, 4, 7))
+
+    def f(x, w, b):
+        bn = BatchNormSpec(w, b, None, None, None, 1e-3, momentum, True)
+        return scale_shift(x, bn, True)
+    ins = (x.detach().requires_grad_(), mine[0].weight.detach().requires_grad_(),
+           mine[0].bias.detach().requires_grad_())
+    assert torch.autograd.gradcheck(f, ins, eps=1e-6, atol=1e-8)
+
+
+def check_scale_shift(momentum, cl, shape):
+    """scale_shift(x, bn, True) on a random fp64 x of `shape` against nn.BatchNorm2d: the normalised values, the
+    running statistics and the gradients of x, weight and bias. Returns (x, the BN module used)."""
     torch.manual_seed(11)
-    x = torch.randn(3, 5, 4, 7, dtype=torch.float64, device=DEV)
+    x = torch.randn(*shape, dtype=torch.float64, device=DEV)
     x = x.to(memory_format=torch.channels_last) if cl else x
-    ref = randomize_bn(nn.Sequential(nn.BatchNorm2d(5, eps=1e-3, momentum=momentum))).double().train().to(DEV)
+    ref = randomize_bn(nn.Sequential(nn.BatchNorm2d(shape[1], eps=1e-3, momentum=momentum))).double().train().to(DEV)
     mine = copy.deepcopy(ref)
     xr, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
     want = ref(xr)
@@ -58,13 +73,7 @@ def test_scale_shift_of_a_tensor_matches_batchnorm_fp64(momentum, cl):
     assert_close(xm.grad, xr.grad, rel=1e-10, what="x.grad")
     for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
         assert_close(p.grad, q.grad, rel=1e-10, what=name)
-
-    def f(x, w, b):
-        bn = BatchNormSpec(w, b, None, None, None, 1e-3, momentum, True)
-        return scale_shift(x, bn, True)
-    ins = (x.detach().requires_grad_(), mine[0].weight.detach().requires_grad_(),
-           mine[0].bias.detach().requires_grad_())
-    assert torch.autograd.gradcheck(f, ins, eps=1e-6, atol=1e-8)
+    return x, mine
 
 
 def test_opcheck_bn_batch_affine():

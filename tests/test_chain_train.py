@@ -21,10 +21,12 @@ from yolov10_kernels.ops.dwconv import (dw_conv_bn, dw_conv_bn_act, dw_conv_bn_a
                                          dw_conv_bn_backward, dw_repvgg_bn, dw_repvgg_bn_backward,
                                          dw_repvgg_train)
 from yolov10_kernels.ops.pwconv import pw_conv_bn, pw_conv_bn_backward  # noqa: E402
-from helpers import assert_close, randomize_bn
+from helpers import TF32_EPS, assert_close, randomize_bn
 
 CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
 DEV = "cuda" if CUDA else "cpu"
+# the fp32 parity tests compare with exact fp32 references: TF32 off (test_chain_fp32_tf32_default: the default)
+pytestmark = pytest.mark.usefixtures("exact_fp32")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -88,6 +90,12 @@ CASES = [  # kind, channels, x shape, channels_last
 @pytest.mark.parametrize("kind,c,shape,cl", CASES, ids=[f"{k}-c{c}-{'x'.join(map(str, s))}-{'cl' if cl else 'nchw'}"
                                                          for k, c, s, cl in CASES])
 def test_chain_matches_reference_fp32(kind, c, shape, cl):
+    check_chain(kind, c, shape, cl)
+
+
+def check_chain(kind, c, shape, cl):
+    """run_pair in fp32: the output (shape, dtype, memory format, values), x.grad, every parameter's gradient and
+    every buffer (running statistics, num_batches_tracked) against the reference."""
     ref, mine, out_ref, out, xr, xm = run_pair(kind, c, shape, torch.float32, cl)
     assert out.shape == out_ref.shape and out.dtype == out_ref.dtype
     assert out.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
@@ -105,11 +113,16 @@ def test_chain_matches_reference_fp32(kind, c, shape, cl):
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
 def test_chain_channel_slice_input(cl):
-    """C2fCIB feeds its CIBs a channel chunk of a larger tensor: a non-contiguous view, read in place."""
+    check_channel_slice(cl)
+
+
+def check_channel_slice(cl, batch=2):
+    """C2fCIB feeds its CIBs a channel chunk of a larger tensor: a non-contiguous view, read in place (the second
+    chunk: its last element is its parent's)."""
     torch.manual_seed(12)
     ref, layers, residual = make_block("cib", 4)
     mine = copy.deepcopy(ref)
-    big = torch.randn(2, 8, 5, 7, device=DEV)
+    big = torch.randn(batch, 8, 5, 7, device=DEV)
     if cl:
         big = big.to(memory_format=torch.channels_last)
     br, bm = big.clone().requires_grad_(), big.clone().requires_grad_()
@@ -123,19 +136,19 @@ def test_chain_channel_slice_input(cl):
         assert_close(p.grad, q.grad, rel=1e-4, what=name)
 
 
-@pytest.mark.parametrize("kind,c,shape", [("cib_lk", 4, (2, 4, 5, 7)), ("scdown", 6, (1, 6, 7, 5)),
-                                          ("cib_lk", 3, (1, 3, 19, 21)), ("scdown", 3, (3, 3, 21, 18))])
-def test_gpu_tap_loop_path_under_interpreter(monkeypatch, kind, c, shape):
-    """On the CPU the depthwise kernels take a vectorised-taps path (fast under the interpreter); the GPU's path
-    (the input region of a spatial tile staged once in the program's scratch slot, then the taps) is checked
-    here too: 7x7 and 3x3, stride 1 and 2, tiles cut by the image border, slots reused across tiles."""
-    from yolov10_kernels.ops import dwconv
-    monkeypatch.setattr(dwconv, "TAP_LOOP_ON_CPU", True)
-    ref, mine, out_ref, out, xr, xm = run_pair(kind, c, shape, torch.float32, channels_last=kind == "scdown")
-    assert_close(out, out_ref, rel=1e-4)
-    assert_close(xm.grad, xr.grad, rel=1e-4, what="x.grad")
+@pytest.mark.skipif(not CUDA, reason="TF32 is a GPU path (the interpreter's fp32 dots are exact)")
+@pytest.mark.parametrize("kind", ["cib", "scdown", "cls"])
+def test_chain_fp32_tf32_default(kind, monkeypatch):
+    """fp32 with torch's default switches (cuDNN TF32 on): the kernels' dots and the reference convs both round
+    their inputs to TF32 (TF32_EPS); per layer each side is within a few TF32_EPS of the exact result relative to
+    the layer's largest value, and the chains have 3-5 layers: 32 TF32_EPS (about 1.6e-2) bounds the two apart."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    ref, mine, out_ref, out, xr, xm = run_pair(kind, 10, (3, 10, 7, 9), torch.float32)
+    rel = 32 * TF32_EPS
+    assert_close(out, out_ref, rel=rel)
+    assert_close(xm.grad, xr.grad, rel=rel, what="x.grad")
     for (name, p), (_, q) in zip(mine.named_parameters(), ref.named_parameters()):
-        assert_close(p.grad, q.grad, rel=1e-4, what=name)
+        assert_close(p.grad, q.grad, rel=rel, what=name)
 
 
 @pytest.mark.parametrize("kind", ["cib", "cib_lk"])
@@ -509,15 +522,14 @@ LOWP = ([(k, cl, dt) for k, cl in [("cib", True), ("cib_lk", False), ("scdown", 
         [("cib_lk", False, torch.bfloat16), ("scdown", True, torch.float16)])
 
 
-@pytest.mark.parametrize("staged", [False] if CUDA else [False, True])  # a GPU always takes the staged path
+# a GPU always takes the staged depthwise path; the interpreter in the GPU-grid mode (2 programs) too
+@pytest.mark.parametrize("gpu_grid", [None] if CUDA else [None, 2], indirect=True, ids=lambda p: f"grid{p or 0}")
 @pytest.mark.parametrize("kind,cl,dtype", LOWP, ids=[f"{k}-{'cl' if cl else 'nchw'}-{str(d)[6:]}" for k, cl, d in LOWP])
-def test_chain_low_precision(monkeypatch, kind, cl, dtype, staged):
+def test_chain_low_precision(gpu_grid, kind, cl, dtype):
     """|fused - ref32| <= 2 |torch_lowp - ref32| + atol, for the output and every gradient (flash-attention's
     rule). On a GPU: fp16/bf16 on tensor cores at a moderate shape; under the interpreter: one tiny case each
     (bf16 dot operands are upcast there), which checks the low-precision storage paths and the test itself;
-    "staged": the GPU's depthwise path, whose staged activations are stored in the low-precision dtype."""
-    from yolov10_kernels.ops import dwconv
-    monkeypatch.setattr(dwconv, "TAP_LOOP_ON_CPU", staged)
+    in the GPU-grid mode the GPU's depthwise path, whose staged activations are stored in the low-precision dtype."""
     torch.manual_seed(10)
     c, shape = (24, (3, 24, 23, 19)) if CUDA else (6, (2, 6, 5, 7))
     ref32, layers, residual = make_block(kind, c, torch.float32)

@@ -1,12 +1,13 @@
 """The GPU-readiness budgets (issue: static evidence), enforced on the committed static report
 (bench/results/static-<date>.json, `python -m bench.static`) and, where cheap, recounted live:
 - the report was made from the kernel sources as they are (a kernel edit without a new report fails here);
-- no launchable bf16/fp16 config spills registers; every config a launcher or autotuner may launch (after
-  pruning) compiles for sm_90a and fits 227 KB of shared memory, fp32 training included;
+- per GPU profile (yolov10_kernels.gpus.PROFILES, each compiled for its own target): every launch is launchable,
+  i.e. every config a launcher or autotuner may launch there (after pruning) compiles and fits the profile's
+  shared memory and registers, fp32 training included; no launchable config spills registers;
 - each fused op's host ops for forward + backward are at most the eager reference's, and so are the accelerated
   yolov10n train step's (recounted live at yolov10n and compared with the report);
 - a new batch size, an image size within a bucket or a rectangular validation batch neither recompiles nor
-  re-tunes (the launches' compile variants and autotune keys are the same)."""
+  re-tunes (the launches' compile variants and autotune keys are the same), on a 227 KB GPU and a 99 KB one."""
 import json
 import os
 import subprocess
@@ -17,8 +18,15 @@ import pytest
 from bench import static
 from bench.static_table import latest
 
-SMEM_LIMIT = 227 * 1024
+from yolov10_kernels import gpus
+
 REPORT = latest(os.path.join(static.ROOT, "bench", "results"))
+
+
+def _rows(gpu):
+    rows = [r for r in REPORT["rows"] if r["gpu"] == gpu]
+    assert rows, f"the static report has no rows for {gpu}: run python -m bench.static"
+    return rows
 
 
 def _subprocess(code, *args, timeout=600):
@@ -37,24 +45,60 @@ def test_report_is_committed_and_matches_the_kernel_sources():
     assert not env["quick"], "the committed report must be a full run (python -m bench.static)"
     assert env["sources_sha256"] == static.sources_hash(), (
         "the kernel sources changed since the committed static report: run python -m bench.static and commit it")
-    assert {r["shape"].split()[1] for r in REPORT["rows"]} == {f"yolov10{s}" for s in static.SCALES}
-    assert {r["dtype"] for r in REPORT["rows"]} == set(static.DTYPES)
+    assert set(env["profiles"]) == set(gpus.PROFILES), "the report must cover every GPU profile"
+    for name, p in gpus.PROFILES.items():
+        assert env["profiles"][name] == json.loads(json.dumps(p.limits())), f"{name}'s limits changed: rerun"
+        rows = _rows(name)
+        assert {r["target"] for r in rows} == {p.target}
+        assert {r["shape"].split()[1] for r in rows} == {f"yolov10{s}" for s in static.SCALES}
+        # bf16 launches nothing where the GPU has no bf16 tensor cores (the drop-ins run the reference there)
+        assert {r["dtype"] for r in rows} == set(static.DTYPES) - (set() if p.bf16 else {"bfloat16"}), name
 
 
-def test_no_low_precision_config_spills():
-    spilling = [(r["kernel"], r["dtype"], r["shape"], r["config"], r["spill_bytes"]) for r in REPORT["rows"]
-                if r["dtype"] in ("bfloat16", "float16") and r.get("launchable") and r.get("spill_bytes")]
+@pytest.mark.parametrize("gpu", list(gpus.PROFILES))
+def test_no_launchable_config_spills(gpu):
+    spilling = [(r["kernel"], r["dtype"], r["shape"], r["config"], r["spill_bytes"]) for r in _rows(gpu)
+                if r.get("launchable") and r.get("spill_bytes")]
     assert not spilling, spilling[:10]
 
 
-def test_every_config_compiles_fits_shared_memory_and_launches():
-    """Configs are pruned before launch (never left to fail at tuning): every recorded one must be launchable;
-    fp32 training included."""
+@pytest.mark.parametrize("gpu", list(gpus.PROFILES))
+def test_every_config_compiles_fits_shared_memory_and_launches(gpu):
+    """Configs are pruned before launch (never left to fail at tuning): every recorded one must be launchable on
+    the profile it was captured for (its shared memory and registers within the profile's), fp32 training
+    included; the per-profile launch counts agree."""
+    p = gpus.PROFILES[gpu]
+    rows = _rows(gpu)
     bad = [(r["kernel"], r["dtype"], r["shape"], r["config"], r.get("smem_bytes"), r.get("error", "")[:200])
-           for r in REPORT["rows"] if not r.get("launchable") or "error" in r or r["smem_bytes"] > SMEM_LIMIT]
+           for r in rows if not r.get("launchable") or "error" in r or r["smem_bytes"] > p.smem_per_block
+           or r["regs"] > p.max_regs_per_thread]
     assert not bad, bad[:10]
-    fp32_train = [r for r in REPORT["rows"] if r["dtype"] == "float32" and r["shape"].endswith("train")]
+    fp32_train = [r for r in rows if r["dtype"] == "float32" and r["shape"].endswith("train")]
     assert fp32_train and all(r["launchable"] for r in fp32_train)
+    summary = REPORT["gpus"][gpu]
+    assert summary["launches"] == summary["launchable"] == len({r["launch"] for r in rows}), summary
+
+
+# Iterations of one program's longest runtime loop at the report's shapes (batch-64 training included): each waits
+# on the previous one, so a merge walking all 3,200 partial rows of a pointwise layer at 80x80 costs about a
+# millisecond; the merges are trees (ops/utils.MERGE_ROWS) and every loop stays within a few hundred iterations.
+LOOP_BUDGET = 512
+
+
+def loop_budget_violations(report):
+    """[(kernel, gpu, shape, iterations)] over the budget, and the loops whose trip count is not known."""
+    rows = report["rows"]
+    assert all("longest_loop" in r for r in rows), "the report has no longest_loop per row: run python -m bench.static"
+    unknown = sorted({u for r in rows for u in r["unknown_loops"]})
+    over = sorted({(r["kernel"], r["gpu"], r["shape"], r["longest_loop"]) for r in rows
+                   if r["longest_loop"] > LOOP_BUDGET})
+    return over, unknown
+
+
+def test_longest_dependent_loop_within_budget():
+    over, unknown = loop_budget_violations(REPORT)
+    assert not unknown, f"loops whose trip count bench/static_loops.py cannot tell: {unknown}"
+    assert not over, over[:10]
 
 
 def test_host_ops_per_op_at_most_eager_in_the_report():
@@ -92,7 +136,7 @@ def test_host_ops_recounted_live_at_most_eager_and_as_reported():
 
 
 _SHAPES = """
-import json, torch
+import json, sys, torch
 from bench.static_capture import Recorder, capture_op
 from yolov10_kernels.warmup import variant_key
 out = {}
@@ -101,7 +145,7 @@ for op in ("cib", "scdown", "cls_head", "psa"):
                          (False, [(1, 640), (1, 608), (1, (640, 480)), (2, 640)])):
         for batch, imgsz in cases:
             rec = Recorder()
-            capture_op(rec, op, "n", batch, torch.bfloat16, train, imgsz=imgsz)
+            capture_op(rec, op, "n", batch, torch.bfloat16, train, imgsz=imgsz, gpu=sys.argv[1])
             keys = sorted({json.dumps(variant_key(ln, c), default=str) for ln in rec.launches for c in ln.configs})
             tune = sorted({json.dumps(ln.key, default=str) for ln in rec.launches if ln.tuned})
             out.setdefault(f"{op} {'train' if train else 'eval'}", []).append([str((batch, imgsz)), keys, tune])
@@ -109,11 +153,12 @@ print(json.dumps(out))
 """
 
 
-def test_no_recompile_or_retune_for_new_batch_or_image_size():
+@pytest.mark.parametrize("gpu", ["H200", "RTX3090"])
+def test_no_recompile_or_retune_for_new_batch_or_image_size(gpu):
     """Train: batch 64, 32 and 7 at 640 px; eval: 640, 608 and 640x480 (rectangular validation) at batch 1 and
     batch 2: the same compile variants (Triton's specialisation of every argument, constexprs, configs) and the
     same autotune keys."""
-    for what, cases in _subprocess(_SHAPES).items():
+    for what, cases in _subprocess(_SHAPES, gpu).items():
         (base, keys, tune), *rest = cases
         for shape, k, t in rest:
             assert k == keys, f"{what}: {shape} compiles variants that {base} does not"
@@ -124,22 +169,25 @@ _REPRODUCE = """
 import json, sys
 from bench import static
 from bench.static_compile import compile_variant, worker_init
+from yolov10_kernels import gpus
 want = json.loads(sys.argv[1])
-worker_init()
-jobs, _ = static.jobs_and_rows(static.capture((want["scale"],), (want["dtype"],), lambda m: None), quick=False)
-for key, module, k, args, consts, cfg in jobs:
+worker_init(gpus.resolve(want["gpu"]).arch)
+launches = static.capture((want["scale"],), (want["dtype"],), lambda m: None, gpu=want["gpu"])
+jobs, _ = static.jobs_and_rows(launches, False, want["gpu"])
+for key, gpu, module, k, args, consts, cfg in jobs:
     if k == want["kernel"] and cfg == want["config"] and consts == want["constexprs"]:
-        print(json.dumps(compile_variant(module, k, args, consts, cfg)))
+        print(json.dumps(compile_variant(module, k, args, consts, cfg, gpu=gpu)))
         break
 """
 
 
-@pytest.mark.parametrize("kernel", ["_dw_fwd_kernel", "_pw_dw_kernel"])
-def test_report_rows_reproduce(kernel):
-    """Recompile a sample of the report's configs for sm_90a (a launcher's choice, an autotuner's): the same
-    registers, spills, shared memory and MMA kind as the committed report says."""
-    row = next(r for r in REPORT["rows"] if r["kernel"] == kernel and r["dtype"] == "bfloat16")
-    want = {k: row[k] for k in ("kernel", "dtype", "config", "constexprs")}
+@pytest.mark.parametrize("kernel, gpu", [("_dw_fwd_kernel", "H200"), ("_pw_dw_kernel", "H200"),
+                                         ("_pw_fwd_kernel", "RTX3090"), ("_pw_wgrad_kernel", "T4")])
+def test_report_rows_reproduce(kernel, gpu):
+    """Recompile a sample of the report's configs for their profile's target (a launcher's choice, an
+    autotuner's): the same registers, spills, shared memory and MMA kind as the committed report says."""
+    row = next(r for r in _rows(gpu) if r["kernel"] == kernel and r["dtype"] == "float16")
+    want = {k: row[k] for k in ("kernel", "dtype", "config", "constexprs", "gpu")}
     got = _subprocess(_REPRODUCE, json.dumps({**want, "scale": row["shape"].split()[1][-1]}))
     for f in ("regs", "spill_bytes", "smem_bytes", "mma"):
         assert got[f] == row[f], (f, got[f], row[f])

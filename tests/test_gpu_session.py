@@ -32,6 +32,8 @@ def test_dry_run_writes_every_phase_file(tmp_path):
     assert {it["what"] for it in checks} == {"op", "model", "assigner"}
     assert all(it["status"] == "pass" for it in checks), [(it["case"], it["status"]) for it in checks]
     assert {it["op"] for it in checks if it["what"] == "op"} == {"cib", "scdown", "cls_head", "psa"}
+    decided = phase["correctness.json"]["dispatch"]  # the measured dispatch: times and choice per drop-in
+    assert decided["status"] == "ok" and decided["rows"] and "fused ms" in decided["table"], decided.get("status")
     assert all(it["configs"] for it in phase["sweep.json"]["items"])
     assert phase["ncu.json"]["items"][0]["status"].startswith("not available")
     bench = json.loads((tmp_path / "bench.json").read_text())

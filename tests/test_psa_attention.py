@@ -19,7 +19,7 @@ import yolov10_kernels  # noqa: E402
 from yolov10_kernels import accelerate  # noqa: E402
 from yolov10_kernels.modules.psa import FusedAttention, FusedPSA, swap  # noqa: E402
 from yolov10_kernels.ops import psa_attention as P  # noqa: E402
-from helpers import assert_close, randomize_bn
+from helpers import TF32_EPS, assert_close, randomize_bn
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -64,7 +64,13 @@ TOL = {torch.float32: (2e-4, 2e-5), torch.float64: (1e-9, 1e-10)}
     (2, 32, 7, 9, torch.float32),
     (2, 16, 5, 3, torch.float64),
 ])
+@pytest.mark.usefixtures("exact_fp32")  # the reference's fp32 convs exact (test_psa_fp32_tf32_default: TF32)
 def test_attention_matches_reference(heads, hd, H, W, dtype):
+    check_attention(heads, hd, H, W, dtype)
+
+
+def check_attention(heads, hd, H, W, dtype):
+    """A FusedAttention against the reference Attention, train and eval: output, every gradient, every buffer."""
     ref = randomize_bn(Attention(heads * hd, num_heads=heads)).to(DEV, dtype)
     fused = FusedAttention.from_module(copy.deepcopy(ref), backend="triton")
     assert fused.key_dim == hd // 2
@@ -77,6 +83,7 @@ def test_attention_matches_reference(heads, hd, H, W, dtype):
 
 
 @pytest.mark.parametrize("c1,H,W", [(144, 7, 9), (256, 5, 5)])  # c = 72: 1 head of 72; c = 128: 2 heads of 64
+@pytest.mark.usefixtures("exact_fp32")
 def test_psa_matches_reference(c1, H, W):
     ref = randomize_bn(PSA(c1, c1)).to(DEV)
     fused = FusedPSA.from_module(copy.deepcopy(ref), backend="triton")
@@ -315,6 +322,23 @@ def test_auto_backend_on_cpu_uses_reference(monkeypatch):
 
 
 # ------------------------------------------------------------------ GPU only
+@cuda_only
+@pytest.mark.parametrize("c1,H,W", [(144, 7, 9), (256, 20, 20)])
+def test_psa_fp32_tf32_default(c1, H, W, monkeypatch):
+    """fp32 with torch's default switches (cuDNN TF32 on, so the fused attention's dots are TF32 too) against
+    the float64 reference: within 32 TF32_EPS (TF32's unit roundoff; the block has about five dots in a row) of
+    the largest value, output and every gradient."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    ref64 = randomize_bn(PSA(c1, c1)).cuda().double()
+    fused = FusedPSA.from_module(copy.deepcopy(ref64).float(), backend="triton")
+    x = torch.randn(2, c1, H, W, device="cuda")
+    for train in (True, False):
+        ref64.train(train), fused.train(train)
+        r, f = run(ref64, x.double()), run(fused, x)
+        for name, a, b in [("out", r[0], f[0])] + [(k, r[1][k], f[1][k]) for k in r[1]]:
+            assert_close(b.double(), a, rel=32 * TF32_EPS, what=f"train={train} {name}")
+
+
 @cuda_only
 @pytest.mark.parametrize("lowp", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("c1,H,W", [(512, 20, 20), (576, 20, 20), (256, 7, 9)])  # s (4 x 64) and m (4 x 72)

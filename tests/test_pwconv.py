@@ -145,21 +145,6 @@ def test_statistics_gradient_alone(monkeypatch, cl):
         check(run_backward(monkeypatch, args, path), ref, args, REL, f"{path}: ")
 
 
-def test_fused_many_programs_and_tiles(monkeypatch):
-    """A GPU-like grid under the interpreter: several programs, each a run of several row tiles (the last one
-    partial), whose partial gradients are summed; against the reference and the split path."""
-    monkeypatch.setattr(utils, "target_programs", lambda device: 3 * utils.PROGRAMS_PER_SM)  # split_tiles: 3 programs
-    monkeypatch.setattr(pwconv, "target_programs", lambda device: 12)  # the split path's wgrad: several splits too
-    grids = []
-    split_tiles = pwconv.split_tiles
-    monkeypatch.setattr(pwconv, "split_tiles", lambda *a: grids.append(split_tiles(*a)) or grids[-1])
-    args, ref = make_case(3, 6, 19, 23, 10, True, True, True, True, channels_last=True, seed=4)  # 1311 rows
-    check(run_backward(monkeypatch, args, "fused"), ref, args, REL, "fused: ")
-    (programs, per), = grids
-    assert programs == 3 and per > 1, grids
-    check(run_backward(monkeypatch, args, "split"), ref, args, REL, "split: ")
-
-
 def test_path_follows_the_channel_limit(monkeypatch):
     """FUSED_MAX is compared with the channel counts rounded up to a power of two: 3 -> 128 fuses, 3 -> 130 does not
     (nor does 130 -> 3)."""

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from .defaults import DEFAULTS, OFFICIAL, SYNTH_DATASET, SYNTH_PRESET
-from .kernels import CHOICES as KERNEL_CHOICES
+from .kernels import CHOICES as KERNEL_CHOICES, DISPATCH_CHOICES
 
 
 def _info(argv):
@@ -132,6 +132,11 @@ def _train_parser():
     p.add_argument("--kernels", default=D["kernels"], choices=KERNEL_CHOICES,
                    help="reference = pure PyTorch; auto = the fused modules (backend auto) + fused assigner when "
                         "available; triton = the fused modules forced to Triton + fused assigner")
+    p.add_argument("--dispatch", default=None, choices=DISPATCH_CHOICES,
+                   help="with --kernels auto on CUDA: fused = the fused modules' kernels; reference = their reference "
+                        "forward; measure = time both per module, shape, dtype and mode at the run's shapes (on a copy; "
+                        "cached per GPU) and keep the faster, logging the table (default: $YOLOV10_KERNELS_DISPATCH, "
+                        "else fused)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from a last.pt (or its run directory); no value = the newest runs/**/last.pt")
     p.add_argument("--out", default=None, help="run directory (default: runs/train, runs/train2, ...)")

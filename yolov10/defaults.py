@@ -8,7 +8,7 @@ __all__ = ["DEFAULTS", "OFFICIAL", "SYNTH_PRESET", "SYNTH_DATASET", "LOSS_GAINS"
 # Official default.yaml values (train-relevant subset); None = resolved at setup (see resolve_args).
 DEFAULTS = {
     "model": "yolov10n", "data": None, "epochs": None, "batch": None, "imgsz": None, "device": "", "workers": None,
-    "kernels": "auto", "out": None, "exist_ok": False, "seed": 0, "deterministic": True, "threads": None,
+    "kernels": "auto", "dispatch": None, "out": None, "exist_ok": False, "seed": 0, "deterministic": True, "threads": None,
     "optimizer": None, "lr0": None, "lrf": 0.01, "momentum": None, "weight_decay": 5e-4,
     "warmup_epochs": None, "warmup_momentum": 0.8, "warmup_bias_lr": None, "nbs": None, "cos_lr": False,
     "box": 7.5, "cls": 0.5, "dfl": 1.5, "amp": True, "close_mosaic": None, "val": True, "val_epochs": None,

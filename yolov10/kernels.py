@@ -13,9 +13,10 @@ import warnings
 
 from .utils import is_main
 
-__all__ = ["CHOICES", "accelerate", "fused_modules", "assigner_factory"]
+__all__ = ["CHOICES", "DISPATCH_CHOICES", "accelerate", "fused_modules", "assigner_factory", "measure_dispatch"]
 
 CHOICES = ("auto", "reference", "triton")
+DISPATCH_CHOICES = ("fused", "reference", "measure")  # yolov10_kernels.dispatch.POLICIES
 _INSTALL = "install it from the repository root with `pip install --no-build-isolation -e .`"
 _warned = False  # under 'auto' a missing package is reported once per process, not once per use
 
@@ -50,6 +51,21 @@ def accelerate(model, backend="auto", rank=-1):
     if fn is not None:
         fn(model, backend=backend)
     return model
+
+
+def measure_dispatch(model, kernels, dispatch, shape, dtype, amp, rank=-1):
+    """The trainer's ``--dispatch`` (which path the fused drop-ins take, ``yolov10_kernels.dispatch``): 'fused' or
+    'reference' set it; 'measure' (also None with YOLOV10_KERNELS_DISPATCH=measure) times each drop-in's fused
+    path against its reference path on a copy of ``model`` (eval, and train forward + backward) at a ``shape``
+    input in ``dtype`` (``amp``: a float32 model under autocast) and keeps the faster. Returns the text to log
+    once (the decision table, or why nothing was measured), or None when nothing was measured or
+    ``kernels`` is 'reference' (or 'auto' without the package). A bad ``dispatch`` is a ValueError."""
+    if dispatch is not None and dispatch not in DISPATCH_CHOICES:
+        raise ValueError(f"dispatch must be one of {', '.join(DISPATCH_CHOICES)}, got {dispatch!r}")
+    module = _import("dispatch", kernels, rank)
+    if module is None or (module.policy() if dispatch is None else module.set_policy(dispatch)) != "measure":
+        return None
+    return str(module.measure(model, shape, dtype, train=True, amp=amp))
 
 
 def fused_modules(model):

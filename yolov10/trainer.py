@@ -44,7 +44,7 @@ import torch.nn as nn
 from .data.resolve import resolve_data
 from .defaults import AUGMENT_DEFAULTS, DEFAULTS, LOSS_GAINS, resolve_args, uses_synth
 from .ema import ModelEMA, unwrap
-from .kernels import accelerate, assigner_factory, fused_modules
+from .kernels import accelerate, assigner_factory, fused_modules, measure_dispatch
 from .optim import build_optimizer, lr_lambda
 from .run_state import find_last, increment_dir, load_train_state, rng_state, set_rng_state
 from .utils import (contiguous_state_dict, dist_env, epoch_seed, is_main, log, machine_summary, memory_format,
@@ -181,6 +181,9 @@ class Trainer:
         self.amp = bool(a["amp"]) and (cuda or torch.ops.mkldnn._is_mkldnn_bf16_supported())
         self.amp_dtype = torch.float16 if cuda else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and cuda)
+        self.dispatch_desc = measure_dispatch(self.model, a["kernels"], a.get("dispatch"),  # --dispatch measure
+                                              (self.per_rank, model.ch, a["imgsz"], a["imgsz"]),
+                                              self.amp_dtype if self.amp else torch.float32, self.amp, self.rank)
         self.ema = ModelEMA(self.model)
         if self.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
@@ -235,6 +238,8 @@ class Trainer:
         if is_main(self.rank):
             log(f"machine: {machine_summary()}")
         log(f"kernels ({a['kernels']}): " + "; ".join(self.kernels_desc), self.rank)
+        if self.dispatch_desc:
+            log(self.dispatch_desc, self.rank)
         log(f"optimizer: {self.optim_desc}", self.rank)
         log(f"output: {self.save_dir}", self.rank)
 

@@ -1,10 +1,11 @@
 """Fused Triton and C++/CUDA kernels for YOLOv10, with drop-in modules, `accelerate(model)`, `swapped(model)` and
 `warmup(model, imgsz, batch, dtype)` (compile every kernel variant the model launches, in parallel, up front)."""
+from . import dispatch
 from .accelerate import OPS, accelerate, swapped
 from .backend import available, kernels_disabled
 from .warmup import warmup
 
-__all__ = ["accelerate", "available", "kernels_disabled", "OPS", "swapped", "warmup", "FusedTaskAlignedAssigner",
+__all__ = ["accelerate", "available", "dispatch", "kernels_disabled", "OPS", "swapped", "warmup", "FusedTaskAlignedAssigner",
            "patch_ultralytics", "unpatch_ultralytics"]
 __version__ = "0.1.0"
 

@@ -3,6 +3,7 @@ swapped(model): which drop-ins a model holds. State-dict keys stay the same, so 
 accelerated and plain models alike."""
 import torch
 
+from . import dispatch as measured_dispatch
 from .backend import TRITON_IMPORT_ERROR, check_backend, kernels_disabled, warn_once
 from .modules import cib, cls_head, psa, scdown
 from .modules.cib import FusedCIB
@@ -16,7 +17,7 @@ OPS = {"cib": cib.swap, "scdown": scdown.swap, "cls_head": cls_head.swap, "psa":
 DROPINS = {"cib": FusedCIB, "scdown": FusedSCDown, "cls_head": FusedClsHead, "psa": FusedAttention}
 
 
-def accelerate(model, ops=None, backend="auto"):
+def accelerate(model, ops=None, backend="auto", dispatch=None, **measure):
     """Swap the modules named in `ops` (None = all of "cib", "scdown", "cls_head", "psa") for fused drop-ins.
     backend: "auto" (Triton on CUDA tensors, reference on the CPU), "triton" (always Triton; on the CPU this
     needs TRITON_INTERPRET=1) or "reference". Returns the model; swapped(model) tells what is in it.
@@ -28,12 +29,22 @@ def accelerate(model, ops=None, backend="auto"):
     backend="reference", the memory format is left as it is.
     Eval mode runs the kernels with gradients too (the chains through their training op, BNs on running
     statistics); only a BN folded into its conv (model.fuse()) with gradients needed keeps the reference forward,
-    with a one-time warning."""
+    with a one-time warning.
+    dispatch: which path the drop-ins take under backend "auto" (yolov10_kernels.dispatch): "fused", "reference",
+    or "measure" (the faster one as measured on this GPU); None leaves the policy as it is
+    ($YOLOV10_KERNELS_DISPATCH, else "fused"). With "measure", `measure` holds the keyword arguments of
+    yolov10_kernels.dispatch.measure (shape=(batch, channels, height, width) is required; dtype, train, amp,
+    timer...): the drop-ins are timed now, on a copy of the model (its report: yolov10_kernels.dispatch.report()).
+    A bad dispatch is a ValueError, as are measure arguments without dispatch="measure"."""
     names = tuple(OPS) if ops is None else ((ops,) if isinstance(ops, str) else tuple(ops))
     unknown = [n for n in names if n not in OPS]
     if unknown:
         raise ValueError(f"unknown op(s) {unknown}; choose from {list(OPS)}")
     check_backend(backend)
+    if measure and dispatch != "measure":
+        raise ValueError(f"measure arguments {sorted(measure)} need dispatch='measure', got dispatch={dispatch!r}")
+    if dispatch is not None:
+        measured_dispatch.set_policy(dispatch)
     if kernels_disabled():
         warn_once("disabled", "YOLOV10_KERNELS=off: accelerate() leaves the model unchanged")
         return model
@@ -45,6 +56,8 @@ def accelerate(model, ops=None, backend="auto"):
         OPS[name](model, backend)
     if backend != "reference" and _on_cuda(model):
         model.to(memory_format=torch.channels_last)
+    if measure:
+        measured_dispatch.measure(model, **measure)
     return model
 
 

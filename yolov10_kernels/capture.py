@@ -37,6 +37,8 @@ class Launch:
     key: Optional[tuple] = None  # the autotuner's cache key (a new key re-tunes)
     tensor_bytes: int = 0  # bytes of its distinct tensor arguments but scratch (the byte model's one pass over each)
     context: str = ""  # what the harness was running (op, mode)
+    device: Optional[str] = None  # the CUDA device the launcher made current around it (None: it made none current)
+    grid: object = None  # the launch grid: a tuple, or grid(meta) -> tuple (an autotuned launch's)
 
 
 def _describe(v):
@@ -61,6 +63,16 @@ class Recorder:
     def __init__(self):
         self.launches = []
         self.context = ""
+        self.device = None
+
+    @contextlib.contextmanager
+    def on_device(self, device):
+        """torch.cuda.device under fake_gpu: the launches within record `device` as the one made current."""
+        prev, self.device = self.device, torch.device("cuda", device) if isinstance(device, int) else device
+        try:
+            yield
+        finally:
+            self.device = prev
 
     def record(self, fn, args, kwargs, configs, tuned, key=None):
         named = dict(zip(fn.arg_names, args))
@@ -73,7 +85,8 @@ class Recorder:
         tensors = {id(v): v for k, v in named.items() if isinstance(v, torch.Tensor) and not k.startswith("scr")}
         nbytes = sum(v.numel() * v.element_size() for v in tensors.values())
         self.launches.append(Launch(fn.__name__, fn.fn.__module__, fn, runtime, consts, configs, tuned, key, nbytes,
-                                    self.context))
+                                    self.context, str(self.device) if self.device is not None else None,
+                                    kwargs.get("grid")))
 
 
 def direct_config(fn, kwargs):
@@ -101,8 +114,8 @@ def patched(obj, name, value):
 def custom_ops():
     """Every CustomOpDef of the Triton op modules."""
     from torch._library.custom_ops import CustomOpDef
-    from .ops import chain_eval, dwconv, psa_attention, pwconv
-    return [v for m in (chain_eval, dwconv, psa_attention, pwconv) for v in vars(m).values()
+    from .ops import batchnorm, chain_eval, dwconv, psa_attention, pwconv
+    return [v for m in (batchnorm, chain_eval, dwconv, psa_attention, pwconv) for v in vars(m).values()
             if isinstance(v, CustomOpDef)]
 
 
@@ -160,15 +173,17 @@ def _cudnn_memory_format(input, weight, backend):
 
 
 @contextlib.contextmanager
-def fake_gpu(recorder, gpu="H200", op_wrapper=None):
+def fake_gpu(recorder, gpu="H200", op_wrapper=None, device=0):
     """See the module docstring. gpu: a yolov10_kernels.gpus profile or its name ("RTX3090", "sm_86");
-    op_wrapper(op) -> the function that runs in place of its fake implementation."""
+    op_wrapper(op) -> the function that runs in place of its fake implementation; device: the index of the fake
+    CUDA device the tensors live on (the current device stays 0, so a launcher that does not make its tensors'
+    device current shows: the recorder notes what torch.cuda.device made current)."""
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
     from . import gpus
 
     def jit_run(self, *args, grid, warmup, **kwargs):
-        recorder.record(self, args, kwargs, [direct_config(self, kwargs)], tuned=False)
+        recorder.record(self, args, {**kwargs, "grid": grid}, [direct_config(self, kwargs)], tuned=False)
 
     def tuner_run(self, *args, **kwargs):
         self.nargs = dict(zip(self.arg_names, args))
@@ -182,22 +197,23 @@ def fake_gpu(recorder, gpu="H200", op_wrapper=None):
     with contextlib.ExitStack() as stack:
         for obj, name, value in ((torch.cuda, "is_available", lambda: True), (torch.cuda, "current_device", lambda: 0),
                                  (torch.cuda, "is_bf16_supported", lambda *a, **k: True),  # torch.autocast asks
-                                 (torch.cuda, "device", lambda d: contextlib.nullcontext()),
+                                 (torch.cuda, "device", recorder.on_device),
                                  (JITFunction, "run", jit_run), (Autotuner, "run", tuner_run),
                                  (torch._C, "_conv_determine_backend_memory_format", _cudnn_memory_format),
                                  *((torch.Tensor, n, _aten_method(n)) for n in ("copy_", "contiguous", "__getitem__"))):
             stack.enter_context(patched(obj, name, value))
         for op in custom_ops():
             stack.enter_context(patched(op, "_abstract_fn", wrap(op)))
-        stack.enter_context(patched(gpus, "_cuda_profiles", {0: gpus.resolve(gpu)}))
+        stack.enter_context(patched(gpus, "_cuda_profiles", {0: gpus.resolve(gpu), device: gpus.resolve(gpu)}))
         mode = stack.enter_context(torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True))
         yield mode
 
 
-def to_fake_cuda(module, mode, dtype, channels_last):
-    """Module's parameters and buffers as fake CUDA tensors of `mode` (floating ones in `dtype`), in place."""
+def to_fake_cuda(module, mode, dtype, channels_last, device=0):
+    """Module's parameters and buffers as fake tensors of `mode` on CUDA device `device` (floating ones in
+    `dtype`), in place."""
     from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
-    dev = torch.device("cuda", 0)
+    dev = torch.device("cuda", device)
 
     def fake(t):
         with unset_fake_temporarily():
@@ -222,11 +238,11 @@ def _meta_input(shape, dtype, channels_last):
     return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
 
 
-def fake_input(mode, shape, dtype, channels_last):
+def fake_input(mode, shape, dtype, channels_last, device=0):
     from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
     with unset_fake_temporarily():
         t = _meta_input(shape, dtype, channels_last)
-    return FakeTensor(mode, t, torch.device("cuda", 0))
+    return FakeTensor(mode, t, torch.device("cuda", device))
 
 
 def meta_copy(module):
@@ -325,24 +341,26 @@ def dropin_calls(model, input_shapes, dtype, train, channels_last):
     return calls
 
 
-def capture(model, input_shapes, dtype, train=False, channels_last=True, gpu="H200", recorder=None, amp=False):
+def capture(model, input_shapes, dtype, train=False, channels_last=True, gpu="H200", recorder=None, amp=False,
+            device=0):
     """The Launches of one call of `model` (left as it is) on inputs of `input_shapes`, with parameters and
     activations in `dtype` (channels_last: 4-d tensors in that layout): eval forward under no_grad, or train
     forward + backward. amp: mixed precision as the trainer runs it, float32 parameters and the forward under
     torch.autocast(dtype). gpu: the GPU whose launches to reproduce (a yolov10_kernels.gpus profile, a name such
-    as "RTX3090", or a capability such as "sm_86"). `model` is a drop-in or holds some; `recorder` collects the launches (a new Recorder
+    as "RTX3090", or a capability such as "sm_86"); device: the fake CUDA device's index (see fake_gpu). `model` is
+    a drop-in or holds some; `recorder` collects the launches (a new Recorder
     by default); returns its launches."""
     recorder = recorder or Recorder()
     param_dtype = torch.float32 if amp else dtype
     for module, shapes in dropin_calls(model, input_shapes, param_dtype, train, channels_last):
         replay = BackwardReplay()
         fake = meta_copy(module)
-        with fake_gpu(recorder, gpu, op_wrapper=replay) as mode, replay.functions(), torch.no_grad(), \
-                warnings.catch_warnings():
+        with fake_gpu(recorder, gpu, op_wrapper=replay, device=device) as mode, replay.functions(), \
+                torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Accessing the data pointer of FakeTensor")  # the drop-ins' fold cache
-            fake = to_fake_cuda(fake, mode, param_dtype, channels_last).train(train)
+            fake = to_fake_cuda(fake, mode, param_dtype, channels_last, device).train(train)
             with torch.autocast("cuda", dtype, enabled=amp):  # a drop-in's input is a conv output: in `dtype`
-                fake(*(fake_input(mode, s, dtype, channels_last) for s in shapes))
+                fake(*(fake_input(mode, s, dtype, channels_last, device) for s in shapes))
             if train:
                 replay.backward()
     return recorder.launches

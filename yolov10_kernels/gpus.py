@@ -8,7 +8,8 @@ instead of asking the driver or hard-coding one GPU's limits where it is used.
   from the driver once (so a GPU missing from the table works too), the interpreter's profile for CPU tensors
   (one program per grid: each costs Python time), or whatever `emulate()` / `capture.fake_gpu` installed.
 - `emulate(gpu_or_programs)`: the CPU tests' GPU-grid mode: the interpreter's launches size their grids like a
-  GPU's (a profile, or a plain program count), so the multi-program paths a GPU always takes run on the CPU.
+  GPU's (a profile, or a plain program count) and take the GPU's code paths, so the multi-program paths a GPU
+  always takes run on the CPU; `emulating()` says whether that mode is on.
 - `resolve(name_or_target)`: "H100", "sm_86", "86" or 86 -> a profile (a bare target gets the table's first GPU of
   that capability, or a generic one)."""
 import contextlib
@@ -20,6 +21,9 @@ import torch
 
 # Resident programs per SM that hide memory latency in the persistent and split grids.
 PROGRAMS_PER_SM = 4
+# Without tensor-core dots a tile's accumulator and both dot operands live in registers: ptxas on sm_75 spills
+# the pointwise and DW -> PW kernels above about this many of their elements per thread (bench.static).
+FMA_LIVE = 44
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +52,37 @@ class GPUProfile:
     def interpreter(self):
         return self.arch == 0
 
+    @property
+    def mma(self):
+        """Whether Triton lowers tl.dot to tensor-core MMA here (sm_80+: mma.sync, wgmma, tcgen05). Below (T4)
+        Triton 3.x runs dots on FMA units with both operands in registers, so tiles must be sized for registers."""
+        return self.arch >= 80
+
     def limits(self):
         """The profile as a plain dict (the static report's `env`)."""
         return {**dataclasses.asdict(self), "target": self.target, "programs": self.programs}
+
+    def fits(self, smem_bytes):
+        """Whether a program needing `smem_bytes` of shared memory (smem_estimate) can launch here."""
+        return smem_bytes <= self.smem_per_block
+
+    def dots_fit_registers(self, live_elems, num_warps):
+        """Whether a program whose dot accumulators and operands hold `live_elems` elements keeps them in
+        registers without spilling: always with tensor-core dots (operands staged in shared memory or fragments
+        ptxas sizes for), and up to FMA_LIVE elements per thread without (mma False: a T4)."""
+        return self.mma or live_elems / (32 * num_warps) <= FMA_LIVE
+
+
+def smem_estimate(stage_elems, elem_bytes, stages, resident_bytes=0):
+    """The shared memory (bytes) a Triton program with one pipelined loop is predicted to allocate: `stages` buffers
+    of what each iteration loads for its dots (`stage_elems` elements of `elem_bytes` bytes: both operand tiles),
+    plus `resident_bytes` that stay for the whole loop (an operand made in registers - a prologue's activation, a
+    transposed tile - staged through shared memory for the MMA, an epilogue's layout conversion). The real number
+    is known only after compiling (metadata.shared); this is what launchers and autotuner prunes choose configs by
+    before that, and bench.static compiles every chosen config for every profile and checks it against the
+    profile's smem_per_block (the predictions are calibrated there, on the largest of sm_75 ... sm_120)."""
+    return stages * stage_elems * elem_bytes + resident_bytes
+
 
 
 _K = 1024
@@ -121,7 +153,8 @@ def resolve(gpu):
 @contextlib.contextmanager
 def emulate(gpu: Optional[object] = None, programs: Optional[int] = None):
     """Within: the interpreter's launches size their grids like `gpu`'s (a profile or name; its program count)
-    or for exactly `programs` programs; the kernels still run on the CPU with the interpreter's block sizes."""
+    or for exactly `programs` programs, and take the GPU's code paths where theirs differ (the depthwise convs'
+    staged tiles); the kernels still run on the CPU with the interpreter's block sizes."""
     base = resolve(gpu) if gpu is not None else INTERPRETER
     total = programs if programs is not None else base.programs
     if isinstance(total, bool) or not isinstance(total, int) or total < 1:
@@ -132,3 +165,8 @@ def emulate(gpu: Optional[object] = None, programs: Optional[int] = None):
         yield _cpu_profile["profile"]
     finally:
         _cpu_profile["profile"] = old
+
+
+def emulating():
+    """Whether the interpreter's launches are emulating a GPU's grid (inside emulate())."""
+    return _cpu_profile["profile"] is not INTERPRETER

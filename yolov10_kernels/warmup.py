@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from .backend import TRITON_IMPORT_ERROR, kernels_disabled, triton_interpreted, warn_once
-from . import gpus
+from . import dispatch, gpus
 from .capture import capture
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -40,8 +40,12 @@ class WarmupSummary:
     seconds: float = 0.0
     workers: int = 0
     skipped: Optional[str] = None  # why nothing was compiled
+    dispatch: Optional[object] = None  # warmup(measure=True): the measured dispatch's DispatchReport
 
     def __str__(self):
+        return self._compiled() + (f"\n{self.dispatch}" if self.dispatch is not None else "")
+
+    def _compiled(self):
         if self.skipped:
             return f"warmup: nothing compiled ({self.skipped})"
         return (f"warmup: {self.compiled}/{self.variants} kernel variants compiled for {self.target} from "
@@ -50,7 +54,7 @@ class WarmupSummary:
 
 
 def warmup(model, imgsz=640, batch=1, dtype=torch.float16, train=False, *, amp=False, workers=None, target=None,
-           channels_last=True, timeout_s=None):
+           channels_last=True, timeout_s=None, measure=None, timer=None):
     """Compile every Triton kernel variant that `model` (accelerated: accelerate(model)) launches on a
     (batch, model.ch or 3, *imgsz) input in `dtype` (float16, bfloat16 or float32): the eval forward, and with
     train=True also the train forward + backward. amp: mixed precision as the trainer runs it (float32
@@ -61,6 +65,9 @@ def warmup(model, imgsz=640, batch=1, dtype=torch.float16, train=False, *, amp=F
     capability ("sm_86", 90) (default: the current CUDA device; without one, nothing is compiled); timeout_s: stop waiting for
     compiles after that long. The model is left as it is. The workers are spawned processes: in a script, call
     this under `if __name__ == "__main__":`.
+    measure: then also time each drop-in's fused path against its reference path at these shapes and keep the
+    faster (yolov10_kernels.dispatch.measure, with `timer`; summary.dispatch is its report, which says why where
+    nothing was measured, e.g. without a CUDA device); None: measure when $YOLOV10_KERNELS_DISPATCH=measure.
     Returns a WarmupSummary; does nothing (summary.skipped says why, with one warning) where nothing can or need
     be compiled: no CUDA device and no target, TRITON_INTERPRET=1, YOLOV10_KERNELS=off, triton missing, or a
     model without drop-ins."""
@@ -69,16 +76,18 @@ def warmup(model, imgsz=640, batch=1, dtype=torch.float16, train=False, *, amp=F
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     gpu, why = resolve_target(target)
-    launches = []
+    launches, shape = [], (batch, getattr(model, "ch", 3), *hw)
     if not why:
-        shape = [(batch, getattr(model, "ch", 3), *hw)]
         for mode in (False, True) if train else (False,):
-            launches += capture(model, shape, dtype, mode, channels_last, gpu, amp=amp)
+            launches += capture(model, [shape], dtype, mode, channels_last, gpu, amp=amp)
         why = None if launches else "the model launches no Triton kernel (call accelerate(model) first)"
     if why:
         warn_once(("warmup", why), f"yolov10_kernels.warmup: nothing compiled: {why}")
-        return WarmupSummary(None, skipped=why)
-    return compile_launches(launches, gpu.arch, workers, timeout_s)
+    summary = WarmupSummary(None, skipped=why) if why else compile_launches(launches, gpu.arch, workers, timeout_s)
+    if measure or (measure is None and dispatch.policy() == "measure"):
+        summary.dispatch = dispatch.measure(model, shape, dtype, train, amp=amp, channels_last=channels_last,
+                                            timer=timer)
+    return summary
 
 
 def _check_dtype(dtype):

@@ -16,13 +16,18 @@ What is patched:
   version's semantics (8.3: the original TAL; 8.4: gts enlarged to `stride_val` in the inside test and the
   `topk2` filter of E2ELoss). Calls with extra keyword tensors (pose/seg assigners), an empty batch, or where
   the op is unavailable run the installed class's own forward.
-- the modules: CIB (C2fCIB's blocks, RepVGGDW inside), SCDown, PSA (its Attention; an Attention elsewhere,
-  e.g. in YOLO11's C2PSA, too) and v10Detect's light cls heads of a model are swapped for the drop-ins of
+- the modules: CIB (C2fCIB's blocks, RepVGGDW inside), SCDown, every Attention (PSA's, YOLO11/26's C2PSA's,
+  YOLO26's C3k2(attn=True)'s) and the light cls branches of every non-legacy Detect-family head (v10Detect,
+  Detect, Segment, Pose, OBB and their 26 variants; recognised by structure) are swapped for the drop-ins of
   yolov10_kernels.modules (state_dict keys unchanged); at class level every DetectionModel ultralytics builds
-  later (the trainer builds its own) gets them at the end of its __init__.
+  later (the trainer builds its own) gets them at the end of its __init__, a model handed to a trainer in
+  BaseTrainer.setup_model, and DDP workers through their generated script (generate_ddp_file).
 
 ultralytics is imported only when a function here is called; it is never a dependency of the package.
 """
+import functools
+from pathlib import Path
+
 import torch
 
 from ..ops import assign
@@ -30,6 +35,7 @@ from ..ops.utils import kernels_disabled, warn_once
 
 SUPPORTED = ((8, 3), (8, 4))  # minor versions whose TaskAlignedAssigner the op reproduces
 SUPPORTED_TEXT = ">=8.3.0,<8.5.0"
+OPS = ("cib", "scdown", "psa", "cls_head")  # the drop-in counts of swap_modules' report
 _patched = {}  # (owner object, attribute name) -> original value, for unpatch_ultralytics
 _assigner_classes = {}  # installed TaskAlignedAssigner class -> its fused subclass
 
@@ -60,7 +66,8 @@ def fused_assigner_class():
 
         @torch.no_grad()
         def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
-            if extra or gt_bboxes.shape[1] == 0 or not _use_op(pd_scores.device):
+            if extra or gt_bboxes.shape[1] == 0 or assign.unsupported(pd_scores, self.topk, self.num_classes) \
+                    or not _use_op(pd_scores.device):  # what the op cannot do (topk > 32): the installed class
                 return base.forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra)
             self.bs, self.n_max_boxes = pd_scores.shape[0], gt_bboxes.shape[1]
             labels, bboxes, scores, fg, idx = assign.task_aligned_assign(
@@ -123,16 +130,45 @@ def patch_criterion(criterion):
     return n
 
 
+# heads whose cls branch is not a plain class score: their own reason, in the report ("left_alone")
+LEFT_ALONE = {"YOLOEDetect": "its cls branch ends in prompt embeddings for the contrastive head, and fuse() folds "
+                             "the text prompts into its last conv",
+              "WorldDetect": "its cls branch is a dense 3x3 chain ending in text embeddings for the contrastive head"}
+
+
 def swap_modules(model, backend="auto"):
-    """Swap an ultralytics model's CIB / SCDown / PSA (and any other Attention) / v10Detect cls-head modules for
-    the fused drop-ins in place; returns {op: number of drop-ins} ("psa": fused attention modules)."""
+    """Swap an ultralytics model's CIB / SCDown / Attention (PSA's, C2PSA's, C3k2(attn=True)'s) modules and the
+    light cls branches of every non-legacy Detect-family head (Detect, Segment, Pose, OBB, their 26 variants,
+    v10Detect: cv3 and one2one_cv3) for the fused drop-ins in place. Returns {op: number of drop-ins} ("psa": fused
+    attention modules) plus "attention": {block class: fused attention modules inside} and, for YOLOE / World
+    heads, "left_alone": {head class: why}. Heads are recognised by structure (ultralytics rewrites Detect.legacy
+    per build): a legacy dense head (YOLOv8) counts 0, silently."""
     from ultralytics.nn.modules import block, head
 
     from ..modules import cib, cls_head, psa, scdown
-    return {"cib": cib.swap(model, backend, ref_cls=block.CIB),
-            "scdown": scdown.swap(model, backend, ref_cls=block.SCDown),
-            "psa": psa.swap(model, backend, ref_cls=block.PSA, attention_cls=block.Attention),
-            "cls_head": cls_head.swap(model, backend, ref_cls=head.v10Detect)}
+    excluded = tuple(getattr(head, name) for name in LEFT_ALONE if hasattr(head, name))
+    counts = {"cib": cib.swap(model, backend, ref_cls=block.CIB),
+              "scdown": scdown.swap(model, backend, ref_cls=block.SCDown),
+              "psa": psa.swap(model, backend, ref_cls=block.PSA, attention_cls=block.Attention),
+              "cls_head": cls_head.swap(model, backend, ref_cls=head.Detect, exclude=excluded)}
+    counts["attention"] = _attention_by_block(model)
+    left = {name: why for name, why in LEFT_ALONE.items()
+            if hasattr(head, name) and any(isinstance(m, getattr(head, name)) for m in model.modules())}
+    if left:
+        counts["left_alone"] = left
+    return counts
+
+
+def _attention_by_block(model):
+    """{class of the model's layer (model.model[i]: PSA, C2PSA, C3k2, ...): fused attention modules inside}."""
+    from ..modules.psa import FusedAttention
+    found = {}
+    for layer in getattr(model, "model", ()):
+        n = sum(isinstance(m, FusedAttention) for m in layer.modules())
+        name = getattr(type(layer), "reference_class", type(layer)).__name__  # a FusedPSA counts as PSA
+        if n:
+            found[name] = found.get(name, 0) + n
+    return found
 
 
 def _set(owner, name, value):
@@ -141,6 +177,7 @@ def _set(owner, name, value):
 
 
 def _patch_classes(modules, assigner, backend):
+    from ultralytics.engine import trainer as trainer_module
     from ultralytics.nn import tasks
     from ultralytics.utils import loss
     done = {}
@@ -155,8 +192,75 @@ def _patch_classes(modules, assigner, backend):
             swap_modules(self, backend)
 
         _set(tasks.DetectionModel, "__init__", __init__)
-        done["modules"] = "DetectionModel.__init__ swaps CIB/SCDown/PSA/v10Detect cls heads (models built from now on)"
+        done["modules"] = ("DetectionModel.__init__ swaps CIB/SCDown/Attention/light cls heads (models built from "
+                           "now on)")
+        # a model the trainer is handed rather than builds (a DDP worker's unpickled one) is swapped as well
+        _set(trainer_module.BaseTrainer, "setup_model", _swapping_setup_model(
+            _patched.get((trainer_module.BaseTrainer, "setup_model"), trainer_module.BaseTrainer.setup_model),
+            backend))
+        done["trainer"] = "BaseTrainer.setup_model swaps the modules of the trainer's model, built or handed over"
+    if modules or assigner:
+        from ultralytics.utils import dist
+        _set(dist, "generate_ddp_file", _patching_ddp_file(
+            _patched.get((dist, "generate_ddp_file"), dist.generate_ddp_file), modules, assigner, backend))
+        done["ddp"] = "DDP worker scripts (ultralytics.utils.dist.generate_ddp_file) apply this patch first"
     return done
+
+
+MAIN_BLOCK = 'if __name__ == "__main__":\n'
+
+
+def _patching_ddp_file(generate, modules, assigner, backend):
+    """ultralytics.utils.dist.generate_ddp_file whose worker script first applies this class-level patch in the
+    worker process. Up to 8.4.139 the script rebuilds the trainer from its arguments (the patched DetectionModel
+    swaps); from 8.4.140 it unpickles the parent's model, whose drop-ins pickle as the modules they replaced (the
+    patched BaseTrainer.setup_model swaps them again)."""
+
+    def generate_ddp_file(trainer):
+        path = Path(generate(trainer))
+        text = path.read_text(encoding="utf-8")
+        if MAIN_BLOCK not in text:
+            raise RuntimeError(f"yolov10_kernels: the DDP worker script {path} has no `{MAIN_BLOCK.strip()}` block "
+                               "to patch; its workers would train unpatched")
+        root = str(Path(__file__).resolve().parents[2])  # the folder that holds this package
+        prologue = (f"    import sys\n    sys.path.insert(0, {root!r})\n"
+                    "    from yolov10_kernels.integrations.ultralytics import ddp_worker_patch\n"
+                    f"    ddp_worker_patch(modules={modules!r}, assigner={assigner!r}, backend={backend!r})\n")
+        path.write_text(text.replace(MAIN_BLOCK, MAIN_BLOCK + prologue, 1), encoding="utf-8")
+        return str(path)
+
+    return generate_ddp_file
+
+
+def ddp_worker_patch(modules=True, assigner=True, backend="auto"):
+    """The first call of a DDP worker script: patch_ultralytics() at class level in the worker, with the parent's
+    options; logs the report and, at exit, how many assignments the fused assigner ran in this rank."""
+    import atexit
+    import os
+    import sys
+    rank = os.environ.get("RANK", "-1")
+    report = patch_ultralytics(modules=modules, assigner=assigner, backend=backend)
+    print(f"yolov10_kernels: DDP worker rank {rank}: {report}", file=sys.stderr, flush=True)
+    if assigner:
+        atexit.register(lambda: print(f"yolov10_kernels: DDP worker rank {rank}: the fused assigner ran "
+                                      f"{fused_assigner_class().calls} assignment(s)", file=sys.stderr, flush=True))
+
+
+def _swapping_setup_model(setup_model, backend):
+    """BaseTrainer.setup_model followed by the module swap of the model it leaves in trainer.model: before the
+    trainer moves, compiles, DDP-wraps and EMA-copies it, so training, EMA and validation all run the drop-ins."""
+
+    def swapping_setup_model(trainer):
+        from ultralytics.nn.tasks import DetectionModel
+        from ultralytics.utils import LOGGER, RANK
+        ckpt = setup_model(trainer)
+        model = _unwrap(trainer.model)
+        if isinstance(model, DetectionModel):  # not a DistillationModel or a classifier
+            LOGGER.info(f"yolov10_kernels: rank {RANK}: the trainer's model: "
+                        f"{_patch_model(model, True, False, backend)['modules']}")
+        return ckpt
+
+    return swapping_setup_model
 
 
 def _patch_model(model, modules, assigner, backend):
@@ -168,9 +272,9 @@ def _patch_model(model, modules, assigner, backend):
     done = {}
     if modules:
         done["modules"] = swap_modules(net, backend)
-        if not any(done["modules"].values()):
-            warn_once(("ultralytics", "no-v10"), "yolov10_kernels: the model has no YOLOv10 modules (CIB, SCDown, "
-                                                 "PSA, v10Detect); only the assigner is patched")
+        if not any(done["modules"][op] for op in OPS):
+            warn_once(("ultralytics", "none"), "yolov10_kernels: the model has no module the kernels fuse (CIB, "
+                                               "SCDown, Attention, a light cls head); only the assigner is patched")
     if assigner:
         criterion = getattr(net, "criterion", None)
         if criterion is not None:
@@ -214,19 +318,29 @@ def patch_ultralytics(model=None, modules=True, assigner=True, backend="auto"):
 
 def callbacks(modules=True, assigner=True, backend="auto"):
     """The callback form, for one training run and nothing at class level: {event: function} to register with
-    `YOLO(...).add_callback(event, function)`; once the trainer has built its model, the function patches that
-    model and its loss as patch_ultralytics(model) does (through DDP and torch.compile wrappers) and logs the
-    report. Bad arguments and an unsupported ultralytics fail here, not inside training."""
+    `YOLO(...).add_callback(event, function)` before train(). When the trainer starts, it makes that trainer's
+    setup_model swap the modules of the model it sets up, before the trainer compiles, DDP-wraps and EMA-copies it
+    (training, EMA and validation models all fused); once the trainer is set up, the training model's loss gets
+    the fused assigner (the EMA's validation loss keeps the installed one: a hook on the EMA would be pickled into
+    the checkpoints). Single process only: ultralytics runs no callbacks in a DDP launcher and rebuilds its
+    workers from the arguments (use patch_ultralytics() for DDP). Bad arguments and an unsupported ultralytics
+    fail here, not inside training."""
     from ..backend import check_backend
     check_backend(backend)
     check_version()
+    events = {}
+    if modules:
+        def on_pretrain_routine_start(trainer):
+            trainer.setup_model = functools.partial(_swapping_setup_model(type(trainer).setup_model, backend), trainer)
 
-    def on_pretrain_routine_end(trainer):
-        from ultralytics.utils import LOGGER
-        report = patch_ultralytics(_unwrap(trainer.model), modules, assigner, backend)
-        LOGGER.info(f"yolov10_kernels: {report}")
+        events["on_pretrain_routine_start"] = on_pretrain_routine_start
+    if assigner:
+        def on_pretrain_routine_end(trainer):
+            from ultralytics.utils import LOGGER
+            LOGGER.info(f"yolov10_kernels: {patch_ultralytics(_unwrap(trainer.model), False, True, backend)}")
 
-    return {"on_pretrain_routine_end": on_pretrain_routine_end}
+        events["on_pretrain_routine_end"] = on_pretrain_routine_end
+    return events
 
 
 def _unwrap(model):

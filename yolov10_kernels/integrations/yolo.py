@@ -5,9 +5,8 @@ ultralytics' own entrypoint with the remaining arguments, unchanged.
     yolov10-kernels-yolo train model=yolov10n.yaml data=coco.yaml      # the same, as a console script
     yolov10-kernels-yolo --backend reference --no-modules train ...   # the patch's own options come first
 
-`yolo train` runs in a process that never called patch_ultralytics; this command is its way in. Not covered:
-multi-GPU DDP training (device=0,1), where ultralytics starts fresh worker processes that run its trainer
-unpatched (they train with ultralytics' own modules and assigner).
+`yolo train` runs in a process that never called patch_ultralytics; this command is its way in. Multi-GPU DDP
+(device=0,1) too: the patch makes ultralytics' generated worker script apply it in every rank first.
 """
 import argparse
 import sys

@@ -12,7 +12,7 @@ import torch
 from yolov10.assign import TaskAlignedAssigner
 
 from ..ops import assign
-from ..ops.utils import kernels_disabled
+from ..ops.utils import kernels_disabled, warn_once
 
 BACKENDS = ("auto", "fused", "cpp", "cuda", "reference", "triton")
 
@@ -31,16 +31,25 @@ class FusedTaskAlignedAssigner(TaskAlignedAssigner):
     def __init__(self, topk=13, num_classes=80, alpha=1.0, beta=6.0, eps=1e-9, backend="auto"):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if num_classes < 1 or topk < 1:
+            raise ValueError(f"num_classes and topk must be >= 1, got num_classes={num_classes}, topk={topk}")
         super().__init__(topk=topk, num_classes=num_classes, alpha=alpha, beta=beta, eps=eps)
         self.backend = backend
 
     def extra_repr(self):
         return f"{super().extra_repr()}, eps={self.eps}, backend={self.backend!r}"
 
-    def _use_op(self, device):
-        """True to run the fused op for tensors on `device`, False for the reference."""
+    def _use_op(self, pd_scores):
+        """True to run the fused op for pd_scores (its device and shape), False for the reference."""
         if self.backend == "reference" or kernels_disabled():  # YOLOV10_KERNELS=off wins, as for every op
             return False
+        device, unsupported = pd_scores.device, assign.unsupported(pd_scores, self.topk, self.num_classes)
+        if unsupported and self.backend == "auto":
+            warn_once(("assign", "unsupported"), f"yolov10_kernels: the fused assignment op cannot run here "
+                                                 f"({unsupported}); using the reference TaskAlignedAssigner")
+            return False
+        if unsupported:
+            raise ValueError(f"backend={self.backend!r}: {unsupported}")
         ok, why = assign.load()
         has_kernel = ok and assign.has_kernel(device.type)
         if self.backend == "auto":
@@ -57,7 +66,7 @@ class FusedTaskAlignedAssigner(TaskAlignedAssigner):
 
     @torch.no_grad()
     def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt):
-        if gt_bboxes.shape[1] == 0 or not self._use_op(pd_scores.device):
+        if gt_bboxes.shape[1] == 0 or not self._use_op(pd_scores):
             return super().forward(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt)
         labels, bboxes, scores, fg, idx = assign.task_aligned_assign(
             pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, self.topk, self.num_classes,

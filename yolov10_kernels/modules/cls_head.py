@@ -1,5 +1,6 @@
 """FusedClsHead: drop-in for the detection head's light classification branch (cv3[i] and one2one_cv3[i]):
-Seq(Seq(Conv DW3x3, Conv PW c->c3), Seq(Conv DW3x3, Conv PW c3->c3), nn.Conv2d(c3, nc, 1, bias)).
+Seq(Seq(Conv DW3x3, Conv PW c->c3), Seq(Conv DW3x3, Conv PW c3->c3), nn.Conv2d(c3, nc, 1, bias)), as in
+YOLOv10's v10Detect and every non-legacy ultralytics Detect head (YOLO11, YOLO12, YOLO26; Segment, Pose, OBB).
 Eval: 2 Triton launches (ops.chain_eval.cls_head_infer); train: ops.chain_train."""
 import torch.nn as nn
 
@@ -23,17 +24,26 @@ class FusedClsHead(ChainDropIn):
         return cls_head_infer(x, folded)
 
 
+def light_shape(seq):
+    """The light branch's nesting, Seq(Seq(a, b), Seq(c, d), e), whatever the layers: what tells it from a legacy
+    dense branch (YOLOv8's Seq(Conv 3x3, Conv 3x3, Conv2d)), whichever class built it."""
+    return type(seq) is nn.Sequential and len(seq) == 3 and all(
+        type(s) is nn.Sequential and len(s) == 2 for s in seq[:2])
+
+
 def supported(seq):
-    if type(seq) is not nn.Sequential or len(seq) != 3 or not all(
-            type(s) is nn.Sequential and len(s) == 2 for s in seq[:2]):
+    if not light_shape(seq):
         return False
     specs = read_supported(seq, KINDS)
     return specs is not None and all(s.stride == 1 for s in specs) and specs[0].act and specs[2].act
 
 
-def swap(model, backend="auto", ref_cls=None):
-    """Replace the cls branches (cv3 and one2one_cv3, all levels) of every head of class ref_cls (default
-    yolov10's v10Detect) in place; returns the number of FusedClsHead modules."""
-    heads = [m for m in model.modules() if isinstance(m, ref_cls or v10Detect)]
+def swap(model, backend="auto", ref_cls=None, exclude=()):
+    """Replace the light cls branches (cv3 and one2one_cv3, all levels) of every head of class ref_cls (default
+    yolov10's v10Detect; subclasses too, except those of `exclude`) in place; returns the number of FusedClsHead
+    modules. Heads are recognised by structure: a branch list whose branches are not all light (a legacy dense
+    head) is left alone without a warning; a light branch the kernels cannot run (a folded BN) warns."""
+    heads = [m for m in model.modules() if isinstance(m, ref_cls or v10Detect) and not isinstance(m, exclude)]
     branches = [getattr(h, name) for h in heads for name in BRANCHES if getattr(h, name, None) is not None]
-    return swap_modules(model, nn.Sequential, FusedClsHead, supported, backend, parents=branches)
+    light = [b for b in branches if all(light_shape(seq) or isinstance(seq, FusedClsHead) for seq in b)]
+    return swap_modules(model, nn.Sequential, FusedClsHead, supported, backend, parents=light)

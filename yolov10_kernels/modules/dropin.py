@@ -9,7 +9,9 @@ import copy
 
 import torch
 
+from .. import gpus
 from ..backend import BACKENDS, check_backend, use_triton, warn_once
+from ..dispatch import fused_chosen, signature
 from ..ops.chain_train import chain_train
 from .chain import fold_chain, read_chain
 
@@ -26,7 +28,7 @@ class DropIn:
 
     backend = "auto"
     _dynamic_classes = {}
-    _dropin_state = ("backend", "_cache")  # instance attributes the replaced module does not have
+    _dropin_state = ("backend", "_cache", "_dispatch_sig", "_unfusable")  # instance attributes the replaced module does not have
 
     @classmethod
     def for_class(cls, base):
@@ -57,9 +59,39 @@ class DropIn:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
+        self._dispatch_sig = signature(self)  # the measured dispatch's key, read once (yolov10_kernels.dispatch)
+
+    def fused_path(self, x):
+        """Whether this call on input x runs the fused kernels: the backend runs Triton on x's device and, under
+        'auto', the measured dispatch (yolov10_kernels.dispatch) has not chosen the reference path for this
+        module's structure, x's shape bucket and dtype, and the training flag."""
+        if not use_triton_on(self.backend, x.device.type):
+            return False
+        return self.backend != "auto" or fused_chosen(self._dispatch_sig, tuple(x.shape), x.dtype, self.training)
 
     def reference_forward(self, *args):
         return self.reference_class.forward(self, *args)
+
+    def guarded(self, x, fused):
+        """fused(x), this module's Triton path, where the GPU at hand can run it; otherwise the reference forward
+        with one warning naming the module and the reason: bf16 on a GPU without bf16 tensor cores (T4), or a
+        kernel that does not compile or launch there (a Triton error on a CUDA tensor: out of shared memory or
+        registers on a GPU no profile describes, a target Triton cannot compile for), after which this module
+        stays on its reference forward and the run goes on."""
+        why = self.__dict__.get("_unfusable") or _unsupported_dtype(x)
+        if why is None:
+            try:
+                return fused(x)
+            except Exception as e:  # noqa: BLE001 - only Triton's own errors on a GPU are caught, see below
+                if x.device.type != "cuda" or not type(e).__module__.startswith("triton") \
+                        or type(e).__name__ == "InterpreterError":
+                    raise
+                why = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                self.__dict__["_unfusable"] = why
+        name = type(self).__name__
+        warn_once(("unfusable", name, why[:80]), f"yolov10_kernels: {name} runs its reference forward on "
+                  f"{gpus.device_profile(x.device).name}: {why}")
+        return self.reference_forward(x)
 
     def __reduce_ex__(self, protocol):
         # A pickled model (torch.save(model), ultralytics' checkpoints) holds the module this drop-in replaced,
@@ -159,6 +191,17 @@ def has_every_bn(specs):
     return all(s.bn is not None and (s.kind != "repvgg" or s.bn2 is not None) for s in specs if s.kind != "final")
 
 
+def _unsupported_dtype(x):
+    """Why the fused kernels cannot take x here (None: they can): bf16 - x's, or autocast's for an fp32 x - on a
+    GPU without bf16 tensor cores, where Triton has no bf16 dot to compile (the reference runs in bf16 there)."""
+    if x.device.type != "cuda" or gpus.device_profile(x.device).bf16:
+        return None
+    autocast = torch.is_autocast_enabled("cuda") and x.dtype == torch.float32
+    if (torch.get_autocast_dtype("cuda") if autocast else x.dtype) == torch.bfloat16:
+        return "bfloat16 needs bf16 tensor cores (compute capability 8.0+); use float16 for the fused kernels"
+    return None
+
+
 def _autocast_input(x):
     dev = x.device.type
     if torch.is_autocast_enabled(dev) and x.dtype == torch.float32:
@@ -201,8 +244,11 @@ class ChainDropIn(DropIn):
         return self._cache.get_folded(tensors, build, extra=[bn.eps for s in specs for bn in (s.bn, s.bn2) if bn])
 
     def forward(self, x):
-        if not use_triton_on(self.backend, x.device.type):
+        if not self.fused_path(x):
             return self.reference_forward(x)
+        return self.guarded(x, self._fused_forward)
+
+    def _fused_forward(self, x):
         specs = self.specs()
         eval_mode = not any(bn.training for s in specs for bn in (s.bn, s.bn2) if bn is not None)
         if eval_mode and not self._needs_grad(x):

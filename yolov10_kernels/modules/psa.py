@@ -11,7 +11,7 @@ import torch.nn as nn
 from yolov10.modules import PSA, Attention
 
 from ..ops.psa_attention import psa_attention
-from .dropin import DropIn, swap_modules, use_triton_on
+from .dropin import DropIn, swap_modules
 
 
 class FusedAttention(DropIn):
@@ -19,8 +19,11 @@ class FusedAttention(DropIn):
     conv + nn.BatchNorm2d (see the ops module's docstring for why)."""
 
     def forward(self, x):
-        if not use_triton_on(self.backend, x.device.type):
+        if not self.fused_path(x):
             return self.reference_forward(x)
+        return self.guarded(x, self._fused_forward)
+
+    def _fused_forward(self, x):
         y = psa_attention(self.qkv.conv(x), getattr(self.qkv, "bn", None), self.pe.conv.weight,
                           getattr(self.pe, "bn", None), self.num_heads, self.key_dim, self.head_dim,
                           self.training, pe_bias=self.pe.conv.bias)

@@ -211,11 +211,34 @@ def has_kernel(device_type):
     return key is not None and op_registered(ASSIGN_OP, key)
 
 
+# csrc/cuda/assign.cu's kMaxTopk: a block keeps each thread's top-k candidates in registers. The C++ (CPU) op has
+# no such bound, but the op takes the same topk on both devices (one behaviour whatever the device);
+# FusedTaskAlignedAssigner(backend="auto") runs the reference for a larger topk.
+MAX_TOPK = 32
+
+
+def unsupported(pd_scores, topk, num_classes):
+    """Why the op cannot assign with these arguments (a clear message naming the problem), or "" when it can; the
+    same on the CPU and the CUDA op."""
+    if int(num_classes) < 1:
+        return f"num_classes must be >= 1, got {num_classes} (a detector needs at least one class)"
+    if int(topk) < 1 or int(topk) > MAX_TOPK:
+        return f"topk must be in [1, {MAX_TOPK}] for the fused assignment op, got {topk}"
+    if pd_scores.dim() != 3 or pd_scores.shape[-1] != int(num_classes) or pd_scores.shape[1] == 0:
+        return (f"pd_scores must be (batch, anchors >= 1, num_classes={num_classes}), got "
+                f"{tuple(pd_scores.shape)}")
+    return ""
+
+
 def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, num_classes,
                         alpha=0.5, beta=6.0, eps=1e-9, **options):
     """The op with the reference's input conventions (gt_labels / mask_gt may be (B, M, 1), any dtype); any
     further schema argument of the op goes through `options` by name. Returns (target_labels, target_bboxes
-    float32, target_scores float32, fg_mask, target_gt_idx); needs M > 0 (M == 0 is the caller's case)."""
+    float32, target_scores float32, fg_mask, target_gt_idx); needs M > 0 (M == 0 is the caller's case).
+    Arguments `unsupported` rejects raise a ValueError saying why."""
+    why = unsupported(pd_scores, topk, num_classes)
+    if why:
+        raise ValueError(f"task_aligned_assign: {why}")
     b, m = gt_bboxes.shape[0], gt_bboxes.shape[1]
     labels = gt_labels.reshape(b, m).long()  # float labels truncate, as gt_labels.long() in the reference
     valid = mask_gt.reshape(b, m).bool()

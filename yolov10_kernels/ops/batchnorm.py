@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .utils import (acc_dtype, check_device, empty, empty_4d, finish_stats, is_channels_last, next_pow2, op_name,
-                    partial_stats, split_tiles, tl, tl_acc, triton, triton_interpreted)
+from .utils import (acc_dtype, check_device, empty, empty_4d, finish_stats, is_channels_last, next_pow2, on_device,
+                    op_name, partial_stats, split_tiles, tl, tl_acc, triton, triton_interpreted)
 
 Tensor = torch.Tensor
 
@@ -128,19 +128,22 @@ def affine_from_stats(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias:
     """(scale, shift) of a BN normalising with (mean, biased var), in their dtype; with `update`, the running
     statistics (unbiased variance over `count` values) and num_batches_tracked updated in place exactly as
     nn.BatchNorm2d does (momentum, or the cumulative average when momentum is None)."""
+    check_device(mean)
     C = mean.shape[0]
     scale, shift = empty(C, mean), empty(C, mean)
     if C == 0:
         return scale, shift
     update = update and running_mean is not None
     dummy = mean
-    _bn_affine_kernel[(1,)](mean, var, weight if weight is not None else dummy, bias if bias is not None else dummy,
-                            running_mean if update else dummy, running_var if update else dummy,
-                            num_batches_tracked if num_batches_tracked is not None else dummy, scale, shift,
-                            C, *_split(count), *_split(eps), *_split(0.0 if momentum is None else momentum),
-                            HAS_W=weight is not None, HAS_B=bias is not None, UPDATE=update,
-                            HAS_NBT=update and num_batches_tracked is not None,
-                            CUMULATIVE=momentum is None, ACC=tl_acc(mean.dtype), BLOCK_C=_block(C))
+    with on_device(mean):
+        _bn_affine_kernel[(1,)](mean, var, weight if weight is not None else dummy,
+                                bias if bias is not None else dummy, running_mean if update else dummy,
+                                running_var if update else dummy,
+                                num_batches_tracked if num_batches_tracked is not None else dummy, scale, shift,
+                                C, *_split(count), *_split(eps), *_split(0.0 if momentum is None else momentum),
+                                HAS_W=weight is not None, HAS_B=bias is not None, UPDATE=update,
+                                HAS_NBT=update and num_batches_tracked is not None,
+                                CUMULATIVE=momentum is None, ACC=tl_acc(mean.dtype), BLOCK_C=_block(C))
     return scale, shift
 
 
@@ -158,12 +161,15 @@ def affine_grads(grad_scale: Optional[Tensor], grad_shift: Optional[Tensor], mea
                        weight: Optional[Tensor], has_bias: bool, bias_dtype: torch.dtype, eps: float
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad mean, grad var, grad weight, grad bias); the last two empty when the BN has no such parameter."""
+    check_device(mean)
     C = mean.shape[0]
     g_mean, g_var = empty(C, mean), empty(C, mean)
     g_w = mean.new_empty(C if weight is not None else 0, dtype=weight.dtype if weight is not None else mean.dtype)
     g_b = mean.new_empty(C if has_bias else 0, dtype=bias_dtype)
-    if C:
-        block = _block(C)
+    if not C:
+        return g_mean, g_var, g_w, g_b
+    block = _block(C)
+    with on_device(mean):
         _bn_affine_bwd_kernel[(triton.cdiv(C, block),)](
             grad_scale if grad_scale is not None else mean, grad_shift if grad_shift is not None else mean, mean, var,
             weight if weight is not None else mean, g_mean, g_var, g_w if weight is not None else mean,
@@ -293,8 +299,9 @@ def batch_affine(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], ru
     sd = acc_dtype(x)
     bp, bc, grid, per = _tiles(x)
     pcnt, pmean, pm2 = partial_stats(grid[0], C, x, sd, True)
-    _channel_stats_kernel[grid](x, pcnt, pmean, pm2, C, H * W, W, N * H * W, per, *x.stride(), ACC=tl_acc(sd),
-                                BLOCK_P=bp, BLOCK_C=bc)
+    with on_device(x):
+        _channel_stats_kernel[grid](x, pcnt, pmean, pm2, C, H * W, W, N * H * W, per, *x.stride(), ACC=tl_acc(sd),
+                                    BLOCK_P=bp, BLOCK_C=bc)
     mean, var = finish_stats(pcnt, pmean, pm2, x)
     scale, shift = affine_from_stats(mean, var, weight, bias, running_mean, running_var, num_batches_tracked,
                                      float(N * H * W), eps, momentum, update)
@@ -316,12 +323,15 @@ def bn_batch_affine_backward(grad_scale: Optional[Tensor], grad_shift: Optional[
                              var: Tensor, weight: Optional[Tensor], has_bias: bool, bias_dtype: torch.dtype,
                              eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """(grad x, grad weight, grad bias) of batch_affine; the last two empty where the BN has no such parameter."""
+    check_device(x)
     N, C, H, W = x.shape
     g_mean, g_var, g_w, g_b = affine_grads(grad_scale, grad_shift, mean, var, weight, has_bias, bias_dtype, eps)
     gx = empty_4d(tuple(x.shape), x)
     bp, bc, grid, per = _tiles(x)
-    _channel_stats_grad_kernel[grid](x, gx, mean, g_mean, g_var, 1.0 / (N * H * W), C, H * W, W, N * H * W, per,
-                                     *x.stride(), *gx.stride(), ACC=tl_acc(mean.dtype), BLOCK_P=bp, BLOCK_C=bc)
+    with on_device(x):
+        _channel_stats_grad_kernel[grid](x, gx, mean, g_mean, g_var, 1.0 / (N * H * W), C, H * W, W, N * H * W,
+                                         per, *x.stride(), *gx.stride(), ACC=tl_acc(mean.dtype), BLOCK_P=bp,
+                                         BLOCK_C=bc)
     return gx, g_w, g_b
 
 

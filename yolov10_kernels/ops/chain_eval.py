@@ -31,8 +31,9 @@ from typing import Optional
 
 import torch
 
+from ..gpus import device_profile, smem_estimate
 from .utils import (check_device, conv_out_size, dot_precision, empty, empty_4d, is_channels_last, next_pow2,
-                    op_name, strides4, target_programs, tl, triton, triton_interpreted)
+                    on_device, op_name, strides4, target_programs, tl, triton, triton_interpreted)
 
 _INTERPRET = triton_interpreted()
 
@@ -315,8 +316,10 @@ if triton is not None:  # without triton the ops import, and their launchers rai
     # instead of them: a new batch size never re-tunes, an image size or rectangular validation shape only when it
     # moves the per-image pixel count to another bucket, and neither recompiles. (The strides stay specialised: channels_last strides are multiples of the channel count, so
     # their divisibility by 16, which the vectorised loads rely on, does not change with B, H, W.)
-    # Every config compiles for sm_90a without spills in bf16 and fp16 at the yolov10n/s/m shapes and fits the
-    # 227 KB of shared memory; fp32 configs that would not fit are pruned before launch (bench/static.py checks).
+    # Every config compiles for sm_90a without spills in bf16 and fp16 at the yolov10n/s/m shapes; configs whose
+    # predicted shared memory does not fit the GPU at hand (its gpus profile: 227 KB on sm_90, 99 KB on an RTX
+    # 3090 / 4090, 64 KB on a T4; fp32 tiles take twice bf16's) are pruned before launch, never timed
+    # (bench/static.py compiles what is left for every profile and checks it).
     _DW_PW_CONFIGS = [
         _cfg(BLOCK_P=64, BLOCK_N=64, BLOCK_K=32, num_warps=4),
         _cfg(BLOCK_P=128, BLOCK_N=64, BLOCK_K=32, num_warps=8),
@@ -344,16 +347,50 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=32, BLOCK_K=32, num_warps=4),  # more programs for batch-1 P5 maps
     ]
 
+    def _fitting(configs, x, smem, live):
+        """The configs whose predicted shared memory smem(config, element bytes) fits x's GPU and whose dot tiles,
+        live(config) elements, fit its registers (possibly none: the callers then keep their smallest)."""
+        profile, e = device_profile(x.device), x.element_size()
+        return [c for c in configs if profile.fits(smem(c, e)) and profile.dots_fit_registers(live(c), c.num_warps)]
+
+    def _live_pkn(c, p="BLOCK_P", n="BLOCK_N"):
+        # the DW tile (P x K), the weight tile (K x N) and the accumulator (P x N)
+        p, n, k = c.kwargs[p], c.kwargs[n], c.kwargs["BLOCK_K"]
+        return p * k + k * n + p * n
+
+    def _staged_taps(ks):
+        # the depthwise taps whose x loads the pipeliner stages ahead: all 9 of a 3x3, one row of a larger kernel
+        return ks * ks if ks <= 3 else ks
+
     def _prune_dw_pw(configs, named_args, **kwargs):
-        if named_args["x_ptr"].element_size() < 4:
-            return configs
-        # fp32 tiles take twice the shared memory: 128 x 128 with 3 stages would need 338 KB (limit 227 KB)
-        return [c for c in configs if c.kwargs["BLOCK_P"] * c.kwargs["BLOCK_N"] * c.num_stages < 3 * 128 * 128]
+        # the DW tile's loads, staged (stages - 1) deep (bf16 128 x 128 x 3 stages: 187 KB on sm_90a; fp32 twice)
+        taps = _staged_taps(kwargs.get("KS", named_args.get("KS", 3)))
+
+        def smem(c, e):
+            p, n, k, st = c.kwargs["BLOCK_P"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages
+            return smem_estimate(taps * p * k, e, st - 1, ((st + 1) * n * k + 2048) * e)
+        return _fitting(configs, named_args["x_ptr"], smem, _live_pkn) or configs[-1:]  # the last is the smallest
 
     def _prune_pw_pw(configs, named_args, **kwargs):
         n1p = kwargs.get("N1P", named_args.get("N1P", 64))
+        taps = _staged_taps(kwargs.get("KS", named_args.get("KS", 3)))
+
+        def smem(c, e):  # the staged DW loads; the hidden tile, both weights' tiles
+            p, k, n2, st = c.kwargs["BLOCK_P"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N2"], c.num_stages
+            return smem_estimate(taps * p * k, e, st - 1, (p * n1p + k * n1p + n1p * n2 + 2048) * e)
+        def live(c):  # the DW tile, the hidden tile and its weight tile, the output accumulator
+            p, k, n2 = c.kwargs["BLOCK_P"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N2"]
+            return p * k + k * n1p + p * n1p + p * n2
         kept = [c for c in configs if c.kwargs["BLOCK_P"] * n1p <= 16384]  # register budget of the hidden tile
-        return kept or configs[:1]
+        return _fitting(kept, named_args["x_ptr"], smem, live) or configs[:1]  # the first is the smallest
+
+    def _prune_pw_dw(configs, named_args, **kwargs):  # shared memory is small (<= 48 KB): registers only
+        return _fitting(configs, named_args["x_ptr"], lambda c, e: 0,
+                        lambda c: _live_pkn(c, "BLOCK_Q")) or configs[-1:]  # the last is the smallest
+
+    def _prune_dw_pw_dw(configs, named_args, **kwargs):
+        return _fitting(configs, named_args["x_ptr"], lambda c, e: 0,
+                        lambda c: _live_pkn(c, "BLOCK_E")) or configs[-1:]  # the last is the smallest
 
     def _tuner(configs, key, prune=None):
         return triton.autotune(configs, key=key, prune_configs_by=None if _INTERPRET or prune is None
@@ -361,8 +398,8 @@ if triton is not None:  # without triton the ops import, and their launchers rai
 
     _dw_pw = _tuner(_DW_PW_CONFIGS, ["PIX_BUCKET", "K", "N", "KS"], _prune_dw_pw)(_dw_pw_kernel)
     _dw_pw_pw = _tuner(_DW_PW_PW_CONFIGS, ["PIX_BUCKET", "K", "N1", "N2", "KS"], _prune_pw_pw)(_dw_pw_pw_kernel)
-    _pw_dw = _tuner(_PW_DW_CONFIGS, ["PIX_BUCKET", "K", "N", "KS", "STRIDE"])(_pw_dw_kernel)
-    _dw_pw_dw = _tuner(_DW_PW_DW_CONFIGS, ["PIX_BUCKET", "K", "N", "KS1"])(_dw_pw_dw_kernel)
+    _pw_dw = _tuner(_PW_DW_CONFIGS, ["PIX_BUCKET", "K", "N", "KS", "STRIDE"], _prune_pw_dw)(_pw_dw_kernel)
+    _dw_pw_dw = _tuner(_DW_PW_DW_CONFIGS, ["PIX_BUCKET", "K", "N", "KS1"], _prune_dw_pw_dw)(_dw_pw_dw_kernel)
     _SCRATCH_PER_PROGRAM = max(c.kwargs["BLOCK_E"] * c.kwargs["BLOCK_N"] for c in _DW_PW_DW_CONFIGS)
 
 
@@ -383,12 +420,14 @@ def _iblock(n, lo=16):
 
 
 def _launch(tuned, grid, interp_meta, args, kwargs):
-    """Autotuned launch on a GPU; under the interpreter, the bare kernel with interp_meta's block sizes."""
-    if _INTERPRET:
-        meta = {**kwargs, **interp_meta}
-        tuned.fn[grid(meta)](*args, **meta)
-    else:
-        tuned[grid](*args, **kwargs)
+    """Autotuned launch on a GPU (the input's, args[0]); under the interpreter, the bare kernel with
+    interp_meta's block sizes."""
+    with on_device(args[0]):
+        if _INTERPRET:
+            meta = {**kwargs, **interp_meta}
+            tuned.fn[grid(meta)](*args, **meta)
+        else:
+            tuned[grid](*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -424,8 +463,8 @@ def _check(x, weights):
 
 
 def _num_programs_cap(device):
-    if _INTERPRET or device.type != "cuda":
-        return 3  # small on purpose: the tests then exercise the persistent loop and scratch reuse
+    """The persistent grid's size: the device's program count (the interpreter's is 1, one program looping over
+    every tile and reusing its scratch slot; the tests' gpus.emulate gives several)."""
     return target_programs(device)
 
 

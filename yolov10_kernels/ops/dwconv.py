@@ -1,3 +1,6 @@
+# NOTE TO ENGINEERS WORKING NOW (temporary, the lead removes it): several agents edit this checkout at once and
+# share 2 CPU cores. Full rules: /tmp/common.md. Edit shared files only with small str_replace edits (never rewrite
+# a file wholesale), never run git checkout/stash/reset/commit/add, run only targeted tests.
 """Depthwise kxk conv (k = 3, 5 or 7, stride 1 or 2, padding k // 2) for training, with a BN prologue and epilogue.
 
     a   = in_act(x * in_scale + in_shift)                   prologue, per input channel, on the fly
@@ -40,10 +43,11 @@ from typing import Optional
 
 import torch
 
+from ..gpus import emulating
 from .batchnorm import affine_from_stats, affine_grads
 from .utils import (acc_dtype, check_device, check_tensor, conv_out_size, empty, empty_4d, finish_stats, grad_like,
-                    is_channels_last, next_pow2, op_name, partial_stats, split_tiles, stat_grads, strides4,
-                    sum_partials, tl, tl_acc, triton, triton_interpreted, vec)
+                    is_channels_last, next_pow2, on_device, op_name, partial_stats, split_tiles, stat_grads,
+                    strides4, sum_partials, tl, tl_acc, triton, triton_interpreted, vec)
 
 Tensor = torch.Tensor
 
@@ -78,8 +82,8 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         return n0 + p * 0, oh, ow, (oh < OH) & (ow < OW) & (t < NT), n0, oh0, ow0
 
     @triton.jit
-    def _dw_conv_tile(x_ptr, w_ptr, w2_ptr, scr_ptr, n, oh, ow, pmask, n0, oh0, ow0, c, cmask, s_in, t_in, H, W,
-                      sxn, sxc, sxh, sxw, K: tl.constexpr, K2: tl.constexpr, STRIDE: tl.constexpr,
+    def _dw_conv_tile(x_ptr, w_ptr, w2_ptr, scr_ptr, n, oh, ow, pmask, live, n0, oh0, ow0, c, cmask, s_in, t_in,
+                      H, W, sxn, sxc, sxh, sxw, K: tl.constexpr, K2: tl.constexpr, STRIDE: tl.constexpr,
                       IN_AFFINE: tl.constexpr, IN_ACT: tl.constexpr, ACC: tl.constexpr, TAPS_VEC: tl.constexpr,
                       KK_PAD: tl.constexpr, TILE_W: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
         """Raw depthwise conv outputs at output positions (oh, ow) [BLOCK_P] x channels c [BLOCK_C] of the
@@ -87,8 +91,9 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         (a RepVGGDW's small branch, reading the same staged region; zeros without one). GPU: the tile's input
         region (its outputs' receptive field) is activated once per element and staged in the program's own
         scratch slot (L1/L2), then the taps read it back: one BN + SiLU per input element instead of one per
-        tap (k*k times as many exp). TAPS_VEC (the interpreter's fast path): the k*k taps as a third tile
-        dimension, the prologue applied per tap."""
+        tap (k*k times as many exp); `live`: the tile exists (t < NT: the last program of a split grid may get
+        tiles past the end, whose image n0 >= N must not be read). TAPS_VEC (the interpreter's fast path): the k*k
+        taps as a third tile dimension, the prologue applied per tap."""
         PAD: tl.constexpr = K // 2
         D2: tl.constexpr = (K - K2) // 2  # the second kernel's offset inside the first's taps
         acc2 = tl.zeros([BLOCK_P, BLOCK_C], ACC)
@@ -126,7 +131,7 @@ if triton is not None:  # without triton the ops import, and their launchers rai
             e = e0 + tl.arange(0, BLOCK_P)
             ih = oh0 * STRIDE - PAD + e // EW
             iw = ow0 * STRIDE - PAD + e % EW
-            m = ((e < EH * EW) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None] & cmask[None, :]
+            m = (live & (e < EH * EW) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None] & cmask[None, :]
             xv = tl.load(xb[None, :] + ih[:, None] * sxh + iw[:, None] * sxw, mask=m, other=0.0).to(ACC)
             if IN_AFFINE:
                 xv = xv * s_in[None, :] + t_in[None, :]
@@ -177,12 +182,12 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         gs2 = tl.zeros([BLOCK_C], ACC)
         scr = scr_ptr + (tl.program_id(1) * tl.num_programs(0) + pid).to(tl.int64) * slot
         for i in range(tiles_per_prog):
-            n, oh, ow, pmask, n0, oh0, ow0 = _tile_positions(pid * tiles_per_prog + i, NT, N, OH, OW, TAPS_VEC,
-                                                             TILE_W, BLOCK_P)
+            t = pid * tiles_per_prog + i
+            n, oh, ow, pmask, n0, oh0, ow0 = _tile_positions(t, NT, N, OH, OW, TAPS_VEC, TILE_W, BLOCK_P)
             m2d = pmask[:, None] & cmask[None, :]
-            acc, acc2 = _dw_conv_tile(x_ptr, w_ptr, w2_ptr, scr, n, oh, ow, pmask, n0, oh0, ow0, c, cmask, s_in,
-                                      t_in, H, W, sxn, sxc, sxh, sxw, K, K2, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC,
-                                      KK_PAD, TILE_W, BLOCK_P, BLOCK_C)
+            acc, acc2 = _dw_conv_tile(x_ptr, w_ptr, w2_ptr, scr, n, oh, ow, pmask, t < NT, n0, oh0, ow0, c, cmask,
+                                      s_in, t_in, H, W, sxn, sxc, sxh, sxw, K, K2, STRIDE, IN_AFFINE, IN_ACT, ACC,
+                                      TAPS_VEC, KK_PAD, TILE_W, BLOCK_P, BLOCK_C)
             if STATS:
                 nb = tl.sum(pmask.to(ACC), axis=0)
                 n_run, mean_run, m2_run = tile_stats_merge(n_run, mean_run, m2_run, acc, m2d, nb)
@@ -235,12 +240,12 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         got = tl.zeros([BLOCK_C], ACC)
         scr = scr_ptr + (tl.program_id(1) * tl.num_programs(0) + pid).to(tl.int64) * slot
         for i in range(tiles_per_prog):
-            n, oh, ow, pmask, n0, oh0, ow0 = _tile_positions(pid * tiles_per_prog + i, NT, N, OH, OW, TAPS_VEC,
-                                                             TILE_W, BLOCK_P)
+            t = pid * tiles_per_prog + i
+            n, oh, ow, pmask, n0, oh0, ow0 = _tile_positions(t, NT, N, OH, OW, TAPS_VEC, TILE_W, BLOCK_P)
             m2d = pmask[:, None] & cmask[None, :]
-            y, _ = _dw_conv_tile(x_ptr, w_ptr, w_ptr, scr, n, oh, ow, pmask, n0, oh0, ow0, c, cmask, s_in, t_in, H,
-                                 W, sxn, sxc, sxh, sxw, K, 0, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC, KK_PAD,
-                                 TILE_W, BLOCK_P, BLOCK_C)
+            y, _ = _dw_conv_tile(x_ptr, w_ptr, w_ptr, scr, n, oh, ow, pmask, t < NT, n0, oh0, ow0, c, cmask, s_in,
+                                 t_in, H, W, sxn, sxc, sxh, sxw, K, 0, STRIDE, IN_AFFINE, IN_ACT, ACC, TAPS_VEC,
+                                 KK_PAD, TILE_W, BLOCK_P, BLOCK_C)
             gy = tl.zeros([BLOCK_P, BLOCK_C], ACC)
             if HAS_GO:
                 gp = go_ptr + n.to(tl.int64)[:, None] * son + c[None, :].to(tl.int64) * soc + oh[:, None] * soh + ow[:, None] * sow
@@ -486,13 +491,10 @@ if triton is not None:  # without triton the ops import, and their launchers rai
 # ceiling of the hardware's 255 lets each variant take what it needs (bench.static: none then spills).
 MAXNREG = 255
 
-# Tests set this to run the GPU kernels' path (staged tiles, tap loops) under the interpreter too (by default the
-# interpreter takes the vectorised-taps path, which is many times faster there).
-TAP_LOOP_ON_CPU = False
-
-
 def _tapsvec(x):
-    return x.device.type != "cuda" and not TAP_LOOP_ON_CPU
+    """The interpreter's vectorised-taps path (many times faster there), unless the tests emulate a GPU's grid
+    (gpus.emulate): then the GPU's path (staged tiles, tap loops) runs under the interpreter too."""
+    return x.device.type != "cuda" and not emulating()
 
 
 def _blocks(C, spatial, x, K=3, bwd=False, prologue=True, dual=False):
@@ -584,17 +586,19 @@ def _launch_fwd(cg, x, weight, stride, in_act, si=None, ti=None, so=None, to=Non
 
     def ptr(t):
         return t if t is not None else dummy
-    _dw_fwd_kernel[cg.grid](
-        x, _taps(weight), ptr(si), ptr(ti), ptr(so), ptr(to), ptr(residual), ptr(out),
-        *(stats if stats is not None else (dummy,) * 3), _taps(weight2) if weight2 is not None else dummy, ptr(out2),
-        *(stats2 if stats2 is not None else (dummy,) * 3), ptr(grad_out), ptr(g_sums),
-        cg.scratch, C, N, H, W, *_out_hw(H, W, K, stride), cg.nt, cg.per, cg.slot,
-        *x.stride(), *strides4(out if out is not None else out2), *strides4(residual), *strides4(grad_out),
-        K=K, K2=weight2.shape[-1] if weight2 is not None else 0, STRIDE=stride, IN_AFFINE=si is not None,
-        IN_ACT=bool(in_act), OUT_AFFINE=so is not None, OUT_ACT=bool(out_act), HAS_RES=residual is not None,
-        WRITE_OUT=out is not None, STATS=stats is not None, G_SUMS=grad_out is not None, ACC=tl_acc(x.dtype),
-        TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), TILE_W=cg.tile_w, BLOCK_P=cg.BP, BLOCK_C=cg.BC,
-        num_warps=cg.nw, maxnreg=MAXNREG)
+    with on_device(x):
+        _dw_fwd_kernel[cg.grid](
+            x, _taps(weight), ptr(si), ptr(ti), ptr(so), ptr(to), ptr(residual), ptr(out),
+            *(stats if stats is not None else (dummy,) * 3), _taps(weight2) if weight2 is not None else dummy,
+            ptr(out2),
+            *(stats2 if stats2 is not None else (dummy,) * 3), ptr(grad_out), ptr(g_sums),
+            cg.scratch, C, N, H, W, *_out_hw(H, W, K, stride), cg.nt, cg.per, cg.slot,
+            *x.stride(), *strides4(out if out is not None else out2), *strides4(residual), *strides4(grad_out),
+            K=K, K2=weight2.shape[-1] if weight2 is not None else 0, STRIDE=stride, IN_AFFINE=si is not None,
+            IN_ACT=bool(in_act), OUT_AFFINE=so is not None, OUT_ACT=bool(out_act), HAS_RES=residual is not None,
+            WRITE_OUT=out is not None, STATS=stats is not None, G_SUMS=grad_out is not None, ACC=tl_acc(x.dtype),
+            TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), TILE_W=cg.tile_w, BLOCK_P=cg.BP, BLOCK_C=cg.BC,
+            num_warps=cg.nw, maxnreg=MAXNREG)
 
 
 def _out_hw(H, W, K, stride):
@@ -662,18 +666,19 @@ def _grad_y_pass(grad_out, x, w, si, ti, so, to, mean, grad_mean, grad_var, stri
     cg = _conv_grid(x, C, N, OH, OW, K, stride, si is not None or bool(in_act))
     pgos = empty((cg.grid[0], C), x, sd) if so is not None else dummy
     pgot = empty((cg.grid[0], C), x, sd) if so is not None else dummy
-    _dw_grad_y_kernel[cg.grid](
-        x, w, si if si is not None else dummy, ti if ti is not None else dummy,
-        so if so is not None else dummy, to if to is not None else dummy,
-        grad_out if has_go else dummy, vec(mean) if stats else dummy,
-        vec(grad_mean) if stats else dummy, vec(grad_var) if stats else dummy,
-        g, pgos, pgot, 1.0 / NP,
-        cg.scratch, C, N, H, W, OH, OW, cg.nt, cg.per, cg.slot,
-        *x.stride(), *(grad_out.stride() if has_go else (0, 0, 0, 0)), *g.stride(),
-        K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
-        OUT_ACT=bool(out_act), HAS_GO=has_go, STATS=stats, ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x),
-        KK_PAD=next_pow2(K * K), TILE_W=cg.tile_w, BLOCK_P=cg.BP, BLOCK_C=cg.BC, num_warps=cg.nw,
-        maxnreg=MAXNREG)
+    with on_device(x):
+        _dw_grad_y_kernel[cg.grid](
+            x, w, si if si is not None else dummy, ti if ti is not None else dummy,
+            so if so is not None else dummy, to if to is not None else dummy,
+            grad_out if has_go else dummy, vec(mean) if stats else dummy,
+            vec(grad_mean) if stats else dummy, vec(grad_var) if stats else dummy,
+            g, pgos, pgot, 1.0 / NP,
+            cg.scratch, C, N, H, W, OH, OW, cg.nt, cg.per, cg.slot,
+            *x.stride(), *(grad_out.stride() if has_go else (0, 0, 0, 0)), *g.stride(),
+            K=K, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), OUT_AFFINE=so is not None,
+            OUT_ACT=bool(out_act), HAS_GO=has_go, STATS=stats, ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x),
+            KK_PAD=next_pow2(K * K), TILE_W=cg.tile_w, BLOCK_P=cg.BP, BLOCK_C=cg.BC, num_warps=cg.nw,
+            maxnreg=MAXNREG)
     if so is None:
         return g, None, None
     return g, sum_partials(pgos, empty(C, x, sd)), sum_partials(pgot, empty(C, x, sd))
@@ -703,17 +708,18 @@ def _input_grad_pass(g, x, weight, w, si, ti, stride, in_act, y=None, mean=None,
     w2, y2, mean2, gm2, gv2, g_scale2 = second if second is not None else (None,) * 6
     K2 = w2.shape[-1] if second is not None else 0
     pdw2 = empty((splits, K2 * K2, C), x, sd) if K2 else dummy
-    _dw_bwd_kernel[(splits, cblk)](
-        x, w, si if si is not None else dummy, ti if ti is not None else dummy, g, y if y_stats else dummy,
-        *((vec(mean), vec(grad_mean), vec(grad_var)) if y_stats else (dummy,) * 3), 1.0 / (N * OH * OW),
-        gx, pdw, pgs, pgt, vec(g_scale) if g_scale is not None else dummy,
-        *((_taps(w2), y2, vec(mean2), vec(gm2), vec(gv2)) if K2 else (dummy,) * 5),
-        vec(g_scale2) if g_scale2 is not None else dummy, pdw2,
-        C, H, W, OH, OW, NP, per,
-        *x.stride(), *g.stride(), *strides4(y), *gx.stride(),
-        K=K, K2=K2, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), GO_SCALE=g_scale is not None,
-        Y_STATS=y_stats, ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP,
-        BLOCK_C=BC, num_warps=nw, maxnreg=MAXNREG)
+    with on_device(x):
+        _dw_bwd_kernel[(splits, cblk)](
+            x, w, si if si is not None else dummy, ti if ti is not None else dummy, g, y if y_stats else dummy,
+            *((vec(mean), vec(grad_mean), vec(grad_var)) if y_stats else (dummy,) * 3), 1.0 / (N * OH * OW),
+            gx, pdw, pgs, pgt, vec(g_scale) if g_scale is not None else dummy,
+            *((_taps(w2), y2, vec(mean2), vec(gm2), vec(gv2)) if K2 else (dummy,) * 5),
+            vec(g_scale2) if g_scale2 is not None else dummy, pdw2,
+            C, H, W, OH, OW, NP, per,
+            *x.stride(), *g.stride(), *strides4(y), *gx.stride(),
+            K=K, K2=K2, STRIDE=stride, IN_AFFINE=si is not None, IN_ACT=bool(in_act), GO_SCALE=g_scale is not None,
+            Y_STATS=y_stats, ACC=tl_acc(x.dtype), TAPS_VEC=_tapsvec(x), KK_PAD=next_pow2(K * K), BLOCK_P=BP,
+            BLOCK_C=BC, num_warps=nw, maxnreg=MAXNREG)
     gws = [sum_partials(pdw, torch.empty_like(weight, memory_format=torch.contiguous_format), taps=K * K)]
     if K2:
         gws.append(sum_partials(pdw2, torch.empty_like(w2, memory_format=torch.contiguous_format), taps=K2 * K2))
@@ -934,9 +940,10 @@ def _repvgg_merge(weight, weight2, scale, scale2, shift, shift2):
     wc = empty((C, 1, K, K), scale)
     ones, out_shift = empty(C, scale), empty(C, scale)
     block = min(max(next_pow2(C), 16), 32)  # a [channels x taps] tile: wider spills
-    _repvgg_merge_kernel[(triton.cdiv(C, block),)](_taps(weight), _taps(weight2), scale, scale2, shift, shift2, wc,
-                                                   ones, out_shift, C, K=K, K2=K2, KK_PAD=next_pow2(K * K),
-                                                   ACC=tl_acc(scale.dtype), BLOCK_C=block)
+    with on_device(scale):
+        _repvgg_merge_kernel[(triton.cdiv(C, block),)](_taps(weight), _taps(weight2), scale, scale2, shift, shift2, wc,
+                                                       ones, out_shift, C, K=K, K2=K2, KK_PAD=next_pow2(K * K),
+                                                       ACC=tl_acc(scale.dtype), BLOCK_C=block)
     return wc, ones, out_shift
 
 

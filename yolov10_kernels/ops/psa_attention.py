@@ -52,14 +52,14 @@ triton_op body (fake tensors, functionalisation) would launch it on fake tensors
 compiles with fullgraph=True on the CPU and on the GPU alike, and the kernels are large enough that
 Inductor seeing inside them would buy nothing.
 """
-import contextlib
 
 import torch
 import torch.nn.functional as F
 
+from ..gpus import device_profile, smem_estimate
 from .batchnorm import batch_norm, scale_shift
-from .utils import (acc_dtype, check_device, dot_precision, empty, empty_4d, next_pow2, op_name, poison,
-                    sum_partials, tl, tl_acc, triton, triton_interpreted)
+from .utils import (acc_dtype, check_device, dot_precision, empty, empty_4d, next_pow2, on_device, op_name,
+                    poison, sum_partials, tl, tl_acc, triton, triton_interpreted)
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -396,14 +396,31 @@ if triton is not None:
                                    prune_configs_by=prune and {"early_config_prune": prune})(kernel)
         return wrap
 
-    def _prune_bwd(configs, named_args, **kwargs):
-        if named_args["QKV"].element_size() < 4:
-            return configs
-        # fp32 dkdv tiles spill with 4 warps at the m-scale head dims (124-172 B per thread, sm_90a)
-        return [c for c in configs if c.num_warps == 8]
+    def _head_width(kwargs):
+        """Channels of one head's q/k plus v tiles as the kernels hold them (each split in two power-of-two parts)."""
+        return kwargs["KD0"] + kwargs["KD1"] + kwargs["HD0"] + kwargs["HD1"]
 
-    # A small set (the static report compiles every config): on sm_90a at the yolov10n/s/m shapes none spills in
-    # bf16 or fp16, in NCHW or channels_last, and none needs more than 227 KB of shared memory.
+    def _prune_fwd(configs, named_args, **kwargs):
+        # each stage holds a BLOCK_N-row K and V tile; the Q tile stays (bf16 64 x 64, 3 stages: 54 KB, sm_90a)
+        qkv, kd = named_args["QKV"], kwargs["KD0"] + kwargs["KD1"]
+        profile, e, width = device_profile(qkv.device), qkv.element_size(), _head_width(kwargs)
+        kept = [c for c in configs if profile.fits(smem_estimate(
+            c.kwargs["BLOCK_N"] * width, e, c.num_stages, c.kwargs["BLOCK_M"] * kd * e))]
+        return kept or configs[:1]  # the first is the smallest
+
+    def _prune_bwd(configs, named_args, **kwargs):
+        qkv = named_args["QKV"]
+        profile, e, width = device_profile(qkv.device), qkv.element_size(), _head_width(kwargs)
+        # fp32 dkdv tiles spill with 4 warps at the m-scale head dims (124-172 B per thread, sm_90a)
+        warps = [c for c in configs if e < 4 or c.num_warps == 8]
+        # each stage holds an inner tile of the other side's rows; the program's own rows stay
+        kept = [c for c in warps if profile.fits(smem_estimate(
+            _BWD_INNER_GPU * width, e, max(c.num_stages, 1), _BWD_BLOCK_GPU * width * e))]
+        return kept or warps[:1]
+
+    # A small set (the static report compiles every config for every GPU profile): on sm_90a at the yolov10n/s/m
+    # shapes none spills in bf16 or fp16, in NCHW or channels_last; configs whose predicted shared memory does not
+    # fit the GPU at hand (gpus.device_profile) are pruned before launch.
     _FWD_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                     for bm, bn, w, s in ((64, 32, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (128, 32, 8, 3),
                                          (128, 64, 8, 2))]
@@ -411,7 +428,7 @@ if triton is not None:
     # block), so only warps and pipelining are tuned.
     _BWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 1), (4, 2), (8, 2), (8, 3))]
     _KEY = ["N_BUCKET", "KD", "HD"]
-    _psa_fwd = _gpu_autotune(_FWD_CONFIGS, _KEY)(_psa_fwd_kernel)
+    _psa_fwd = _gpu_autotune(_FWD_CONFIGS, _KEY, _prune_fwd)(_psa_fwd_kernel)
     _psa_bwd_dkdv = _gpu_autotune(_BWD_CONFIGS, _KEY, _prune_bwd)(_psa_bwd_dkdv_kernel)
     _psa_bwd_dq = _gpu_autotune(_BWD_CONFIGS, _KEY, _prune_bwd)(_psa_bwd_dq_kernel)
 
@@ -483,11 +500,6 @@ if triton is not None:
 
 
 _INTERP_BLOCK = 32
-
-
-def _on_device(t):
-    """Launch on t's GPU (Triton launches on the current device)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _kernel_meta(qkv):
@@ -567,7 +579,7 @@ def psa_attn_fwd(qkv: torch.Tensor, qkv_scale: torch.Tensor, qkv_shift: torch.Te
     args = (qkv, qa, qb, pe, pa, pb, out, lse, N, _n_bucket(N), num_heads, qk_scale, *_strides(qkv), *_strides(pe),
             *_strides(out))
     meta = dict(**_head_dims(key_dim, head_dim), **_kernel_meta(qkv))
-    with _on_device(qkv):
+    with on_device(qkv):
         if triton_interpreted():
             grid = (triton.cdiv(N, _INTERP_BLOCK), B * num_heads)
             _psa_fwd[grid](*args, BLOCK_M=_INTERP_BLOCK, BLOCK_N=_INTERP_BLOCK, **meta)
@@ -617,7 +629,7 @@ def psa_attn_bwd(dout: torch.Tensor, qkv: torch.Tensor, qkv_scale: torch.Tensor,
     qk_scale = sm_scale * LOG2E
     dims = dict(**_head_dims(key_dim, head_dim), **meta)
     grid = (nblk, B * num_heads)
-    with _on_device(qkv):
+    with on_device(qkv):
         _psa_bwd_pre_kernel[grid](out, dout, pe, pa, pb, qb, delta, dpe, ppa, ppb, N, num_heads, *_strides(out),
                                   *_strides(dout), *_strides(pe), KD=key_dim, HD=head_dim,
                                   HD_P=next_pow2(head_dim, 16), BLOCK_M=rows, ACC=meta["ACC"], num_warps=4)
@@ -628,7 +640,7 @@ def psa_attn_bwd(dout: torch.Tensor, qkv: torch.Tensor, qkv_scale: torch.Tensor,
     dqa, dqb = torch.empty_like(qkv_scale), torch.empty_like(qkv_shift)
     dpa, dpb = torch.empty_like(pe_scale), torch.empty_like(pe_shift)
     block = 1024 if interp else 256
-    with _on_device(qkv):
+    with on_device(qkv):
         _psa_sums_kernel[(triton.cdiv(max(CQ, C), block),)](pqa, pqb, ppa, ppb, dqa, dqb, dpa, dpb, B * nblk, CQ, C,
                                                             KD=key_dim, HD=head_dim, ACC=meta["ACC"], BLOCK=block)
     return dqkv, dqa, dqb, dpe, dpa, dpb
@@ -670,7 +682,7 @@ def _v_norm_launch(qkv, qa, qb, num_heads, key_dim, head_dim, gout=None):
     if gout is None:
         out = empty_4d((B, num_heads * head_dim, Hh, Ww), qkv)
         if B * N:
-            with _on_device(qkv):
+            with on_device(qkv):
                 _v_norm_kernel[grid](qkv, qa, qb, out, out, qkv, qa, qa, N, nblk, CQ, *_strides(qkv), *_strides(out),
                                      BACKWARD=False, **meta)
         return out
@@ -678,7 +690,7 @@ def _v_norm_launch(qkv, qa, qb, num_heads, key_dim, head_dim, gout=None):
     dqkv = poison(torch.empty_like(qkv))
     sd = acc_dtype(qkv)
     pga, pgb = empty((B * nblk, CQ), qkv, sd), empty((B * nblk, CQ), qkv, sd)
-    with _on_device(qkv):
+    with on_device(qkv):
         _v_norm_kernel[grid](qkv, qa, qb, gout, gout, dqkv, pga, pgb, N, nblk, CQ, *_strides(qkv), *_strides(gout),
                              BACKWARD=True, **meta)
         return dqkv, sum_partials(pga, torch.empty_like(qa)), sum_partials(pgb, torch.empty_like(qb))

@@ -18,9 +18,10 @@ from typing import Optional
 
 import torch
 
-from .utils import (PROGRAMS_PER_SM, acc_dtype, check_device, check_tensor, empty, empty_4d, finish_stats, grad_like,
-                    next_pow2, op_name, partial_stats, split_tiles, stat_grads, sum_partials, target_programs,
-                    tf32_allowed, tl, tl_acc, triton, triton_interpreted, vec)
+from ..gpus import device_profile, smem_estimate
+from .utils import (acc_dtype, check_device, check_tensor, empty, empty_4d, finish_stats, grad_like,
+                    next_pow2, on_device, op_name, partial_stats, split_tiles, stat_grads, sum_partials,
+                    target_programs, tf32_allowed, tl, tl_acc, triton, triton_interpreted, vec)
 
 Tensor = torch.Tensor
 
@@ -29,8 +30,24 @@ Tensor = torch.Tensor
 FUSED_MAX = 128
 # Its GPU tiles, sized with ptxas on sm_90a (bench.static): the 128 x 128 fp32 grad W accumulator and the weight,
 # held for the whole run, leave room for 32-row tiles at 8 warps (64 rows spill, as do 4 warps or 16, which cap
-# registers at 128); two stages prefetch the next tile within 227 KB, fp32 included.
+# registers at 128); two stages prefetch the next tile where the GPU's shared memory allows (227 KB: fp32
+# included), else one; where even that does not fit, the backward takes the two kernels.
 FUSED_BLOCK_M, FUSED_WARPS, FUSED_STAGES = 32, 8, 2
+
+# Predicted shared memory per kernel (gpus.smem_estimate), from (rows, output block, reduced block, element
+# bytes) -> (elements staged per loop iteration, resident bytes); calibrated with bench.static on sm_86, whose
+# pipelining allocates the most of the profiles' targets. "fused": output block = CO, reduced block = CI.
+_SMEM = {
+    "fwd": lambda m, n, k, e: (m * k + k * n, m * k * e),  # x and W tiles; the prologue's activation for the MMA
+    "dgrad": lambda m, n, k, e: (2 * m * k + k * n, 0),  # dL/dy and y tiles (g is made of both) and W tiles
+    "wgrad": lambda m, n, k, e: (m * n + m * k, 2 * m * n * e),  # g and x tiles; g transposed for the MMA
+    "fused": lambda m, n, k, e: (m * (n + k), 2 * n * k * e),  # g and x tiles; the weight, as both dots' operand
+}
+# Elements of each kernel's accumulator tile (wgrad, fused: the grad W block), in the accumulation dtype: after the
+# loop its layout conversion for the store goes through shared memory, reusing the pipeline's buffers, so a kernel
+# needs the larger of the two (metadata.shared of an fp64 128 x 128 forward storing NCHW: 128 KB, over sm_86's 99 KB).
+_ACC_TILE = {"fwd": lambda m, n, k: m * n, "dgrad": lambda m, n, k: m * n, "wgrad": lambda m, n, k: n * k,
+             "fused": lambda m, n, k: n * k}
 
 
 # ---------------------------------------------------------------------------------------------------- kernels
@@ -260,22 +277,56 @@ def _dot_cfg(x):
 
 
 def _blocks(M, CI, CO, x, kernel="fwd"):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of a (M x CI) @ (CI x CO) tile. Sized with ptxas on sm_90a (bench.static):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of a (M x CI) @ (CI x CO) tile; None for "fused" where its
+    shared memory does not fit the GPU (the two-kernel backward runs). Sized with ptxas on sm_90a (bench.static):
     the backward kernels hold more [rows x channels] tiles than the forward (dgrad: the accumulator, x and the
     activation derivative; wgrad: rows are its reduced dimension, staged num_stages deep in shared memory), so
     dgrad keeps output blocks <= 64 wide (no spills) and wgrad 64 rows per step (fp32 fits in 227 KB). The fused
     backward takes both channel dims whole (<= FUSED_MAX) and holds the grad W accumulator besides the dgrad tiles:
-    FUSED_BLOCK_M rows per step."""
+    FUSED_BLOCK_M rows per step. On a GPU with less shared memory (gpus.device_profile) the preferred tiles give
+    way, in order, to fewer stages, a narrower reduced block, then narrower output and row blocks: the first whose
+    predicted shared memory (_SMEM) fits."""
     cpu = triton_interpreted() or x.device.type != "cuda"
-    if kernel == "fused":
-        return (min(max(next_pow2(M), 16), 256) if cpu else FUSED_BLOCK_M, max(next_pow2(CO), 16),
-                max(next_pow2(CI), 16), 4 if cpu else FUSED_WARPS)
     if cpu:
-        return (min(max(next_pow2(M), 16), 256), min(max(next_pow2(CO), 16), 64), min(max(next_pow2(CI), 16), 64), 4)
+        bm = min(max(next_pow2(M), 16), 256)
+        if kernel == "fused":
+            return bm, max(next_pow2(CO), 16), max(next_pow2(CI), 16), 4, FUSED_STAGES
+        return bm, min(max(next_pow2(CO), 16), 64), min(max(next_pow2(CI), 16), 64), 4, 3
+    profile, e = device_profile(x.device), x.element_size()
+    if kernel == "fused":
+        bn, bk = max(next_pow2(CO), 16), max(next_pow2(CI), 16)
+        for st in range(FUSED_STAGES, 0, -1):
+            if profile.fits(_smem("fused", (FUSED_BLOCK_M, bn, bk, st), e)):
+                return FUSED_BLOCK_M, bn, bk, FUSED_WARPS, st
+        return None
     bm = 64 if kernel == "wgrad" else 128  # not sized by M: a new batch or image size must not recompile
     bn = min(max(next_pow2(CO), 16), 64 if kernel == "dgrad" else 128)
-    bk = min(max(next_pow2(CI), 16), 64 if x.element_size() <= 2 else 32)
-    return bm, bn, bk, (8 if bm * bn >= 128 * 64 else 4)
+    bk = min(max(next_pow2(CI), 16), 64 if e <= 2 else 32)
+    shapes = ((bm, bn), (bm, bn // 2), (bm // 2, bn // 2), (bm // 2, bn // 4))
+    candidates = [(m, n, k, st) for m, n in shapes if min(m, n) >= 16 for k in (bk, bk // 2, bk // 4) if k >= 16
+                  for st in (3, 2)]
+
+    def fits(c):
+        return profile.fits(_smem(kernel, c, e)) and profile.dots_fit_registers(_live(kernel, c), _warps(*c[:2]))
+    bm, bn, bk, st = next((c for c in candidates if fits(c)), candidates[-1])
+    return bm, bn, bk, _warps(bm, bn), st
+
+
+def _warps(m, n):
+    return 8 if m * n >= 128 * 64 else 4
+
+
+def _live(kernel, cfg):
+    """Elements of the accumulator and both dot operands of cfg = (rows, output block, reduced block, _) (wgrad:
+    the rows are reduced and the accumulator is output x input channels): what FMA dots hold in registers."""
+    m, n, k = cfg[:3]
+    return n * k + m * (n + k) if kernel == "wgrad" else m * n + k * (m + n)
+
+
+def _smem(kernel, cfg, e):
+    """Predicted shared memory of `kernel` with cfg = (rows, output block, reduced block, stages), e-byte elements."""
+    elems, resident = _SMEM[kernel](*cfg[:3], e)
+    return max(smem_estimate(elems, e, cfg[3], resident), _ACC_TILE[kernel](*cfg[:3]) * max(e, 4))
 
 
 def _check_args(x, weight, in_scale, in_shift, bias):
@@ -311,17 +362,19 @@ def _pw_forward(x, weight, in_scale, in_shift, bias, in_act, stats):
     x, (sxn, sxc, sxp) = _flat(x)
     _, (syn, syc, syp) = _flat(y)
     w = weight.detach().reshape(CO, CI)
-    BM, BN, BK, nw = _blocks(M, CI, CO, x)
+    BM, BN, BK, nw, ns = _blocks(M, CI, CO, x)
     mblk = triton.cdiv(M, BM)
     pcnt, pmean, pm2 = partial_stats(mblk, CO, x, sd, stats)
     s, t, b = vec(in_scale), vec(in_shift), vec(bias)
     dummy = pcnt
     dot_dt, ieee = _dot_cfg(x)
-    _pw_fwd_kernel[(mblk, triton.cdiv(CO, BN))](
-        x, w, s if s is not None else dummy, t if t is not None else dummy, b if b is not None else dummy, y,
-        pcnt, pmean, pm2, M, HW, CI, CO, sxn, sxc, sxp, syn, syc, syp, w.stride(0), w.stride(1),
-        IN_AFFINE=s is not None, IN_ACT=bool(in_act), HAS_BIAS=b is not None, STATS=bool(stats),
-        ACC=tl_acc(x.dtype), DOT_DT=dot_dt, IEEE=ieee, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw)
+    with on_device(x):
+        _pw_fwd_kernel[(mblk, triton.cdiv(CO, BN))](
+            x, w, s if s is not None else dummy, t if t is not None else dummy, b if b is not None else dummy, y,
+            pcnt, pmean, pm2, M, HW, CI, CO, sxn, sxc, sxp, syn, syc, syp, w.stride(0), w.stride(1),
+            IN_AFFINE=s is not None, IN_ACT=bool(in_act), HAS_BIAS=b is not None, STATS=bool(stats),
+            ACC=tl_acc(x.dtype), DOT_DT=dot_dt, IEEE=ieee, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw,
+            num_stages=ns)
     if stats:
         return (y, *finish_stats(pcnt, pmean, pm2, x))
     return y, x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
@@ -368,8 +421,10 @@ def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, 
     # the fused kernel's registers are sized for tensor-core dots: an IEEE dot on the GPU (fp32 with TF32 off, fp64)
     # runs on FMA units with its operands in registers and spills heavily at these widths (ptxas), so takes two kernels
     fused = max(next_pow2(CO), next_pow2(CI)) <= FUSED_MAX and not (ieee and x.device.type == "cuda")
-    launch = _fused_backward if fused else _split_backward
-    pgs, pgt, pgw, pgb = launch(io, (M, HW, CI, CO), strides, (sdn, sdc, sdp), bool(has_bias), dummy, flags)
+    cfg = _blocks(M, CI, CO, x, "fused") if fused else None  # None: its shared memory does not fit this GPU
+    dims = (M, HW, CI, CO)
+    pgs, pgt, pgw, pgb = (_fused_backward(io, dims, strides, (sdn, sdc, sdp), bool(has_bias), dummy, flags, cfg)
+                          if cfg else _split_backward(io, dims, strides, (sdn, sdc, sdp), bool(has_bias), dummy, flags))
     if s is not None:
         g_s, g_t = sum_partials(pgs, empty(CI, x, sd)), sum_partials(pgt, empty(CI, x, sd))
     gw = sum_partials(pgw, torch.empty_like(weight, memory_format=torch.contiguous_format))
@@ -378,21 +433,22 @@ def _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, 
     return gx, gw, g_s, g_t, g_b
 
 
-def _fused_backward(io, dims, strides, gx_strides, has_bias, dummy, flags):
+def _fused_backward(io, dims, strides, gx_strides, has_bias, dummy, flags, cfg):
     """grad x and the per-program partials (in_scale, in_shift, weight, bias grads) in one persistent launch: each
     program a contiguous run of row tiles, so g and x are read once. Returns the partials (dummies where absent)."""
     w, x = io[6], io[7]
     M, _, CI, CO = dims
     sd = acc_dtype(x)
-    BM, BN, BK, nw = _blocks(M, CI, CO, x, "fused")
+    BM, BN, BK, nw, ns = cfg  # _blocks(..., "fused")
     # one program per SM (its registers leave no room for a second): the fewest grad W partials that fill the GPU
-    programs, per = split_tiles(triton.cdiv(M, BM), PROGRAMS_PER_SM, x.device)
+    programs, per = split_tiles(triton.cdiv(M, BM), device_profile(x.device).programs_per_sm, x.device)
     pgs, pgt = (empty((programs, CI), x, sd) if flags["IN_AFFINE"] else dummy for _ in range(2))
     pgw = empty((programs, CO, CI), x, sd)
     pgb = empty((programs, CO), x, sd) if has_bias else dummy
-    _pw_bwd_fused_kernel[(programs,)](*io, pgs, pgt, pgw, pgb, *dims, per, *strides, *gx_strides, w.stride(0),
-                                      w.stride(1), HAS_BIAS=has_bias, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
-                                      num_warps=nw, num_stages=FUSED_STAGES, **flags)
+    with on_device(x):
+        _pw_bwd_fused_kernel[(programs,)](*io, pgs, pgt, pgw, pgb, *dims, per, *strides, *gx_strides, w.stride(0),
+                                          w.stride(1), HAS_BIAS=has_bias, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+                                          num_warps=nw, num_stages=ns, **flags)
     return pgs, pgt, pgw, pgb
 
 
@@ -404,23 +460,25 @@ def _split_backward(io, dims, strides, gx_strides, has_bias, dummy, flags):
     M, _, CI, CO = dims
     sd = acc_dtype(x)
     # grad x: rows x input channels, looping over output channels
-    BM, b_ci, b_co, nw = _blocks(M, CO, CI, x, "dgrad")  # (M x CO) @ (CO x CI): CO is the reduced dim
+    BM, b_ci, b_co, nw, ns = _blocks(M, CO, CI, x, "dgrad")  # (M x CO) @ (CO x CI): CO is the reduced dim
     mblk = triton.cdiv(M, BM)
     pgs, pgt = (empty((mblk, CI), x, sd) if flags["IN_AFFINE"] else dummy for _ in range(2))
-    _pw_dgrad_kernel[(mblk, triton.cdiv(CI, b_ci))](
-        *io, pgs, pgt, *dims, *strides, *gx_strides, w.stride(0), w.stride(1),
-        BLOCK_M=BM, BLOCK_N=b_co, BLOCK_K=b_ci, num_warps=nw, **flags)
+    with on_device(x):
+        _pw_dgrad_kernel[(mblk, triton.cdiv(CI, b_ci))](
+            *io, pgs, pgt, *dims, *strides, *gx_strides, w.stride(0), w.stride(1),
+            BLOCK_M=BM, BLOCK_N=b_co, BLOCK_K=b_ci, num_warps=nw, num_stages=ns, **flags)
     # grad W (and bias): output x input channels, the rows split across programs, fp32 partials
-    BM, BN, BK, nw = _blocks(M, CI, CO, x, "wgrad")
+    BM, BN, BK, nw, ns = _blocks(M, CI, CO, x, "wgrad")
     tiles = triton.cdiv(CO, BN) * triton.cdiv(CI, BK)
     want = max(1, min(triton.cdiv(M, BM), triton.cdiv(target_programs(x.device), tiles)))
     rows = triton.cdiv(triton.cdiv(M, want), BM) * BM
     splits = triton.cdiv(M, rows)
     pgw = empty((splits, CO, CI), x, sd)
     pgb = empty((splits, CO), x, sd) if has_bias else dummy
-    _pw_wgrad_kernel[(triton.cdiv(CO, BN), triton.cdiv(CI, BK), splits)](
-        *io[:6], *io[7:10], pgw, pgb, *dims, rows, *strides, HAS_BIAS=has_bias,
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw, **flags)
+    with on_device(x):
+        _pw_wgrad_kernel[(triton.cdiv(CO, BN), triton.cdiv(CI, BK), splits)](
+            *io[:6], *io[7:10], pgw, pgb, *dims, rows, *strides, HAS_BIAS=has_bias,
+            BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw, num_stages=ns, **flags)
     return pgs, pgt, pgw, pgb
 
 

@@ -1,16 +1,20 @@
+# NOTE TO ENGINEERS WORKING NOW (temporary, the lead removes it): several agents edit this checkout at once and
+# share 2 CPU cores. Full rules: /tmp/common.md. Edit shared files only with small str_replace edits (never rewrite
+# a file wholesale), never run git checkout/stash/reset/commit/add, run only targeted tests.
 """Helpers shared by every op file: the environment switches, the library namespace, input checks, memory
 layouts, accumulation dtypes, block and grid sizing, output sizes, buffer allocation with the NaN-poison switch,
 the on-device merge of partial statistics and sums, and the Triton device functions of the training convs.
 
 Triton is optional (the C++ assignment op and the reference paths work without it): `triton` is None when it
 cannot be imported and `TRITON_IMPORT_ERROR` says why."""
+import contextlib
 import math
 import os
 import warnings
 
 import torch
 
-from ..gpus import PROGRAMS_PER_SM, device_profile  # noqa: F401  (PROGRAMS_PER_SM: pwconv's split grid)
+from ..gpus import device_profile
 
 try:
     import triton
@@ -92,6 +96,13 @@ def check_device(x):
                                "(set TRITON_INTERPRET=1 before importing triton; slow, for testing)")
         return
     raise RuntimeError(f"yolov10_kernels Triton ops do not support {x.device.type} tensors")
+
+
+def on_device(t):
+    """Every Triton launch runs inside this: Triton launches on the current CUDA device (and its stream), so a
+    tensor on cuda:1 while the current device is 0 needs its device made current; nothing for CPU and meta
+    tensors."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------------------------------ layouts and buffers
@@ -209,26 +220,57 @@ def stat_grads(grad_mean, grad_var):
             grad_var if grad_var is not None else torch.zeros_like(grad_mean))
 
 
+# The most partial rows one program of a merge walks: each row is a dependent step (a load, then an update of the
+# running result), so a serial walk over all P rows (3,200 for a pointwise layer at 80x80, batch 64) costs about a
+# millisecond of pure latency. The merges are trees instead: level 1 merges groups of `merge_rows(P)` rows in
+# parallel, the next level merges the groups' results, in a fixed order (bit-stable run to run).
+MERGE_ROWS = 256
+
+
+def merge_rows(P):
+    """Rows per program of the merge tree of P partial rows: about sqrt(P), so that both levels walk about as many
+    rows, at most MERGE_ROWS (past MERGE_ROWS ** 2 rows the tree gets a third level)."""
+    return min(MERGE_ROWS, math.isqrt(max(P, 1) - 1) + 1)
+
+
 def finish_stats(cnt, mean, m2, like):
     """(mean, biased var) per channel from per-program partials (count [P], mean [P, C], M2 [P, C]), merged on
-    the device with the parallel-variance formula (Chan et al.) in one small launch: no host glue."""
+    the device with the parallel-variance formula (Chan et al.) as a tree (two small launches up to
+    MERGE_ROWS ** 2 rows): no host glue."""
     P, C = mean.shape
-    out_mean, out_var = empty(C, like, mean.dtype), empty(C, like, mean.dtype)
+    rows, acc = merge_rows(P), mean.dtype
     block = min(max(next_pow2(C), 16), 1024 if triton_interpreted() else 256)
-    _merge_stats_kernel[(triton.cdiv(C, block),)](cnt, mean, m2, out_mean, out_var, P, C, ACC=tl_acc(mean.dtype),
-                                                  BLOCK_C=block)
-    return out_mean, out_var
+    while True:
+        groups = max(1, triton.cdiv(P, rows))
+        final = groups == 1
+        out = (cnt, empty(C, like, acc), empty(C, like, acc)) if final else (  # cnt: not written when final
+            empty(groups, like, acc), empty((groups, C), like, acc), empty((groups, C), like, acc))
+        with on_device(like):
+            _merge_stats_kernel[(triton.cdiv(C, block), groups)](cnt, mean, m2, *out, P, C, rows, FINAL=final,
+                                                                ACC=tl_acc(acc), BLOCK_C=block)
+        if final:
+            return out[1], out[2]
+        (cnt, mean, m2), P = out, groups
 
 
 def sum_partials(partials, out, taps=0):
-    """out = partials.sum(0) on the device, cast to out's dtype (per-program fp32 partial gradients, summed in a
-    fixed order: deterministic). taps > 0: partials are (P, taps, C) and out is a depthwise weight (C, 1, k, k)
-    with k * k == taps (the transposed store)."""
-    n = partials[0].numel()
+    """out = partials.sum(0) on the device, cast to out's dtype (per-program fp32 partial gradients, summed as a
+    tree in a fixed order: deterministic). taps > 0: partials are (P, taps, C) and out is a depthwise weight
+    (C, 1, k, k) with k * k == taps (the transposed store)."""
+    P, n = partials.shape[0], partials[0].numel()
+    rows, acc = merge_rows(P), partials.dtype
     block = min(max(next_pow2(n), 16), 4096 if triton_interpreted() else 512)
-    _sum_partials_kernel[(triton.cdiv(n, block),)](partials, out, partials.shape[0], n, max(taps, 1),
-                                                   TRANSPOSE=taps > 0, ACC=tl_acc(partials.dtype), BLOCK=block)
-    return out
+    while True:
+        groups = max(1, triton.cdiv(P, rows))
+        final = groups == 1
+        dst = out if final else empty((groups, n), partials, acc)
+        with on_device(partials):
+            _sum_partials_kernel[(triton.cdiv(n, block), groups)](partials, dst, P, n, max(taps, 1), rows,
+                                                                  FINAL=final, TRANSPOSE=final and taps > 0,
+                                                                  ACC=tl_acc(acc), BLOCK=block)
+        if final:
+            return out
+        partials, P = dst, groups
 
 
 # ------------------------------------------------------------------------------------------ Triton device functions
@@ -289,37 +331,53 @@ if triton is not None:
         m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
         return n, mean, m2
 
-    @triton.jit(do_not_specialize=["P"])
-    def _merge_stats_kernel(cnt_ptr, mean_ptr, m2_ptr, out_mean_ptr, out_var_ptr, P, C,
-                            ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    @triton.jit(do_not_specialize=["P", "ROWS"])
+    def _merge_stats_kernel(cnt_ptr, mean_ptr, m2_ptr, ocnt_ptr, omean_ptr, om2_ptr, P, C, ROWS,
+                            FINAL: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Merges rows [g ROWS, (g + 1) ROWS) of the P partial rows, g = program_id(1), into row g of the next
+        level's partials (ocnt, omean, om2); FINAL (one group): into (mean, biased var) per channel (omean, om2)."""
         c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        g = tl.program_id(1)
         cm = c < C
         n = tl.zeros([BLOCK_C], ACC)
         mean = tl.zeros([BLOCK_C], ACC)
         m2 = tl.zeros([BLOCK_C], ACC)
-        for p in range(P):
-            n_b = tl.load(cnt_ptr + p + c * 0).to(ACC)
-            mean_b = tl.load(mean_ptr + p * C + c, mask=cm, other=0.0).to(ACC)
-            m2_b = tl.load(m2_ptr + p * C + c, mask=cm, other=0.0).to(ACC)
+        for i in range(ROWS):
+            p = g * ROWS + i + c * 0
+            pm = p < P  # the last group's rows past P count as programs that saw no rows
+            n_b = tl.load(cnt_ptr + p, mask=pm, other=0.0).to(ACC)
+            mean_b = tl.load(mean_ptr + p * C + c, mask=cm & pm, other=0.0).to(ACC)
+            m2_b = tl.load(m2_ptr + p * C + c, mask=cm & pm, other=0.0).to(ACC)
             n_ab = n + n_b
             f = n_b / tl.maximum(n_ab, 1.0)  # a program that saw no rows (n_b == 0) changes nothing
             delta = mean_b - mean
             mean += delta * f
             m2 += m2_b + delta * delta * n * f
             n = n_ab
-        tl.store(out_mean_ptr + c, mean, mask=cm)
-        tl.store(out_var_ptr + c, m2 / tl.maximum(n, 1.0), mask=cm)
+        if FINAL:
+            tl.store(omean_ptr + c, mean, mask=cm)
+            tl.store(om2_ptr + c, m2 / tl.maximum(n, 1.0), mask=cm)
+        else:
+            tl.store(ocnt_ptr + g + c * 0, n, mask=c == 0)  # every lane holds the count: one store
+            tl.store(omean_ptr + g * C + c, mean, mask=cm)
+            tl.store(om2_ptr + g * C + c, m2, mask=cm)
 
-    @triton.jit(do_not_specialize=["P"])
-    def _sum_partials_kernel(p_ptr, out_ptr, P, N, TAPS, TRANSPOSE: tl.constexpr, ACC: tl.constexpr,
-                             BLOCK: tl.constexpr):
+    @triton.jit(do_not_specialize=["P", "ROWS"])
+    def _sum_partials_kernel(p_ptr, out_ptr, P, N, TAPS, ROWS, FINAL: tl.constexpr, TRANSPOSE: tl.constexpr,
+                             ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """Sums rows [g ROWS, (g + 1) ROWS) of the P partial rows, g = program_id(1), into row g of the next
+        level's partials; FINAL (one group): into out, in its dtype."""
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        g = tl.program_id(1)
         m = i < N
         acc = tl.zeros([BLOCK], ACC)
-        for p in range(P):
-            acc += tl.load(p_ptr + p * N + i, mask=m, other=0.0).to(ACC)
+        for r in range(ROWS):
+            p = g * ROWS + r
+            acc += tl.load(p_ptr + p * N + i, mask=m & (p < P), other=0.0).to(ACC)
         o = i
         if TRANSPOSE:  # i = tap * C + c  ->  (c, tap) of a (C, 1, k, k) weight
             C = N // TAPS
             o = (i % C) * TAPS + i // C
+        if not FINAL:
+            o = g * N + i
         tl.store(out_ptr + o, acc.to(out_ptr.dtype.element_ty), mask=m)

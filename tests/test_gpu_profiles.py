@@ -1,0 +1,135 @@
+"""Per-GPU choices (issue 19): the pointwise launchers size their tiles by the profile of the device at hand
+(yolov10_kernels.gpus), and a drop-in whose kernels cannot run on the GPU at hand (bf16 on a T4, a Triton error
+such as OutOfResources) falls back to its reference forward with one warning naming the module and the reason.
+The launches are made on fake CUDA tensors (capture.fake_gpu) that report each profile; nothing is compiled here
+(the static report compiles every chosen config for every profile: tests/test_gpu_budgets.py)."""
+import warnings
+
+import pytest
+import torch
+
+from yolov10_kernels import gpus
+from yolov10_kernels.capture import Recorder, fake_gpu, fake_input
+from yolov10_kernels.modules.cls_head import FusedClsHead
+from yolov10_kernels.ops import pwconv, utils
+
+# (C_in, C_out) of yolov10n/s/m's pointwise convs: the cls head's (fused backward) up to the widest
+CHANNELS = ((64, 64), (80, 80), (128, 128), (256, 512), (960, 256))
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@pytest.fixture
+def gpu_launchers(monkeypatch):
+    """The launchers choose GPU configs (TRITON_INTERPRET is read per call) for fake CUDA tensors."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(utils, "_warned", set())
+
+
+@pytest.mark.parametrize("gpu", list(gpus.PROFILES))
+def test_pointwise_tiles_fit_every_profile(gpu, gpu_launchers):
+    profile = gpus.PROFILES[gpu]
+    with fake_gpu(Recorder(), gpu) as mode:
+        for dtype in DTYPES:
+            x = fake_input(mode, (2, 8, 8, 8), dtype, True)
+            e = x.element_size()
+            for ci, co in CHANNELS:
+                for kernel in ("fwd", "dgrad", "wgrad"):
+                    m, n, k, warps, stages = pwconv._blocks(128, ci, co, x, kernel)
+                    assert profile.fits(pwconv._smem(kernel, (m, n, k, stages), e)), (kernel, ci, co, dtype)
+                    assert min(m, n, k) >= 16 and stages >= 2 and warps in (4, 8)
+                fused = pwconv._blocks(128, ci, co, x, "fused") if max(ci, co) <= pwconv.FUSED_MAX else None
+                if fused:
+                    assert profile.fits(pwconv._smem("fused", (*fused[:3], fused[4]), e))
+
+
+def test_preferred_tiles_where_shared_memory_allows(gpu_launchers):
+    """The 227 KB GPUs keep the tiles sized with ptxas on sm_90a; smaller ones shrink stages first; a T4 still
+    runs the cls head's fp16 backward in one kernel at 64 channels, and two where the fused one does not fit."""
+    def blocks(gpu, dtype, ci, co, kernel):
+        with fake_gpu(Recorder(), gpu) as mode:
+            return pwconv._blocks(128, ci, co, fake_input(mode, (2, 8, 8, 8), dtype, True), kernel)
+    assert blocks("H200", torch.float16, 256, 512, "fwd") == (128, 128, 64, 8, 3)
+    assert blocks("H100", torch.float32, 256, 512, "wgrad") == (64, 128, 32, 8, 3)
+    assert blocks("B200", torch.float32, 128, 128, "fused") == (32, 128, 128, 8, 2)
+    assert blocks("RTX3090", torch.float16, 256, 512, "fwd") == (128, 128, 64, 8, 2)
+    assert blocks("RTX3090", torch.float16, 128, 128, "fused") == (32, 128, 128, 8, 2)
+    assert blocks("RTX3090", torch.float32, 128, 128, "fused") is None
+    assert blocks("A100", torch.float32, 128, 128, "fused")[4] == 1
+    assert blocks("T4", torch.float16, 64, 64, "fused") is not None
+    assert blocks("T4", torch.float16, 128, 128, "fused") is None
+
+
+def _head():
+    from yolov10.model import YOLOv10
+    head = YOLOv10("n").model[-1]
+    return FusedClsHead.from_module(head.cv3[0], "auto")
+
+
+def _guarded(gpu, dtype, fused, module=None, calls=2):
+    """module.guarded(x, fused) `calls` times on a fake CUDA x of `dtype` on `gpu`, the reference forward stubbed
+    (fake tensors); returns (results, the package's warnings)."""
+    m = module or _head()
+    m.reference_forward = lambda x: "reference"
+    with fake_gpu(Recorder(), gpu) as mode, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = fake_input(mode, (1, 64, 8, 8), dtype, True)
+        out = [m.guarded(x, fused) for _ in range(calls)]
+    return out, [str(w.message) for w in caught if "yolov10_kernels" in str(w.message)]
+
+
+def test_bf16_without_bf16_tensor_cores_runs_the_reference_with_one_warning(gpu_launchers):
+    out, warned = _guarded("T4", torch.bfloat16, lambda x: "fused")
+    assert out == ["reference", "reference"]
+    assert len(warned) == 1 and "FusedClsHead" in warned[0] and "T4" in warned[0] and "bfloat16" in warned[0]
+    assert _guarded("T4", torch.float16, lambda x: "fused") == (["fused", "fused"], [])
+    assert _guarded("RTX3090", torch.bfloat16, lambda x: "fused") == (["fused", "fused"], [])
+
+
+def test_a_kernel_that_cannot_launch_falls_back_once_and_stays_on_the_reference(gpu_launchers):
+    from triton.runtime.errors import OutOfResources
+    tries = []
+
+    def fused(x):
+        tries.append(1)
+        raise OutOfResources(114688, 101376, "shared memory")
+    m = _head()
+    out, warned = _guarded("RTX3090", torch.float16, fused, m, calls=3)
+    assert out == ["reference"] * 3 and tries == [1]  # marked reference-only after the first failure
+    assert len(warned) == 1 and "FusedClsHead" in warned[0] and "OutOfResources" in warned[0], warned
+    assert "_unfusable" not in m.__reduce_ex__(2)[2]  # not pickled with the reference module
+
+
+def test_other_errors_are_not_swallowed(gpu_launchers):
+    def bug(x):
+        raise ValueError("a bug, not the GPU")
+    with pytest.raises(ValueError, match="a bug"):
+        _guarded("RTX3090", torch.float16, bug)
+    m = _head()  # a Triton error on a CPU tensor (the interpreter) is a failure to see, not to hide
+    from triton.runtime.errors import OutOfResources
+
+    def oor(x):
+        raise OutOfResources(1, 0, "shared memory")
+    with pytest.raises(OutOfResources):
+        m.guarded(torch.zeros(1, 64, 8, 8), oor)
+
+
+def test_autotuner_prunes_follow_the_profile(gpu_launchers):
+    """The autotuners keep every config on a 227 KB GPU but the fp32 128 x 128 x 3-stage DW -> PW one (as sized
+    for sm_90a), fewer on 99 KB and 64 KB GPUs, and never none."""
+    from yolov10_kernels.ops import chain_eval, psa_attention
+
+    def kept(gpu, dtype):
+        with fake_gpu(Recorder(), gpu) as mode:
+            x = fake_input(mode, (1, 64, 8, 8), dtype, True)
+            heads = dict(KD0=32, KD1=4, HD0=64, HD1=8)
+            return (len(chain_eval._prune_dw_pw(chain_eval._DW_PW_CONFIGS, {"x_ptr": x}, KS=3)),
+                    len(chain_eval._prune_pw_pw(chain_eval._DW_PW_PW_CONFIGS, {"x_ptr": x}, KS=3, N1P=128)),
+                    len(psa_attention._prune_fwd(psa_attention._FWD_CONFIGS, {"QKV": x}, **heads)),
+                    len(psa_attention._prune_bwd(psa_attention._BWD_CONFIGS, {"QKV": x}, **heads)))
+    assert kept("H200", torch.bfloat16) == (5, 4, 5, 4)
+    assert kept("H200", torch.float32) == (4, 4, 5, 2)
+    for gpu in ("RTX3090", "T4"):
+        for dtype in DTYPES:
+            sizes, most = kept(gpu, dtype), kept("H200", dtype)
+            assert all(1 <= n <= m for n, m in zip(sizes, most)), (gpu, dtype, sizes)
+    assert kept("T4", torch.float32)[0] < kept("H200", torch.float32)[0]
