@@ -15,9 +15,11 @@ import time
 
 
 
-def ptxas_path():
-    import triton
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+def ptxas_path(target="sm_90a"):
+    """The ptxas Triton itself assembles `target` with: its bundled one, or for sm_100 and later the Blackwell
+    build it ships beside it (the PTX it emits there has a newer .version)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    return get_ptxas(int(target[3:].rstrip("a"))).path
 
 
 def ptxas_usage(ptx, target="sm_90a"):
@@ -26,7 +28,7 @@ def ptxas_usage(ptx, target="sm_90a"):
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        r = subprocess.run([ptxas_path(), "-v", f"--gpu-name={target}", src, "-o", os.path.join(d, "k.o")],
+        r = subprocess.run([ptxas_path(target), "-v", f"--gpu-name={target}", src, "-o", os.path.join(d, "k.o")],
                            capture_output=True, text=True)
     log = r.stderr + r.stdout
     out = {"ptxas_rc": r.returncode}
