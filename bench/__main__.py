@@ -52,6 +52,9 @@ def parse_args(argv=None):
                    help="CUDA: skip compiling every kernel variant up front (yolov10_kernels.warmup in parallel "
                         "workers); the first call of each row then compiles, outside its timing window")
     p.add_argument("--no-write", action="store_true", help="do not write result files")
+    p.add_argument("--no-md", action="store_true",
+                   help="write the .json alone (the GPU session: its files are counted); python -m bench.compare "
+                        "FILE prints its tables")
     p.add_argument("--stem", default=None,
                    help="result file name without extension (default <device>-<UTC date-time>)")
     args = p.parse_args(argv)
@@ -129,9 +132,9 @@ class _Run:
         if self.args.no_write:
             return
         paths = results.write_results(self.result(), self.out_dir, self.created.strftime("%Y-%m-%d-%H%M"),
-                                      stem=self.args.stem)
+                                      stem=self.args.stem, md=not self.args.no_md)
         if final:
-            common.log(f"[bench] wrote {paths[0]} and {paths[1]}")
+            common.log(f"[bench] wrote {paths[0]}" + ("" if self.args.no_md else f" and {paths[1]}"))
 
     def sections_run(self):
         """Target shapes first (half the budget), then assignment, other shapes and end to end."""

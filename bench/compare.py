@@ -227,17 +227,17 @@ def compare(a, b, show_all=False):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.compare",
                                 description="Compare two bench result files (rows matched by op, mode, case, dtype "
-                                            "and impl); B/A < 1 means B is faster.")
+                                            "and impl); B/A < 1 means B is faster. One file: its tables (the .md).")
     p.add_argument("a", help="result JSON (baseline)")
-    p.add_argument("b", help="result JSON (new)")
+    p.add_argument("b", nargs="?", help="result JSON (new); without it, A's markdown tables are printed")
     p.add_argument("--all", action="store_true", help="also list rows present in only one file")
     args = p.parse_args(argv)
     try:
-        a, b = load_results(args.a), load_results(args.b)
+        a, b = load_results(args.a), load_results(args.b) if args.b else None
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(compare(a, b, args.all))
+    print(compare(a, b, args.all) if b else markdown(a))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The one-call GPU session (bash bench/gpu_session.sh wraps this): six phases, each in its own process with
+"""The one-call GPU session (bash bench/gpu_session.sh wraps this): seven phases, each in its own process with
 its own time budget, each writing its result file into $OUT as it goes (a timeout or a signal keeps what
 was written). The GPU machine: torch 2.11 + triton 3.6 preinstalled, no ultralytics, no network.
 
@@ -11,8 +11,10 @@ phases (in order) and files:
   check   correctness.json  every op eval/train fwd+bwd fp32/bf16/fp16, target and odd shapes; the model;
                             the CUDA assigner against the C++ op; the measured dispatch's decisions with
                             their timings (yolov10n b16 640 px bf16 AMP, eval and train) (bench/gpu_check.py)
+  pytest  pytest.xml        the tests that skip without CUDA, then the test files with a CUDA path, with pytest
+                            (JUnit XML; pytest's output goes into session.log) (bench/gpu_tests.py)
   sweep   sweep.json        every config of every autotuned kernel at the target shapes (bench/sweep.py)
-  bench   bench.json/.md    the issue-target rows (eager, torch.compile max-autotune, ours), e2e n/s
+  bench   bench.json        the issue-target rows (eager, torch.compile max-autotune, ours), e2e n/s
   ncu     ncu.json          speed of light of the five heaviest kernels, where ncu reads counters
 plus session.log (everything printed). --dry-run: every phase on the CPU at tiny sizes (TRITON_INTERPRET=1,
 no timing targets). --phase NAME: that phase alone (for the minutes left after a first run)."""
@@ -33,11 +35,12 @@ PHASES = {
     "env": ("env.json", 20, 10),
     "build": ("build.json", 90, 10),
     "check": ("correctness.json", 90, 10),
+    "pytest": (None, 110, 10),  # writes pytest.xml itself
     "sweep": ("sweep.json", 50, 10),
-    "bench": (None, 120, 10),  # python -m bench writes bench.json / .md itself
+    "bench": (None, 120, 10),  # python -m bench writes bench.json itself
     "ncu": ("ncu.json", 30, 10),
 }
-GPU_LIMIT_S, DRY_LIMIT_S, PHASE_LIMIT_S = 400, 175, 175  # 7 and 3 minutes, less the start-up
+GPU_LIMIT_S, DRY_LIMIT_S, PHASE_LIMIT_S = 510, 175, 175  # 9 and 3 minutes, less the start-up
 GRACE_S = 15  # after SIGTERM, a phase has this long to write its file
 
 
@@ -75,7 +78,8 @@ def _matmul_rate(dev, dry_run):
 
 def _bench(session, f):
     from .__main__ import main
-    args = ["--out", str(session.out), "--stem", "bench", "--budget", str(max(int(session.left()) - 10, 20))]
+    # bench.json alone: $OUT holds at most 8 files (python -m bench.compare bench.json prints bench.md's tables)
+    args = ["--out", str(session.out), "--stem", "bench", "--no-md", "--budget", str(max(int(session.left()) - 10, 20))]
     if session.dry_run:
         args += ["--device", "cpu", "--smoke", "--ops", "scdown,e2e", "--threads", "1"]
     else:
@@ -93,8 +97,9 @@ def _body(name):
         return _env
     if name == "bench":
         return _bench
-    from . import gpu_check, sol, sweep, warm
-    return {"build": warm.run, "check": gpu_check.run, "sweep": sweep.run, "ncu": sol.run}[name]
+    from . import gpu_check, gpu_tests, sol, sweep, warm
+    return {"build": warm.run, "check": gpu_check.run, "pytest": gpu_tests.run, "sweep": sweep.run,
+            "ncu": sol.run}[name]
 
 
 def run_one(name, out, dry_run, deadline):

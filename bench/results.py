@@ -34,13 +34,14 @@ def _clean(v):
     return v
 
 
-def write_results(result, out_dir, stamp=None, stem=None):
-    """Write <device>-<stamp>.json and .md (or <stem>.json and .md) under out_dir (stamp: UTC date and time,
-    default now)."""
+def write_results(result, out_dir, stamp=None, stem=None, md=True):
+    """Write <device>-<stamp>.json and .md (or <stem>.json and .md; md False: the .json alone) under out_dir
+    (stamp: UTC date and time, default now)."""
     jpath, mpath = result_paths(result["env"], out_dir, stamp, stem)
     result = _clean(result)
     write_atomic(jpath, json.dumps(result, indent=1) + "\n")
-    write_atomic(mpath, markdown(result))
+    if md:
+        write_atomic(mpath, markdown(result))
     return jpath, mpath
 
 

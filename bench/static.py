@@ -11,9 +11,11 @@ tensors that report the profile's GPU (bench/static_capture.py), so the report f
 per-GPU choices as they change. Compiles are shared: one job per (arch, variant), so profiles of one arch
 (H100 / H200, L4 / RTX4090) and the variants two profiles have in common compile once.
 
-Writes bench/results/static-<date>.json ({"rows", "compiles", "gpus", "ops", "model_step", "env"}: per profile and
+Writes bench/results/static-<date>.json ({"rows", "compiles", "gpus", "ops", "model_step", "memory", "env"}: per profile and
 launched config a row (`gpu`, `target`) pointing at its compile, per profile the launch counts, per op and mode,
-the yolov10n train step's host ops ours vs the reference's; rows stored as columns + data, see
+the yolov10n train step's host ops ours vs the reference's; "memory": per model (yolov10n/s, yolo11n/s, yolo26n/s;
+batch 16, 640 px, AMP) the bytes autograd saves for backward, eager vs ours, whole model and per fused module kind,
+and the model's forward + backward host ops (bench/static_memory.py); rows stored as columns + data, see
 bench/static_table.py) and a markdown table beside it; tests/test_gpu_budgets.py enforces the budgets on the
 committed one, per profile. --quick: one scale (s), the launchers' own configs plus a sample of each
 autotuner's."""
@@ -158,10 +160,15 @@ def build_report(quick, n_jobs, scales=None, dtypes=DTYPES, log=print, gpus=None
     ops = op_summary(launches, scales, log)  # host ops and bytes do not depend on the GPU
     step = {"scale": "n", "batch": 2, "imgsz": 640, **count_model_step("n", 2, 640)}
     log(f"yolov10n train step host ops: ours {step['ours']['host_ops']}, reference {step['eager']['host_ops']}")
+    from .static_memory import measure_isolated
+    memory = measure_isolated()  # per model: saved-for-backward bytes and host ops of an AMP train step
+    for m in memory:
+        log(f"{m['model']} saved for backward: ours {m['ours']['saved_bytes']['total'] / 2**20:.0f} MiB, eager "
+            f"{m['eager']['saved_bytes']['total'] / 2**20:.0f} MiB")
     summary = gpu_summary(rows)
     for g, s in summary.items():
         log(f"{g}: {s['launches']} launches, {s['launchable']} launchable, {s['spills']} spilling configs")
-    return {"rows": rows, "gpus": summary, "ops": ops, "model_step": step,
+    return {"rows": rows, "gpus": summary, "ops": ops, "model_step": step, "memory": memory,
             "env": env_info(quick, n_jobs, time.time() - t0, profiles)}
 
 

@@ -162,18 +162,10 @@ def _loss_ops(model, preds_meta, factory, n_boxes=40, seed=0):
     return sum(counter.ops.values())
 
 
-def count_model_step(scale="n", batch=2, imgsz=640):
-    """Host ops of one training step of yolov10<scale> (forward, loss with both assigners' branches, backward):
-    the reference model with the reference assigner vs the accelerated model (every drop-in on its Triton path,
-    launches recorded on the meta device) with the fused assigner. The model part is counted on the meta device,
-    the loss part on the CPU (real boxes). Returns {eager: {...}, ours: {...}}."""
-    import functools
-    from yolov10 import YOLOv10
-    from yolov10_kernels.accelerate import accelerate
-    from yolov10_kernels.modules.assigner import FusedTaskAlignedAssigner
-    ref = YOLOv10(scale).train()
-    with _patched_cuda():
-        ours = accelerate(copy.deepcopy(ref), backend="triton")
+def count_model_ops(ref, ours, batch, imgsz):
+    """Host ops of one training forward + backward of the model `ref` (eager) and of `ours` (its drop-in copy, every
+    drop-in on its Triton path, launches recorded), on the meta device. Returns {eager: {...}, ours: {...}}: the
+    model's ops, its launches (eager: one per op) and the train-mode outputs (meta: the loss part's shapes)."""
     res = {}
     for name, m in (("eager", ref), ("ours", ours)):
         meta = copy.deepcopy(m).to("meta").train()
@@ -182,12 +174,31 @@ def count_model_step(scale="n", batch=2, imgsz=640):
         ctx = _ours_on_meta(rec, counter) if name == "ours" else contextlib.nullcontext()
         with ctx:
             with torch.no_grad():
-                preds = meta(x)  # the output shapes, for the loss part
+                preds = meta(x)
             with counter:
                 _run(meta, [x], True)
-        factory = functools.partial(FusedTaskAlignedAssigner, backend="auto") if name == "ours" else None
-        loss_ops = _loss_ops(m, preds, factory)
         model_ops = sum(counter.ops.values())
-        res[name] = {"host_ops": model_ops + loss_ops, "model_ops": model_ops, "loss_ops": loss_ops,
-                     "launches": len(rec.launches) if name == "ours" else model_ops}
+        res[name] = {"model_ops": model_ops, "launches": len(rec.launches) if name == "ours" else model_ops,
+                     "preds": preds}
+    return res
+
+
+def count_model_step(scale="n", batch=2, imgsz=640):
+    """Host ops of one training step of yolov10<scale> (forward, loss with both assigners' branches, backward):
+    the reference model with the reference assigner vs the accelerated model (every drop-in on its Triton path,
+    launches recorded on the meta device) with the fused assigner. The model part is counted on the meta device
+    (count_model_ops), the loss part on the CPU (real boxes). Returns {eager: {...}, ours: {...}}."""
+    import functools
+    from yolov10 import YOLOv10
+    from yolov10_kernels.accelerate import accelerate
+    from yolov10_kernels.modules.assigner import FusedTaskAlignedAssigner
+    ref = YOLOv10(scale).train()
+    with _patched_cuda():
+        ours = accelerate(copy.deepcopy(ref), backend="triton")
+    res = count_model_ops(ref, ours, batch, imgsz)
+    for name, m in (("eager", ref), ("ours", ours)):
+        r = res[name]
+        factory = functools.partial(FusedTaskAlignedAssigner, backend="auto") if name == "ours" else None
+        loss_ops = _loss_ops(m, r.pop("preds"), factory)
+        r.update(host_ops=r["model_ops"] + loss_ops, loss_ops=loss_ops)
     return res

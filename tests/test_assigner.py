@@ -287,7 +287,7 @@ def test_errors():
     s, pd, ap, lab, gt, mask = make_inputs(1, 4, img=160, seed=12)
     with pytest.raises(RuntimeError, match="anc_points must be"):
         task_aligned_assign(s, pd, ap[:-1], lab, gt, mask, 10, NC)
-    with pytest.raises(RuntimeError, match="num_classes"):
+    with pytest.raises(ValueError, match=f"num_classes={NC + 1}"):
         task_aligned_assign(s, pd, ap, lab, gt, mask, 10, NC + 1)
     with pytest.raises(RuntimeError, match="must not exceed the number of anchors"):
         task_aligned_assign(s[:, :5], pd[:, :5], ap[:5], lab, gt, mask, 10, NC)

@@ -150,6 +150,9 @@ def test_results_round_trip_and_compare(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| cib | infer | yolov10s b1 640px | ours | 1.0000 | 0.5000 | 0.50 |" in out
     assert compare_main([str(a_md), str(b_json)]) == 2  # not a result file: a clear error
+    assert compare_main([str(a_json)]) == 0 and capsys.readouterr().out == md + "\n"  # one file: its .md
+    c_json, c_md = results.write_results(_fake_result(), tmp_path / "c", stem="bench", md=False)  # the GPU session's
+    assert c_json.is_file() and not c_md.exists()
 
 
 def test_budget_skips_with_a_reason():

@@ -191,3 +191,44 @@ def test_report_rows_reproduce(kernel, gpu):
     got = _subprocess(_REPRODUCE, json.dumps({**want, "scale": row["shape"].split()[1][-1]}))
     for f in ("regs", "spill_bytes", "smem_bytes", "mma"):
         assert got[f] == row[f], (f, got[f], row[f])
+
+
+_FP64_PW = """
+import itertools, json, sys, torch
+from bench.static_compile import compile_variant, worker_init
+from yolov10_kernels import gpus
+from yolov10_kernels.capture import Recorder, fake_gpu, fake_input
+from yolov10_kernels.ops.pwconv import pw_conv_bn, pw_conv_bn_backward
+from yolov10_kernels.warmup import variant_key
+gpu = gpus.resolve(sys.argv[1])
+rec = Recorder()
+with fake_gpu(rec, gpu) as mode:
+    for (ci, co), cl in itertools.product(((256, 256), (512, 512), (64, 512), (512, 64)), (False, True)):
+        def t(*shape):
+            return fake_input(mode, shape, torch.float64, cl)
+        x, g, y = t(16, ci, 40, 40), t(16, co, 40, 40), t(16, co, 40, 40)
+        w, s, sh, b, mean, gm, gv = t(co, ci, 1, 1), t(ci), t(ci), t(co), t(co), t(co), t(co)
+        pw_conv_bn(x, w, s, sh, b, True, True)
+        pw_conv_bn_backward(g, gm, gv, x, w, s, sh, y, mean, True, True, True)
+worker_init(gpu.arch)
+out = {}
+for ln in rec.launches:
+    for c in ln.configs:
+        key = json.dumps(variant_key(ln, c), default=str)
+        if key not in out:
+            out[key] = [ln.kernel, c, compile_variant(ln.module, ln.kernel, ln.args, ln.constexprs, c, gpu=gpu)]
+print(json.dumps(list(out.values())))
+"""
+
+
+@pytest.mark.parametrize("gpu", ["T4", "RTX3090", "H200"])
+def test_fp64_pointwise_launches_fit_at_real_channel_counts(gpu):
+    """The static report covers fp16/bf16/fp32; fp64 (gradcheck, the exact references) must launch too: the pointwise
+    op's training forward + backward at 256 -> 256, 512 -> 512, 64 -> 512 and 512 -> 64 channels, NCHW and
+    channels_last, captured as `gpu` would launch them and compiled for its target: every variant compiles and fits
+    its shared memory and registers (the fp64 accumulator's store conversion once overflowed 99 KB)."""
+    got = _subprocess(_FP64_PW, gpu)
+    kernels = {k for k, _, _ in got}
+    assert {"_pw_fwd_kernel", "_pw_dgrad_kernel", "_pw_wgrad_kernel"} <= kernels, kernels
+    bad = [(k, c, {f: r.get(f) for f in ("smem_bytes", "regs", "error")}) for k, c, r in got if not r["launchable"]]
+    assert not bad, f"fp64 variants that cannot launch on {gpu} ({gpus.resolve(gpu).smem_per_block} B): {bad}"

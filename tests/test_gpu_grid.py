@@ -49,7 +49,8 @@ def assert_split(splits, profile, uneven):
 
 
 def _ids(cases):
-    return ["-".join(map(str, (k, c, "x".join(map(str, s)), "cl" if cl else "nchw", f"p{p}"))) for k, c, s, cl, p, _ in cases]
+    return ["-".join(map(str, (k, c, "x".join(map(str, s)), "cl" if cl else "nchw", f"p{p}")))
+            for k, c, s, cl, p, _ in cases]
 
 
 # kind, channels, x shape, channels_last, programs, whether some launch splits unevenly. 3 images make 3 output

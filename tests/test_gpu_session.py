@@ -8,8 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+from bench import gpu_tests
+
 ROOT = Path(__file__).resolve().parent.parent
-FILES = ("env.json", "build.json", "correctness.json", "sweep.json", "bench.json", "bench.md", "ncu.json",
+FILES = ("env.json", "build.json", "correctness.json", "pytest.xml", "sweep.json", "bench.json", "ncu.json",
          "session.log")
 
 
@@ -39,7 +41,13 @@ def test_dry_run_writes_every_phase_file(tmp_path):
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert bench["rows"] and all(not str(r["status"]).startswith("error") for r in bench["rows"])
     log = (tmp_path / "session.log").read_text()
-    assert log.count("phase ") == 6 and "gpu_session: done" in log
+    assert log.count("] phase ") == 7 and "gpu_session: done" in log
+    # the pytest phase: the CUDA-only tests ran through pytest and skipped here, each saying why, into pytest.xml
+    cases = {name: (outcome, why) for name, outcome, why in gpu_tests._cases(tmp_path / "pytest.xml")}
+    wanted = {t.replace("tests/", "tests.").replace(".py::", "::") for t in gpu_tests.CUDA_ONLY}
+    assert {n.split("[")[0] for n in cases} == wanted, sorted(cases)
+    assert all(o == "skipped" and ("CUDA" in why or "GPU" in why) for o, why in cases.values()), cases
+    assert "pytest cuda_only: rc 0" in log and "pytest gpu_files: rc 0" in log  # the GPU files collect
 
 
 def test_comparison_rules():
@@ -67,3 +75,14 @@ def test_bench_warm_up_says_why_it_compiles_nothing_without_a_gpu():
     out = warm_up(120, workers=1)
     assert out["status"].startswith("skipped") and "CUDA" in out["status"], out
     assert time.monotonic() - t0 < 120
+
+
+def test_pytest_phase_selects_every_test_file_with_a_cuda_path():
+    """Every test file that asks torch whether CUDA is available is in the GPU session's pytest selection (its files, or
+    its CUDA-only tests) or says why it has nothing to run on a GPU; the selection names existing files."""
+    asking = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")
+              if "torch.cuda.is_available()" in p.read_text() and p.name != Path(__file__).name}
+    selected = set(gpu_tests.GPU_FILES) | {t.split("::")[0] for t in gpu_tests.CUDA_ONLY}
+    assert asking - selected - set(gpu_tests.NOT_ON_GPU) == set()
+    assert all((ROOT / f).is_file() for f in selected | set(gpu_tests.NOT_ON_GPU))
+    assert not selected & set(gpu_tests.NOT_ON_GPU)

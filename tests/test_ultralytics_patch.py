@@ -346,6 +346,86 @@ def test_triton_dropins_in_yolov10n(monkeypatch):
                          what=f"{kind} {name} {key}")
     assert counts["psa_attention"] == 2 * expect["psa"] and counts["chain_train"] == 3
 
+
+def label_sets(imgsz, crowded_only):
+    """Label sets for the same two images: crowded (image 0 empty; image 1 with 120 boxes, a quarter of them 2 px,
+    some on the borders), and unless crowded_only, empty (no box in the batch) and tiny (8 boxes of 1-3 px per
+    image; sorted by image, as ultralytics' collate gives them and 8.4's loss expects)."""
+    crowded = crowded_batch(imgsz, n=120)
+    if crowded_only:
+        return {"crowded": crowded}
+    g = torch.Generator().manual_seed(1)
+    xy, wh = torch.rand(16, 2, generator=g) * 0.9 + 0.05, (torch.rand(16, 2, generator=g) * 2 + 1) / imgsz
+    tiny = {"batch_idx": (torch.arange(16) >= 8).float(), "cls": torch.randint(0, NC, (16, 1), generator=g).float(),
+            "bboxes": torch.cat([xy, wh], 1)}
+    empty = {"batch_idx": torch.zeros(0), "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4)}
+    return {"crowded": crowded, "empty": {**crowded, **empty}, "tiny": {**crowded, **tiny}}
+
+
+def train_step_and_eval(model, labels):
+    """One train-mode forward of the images and, per label set, the loss items and the gradient of every trainable
+    parameter (one backward each, on the shared forward); then the buffers (BN running statistics) and the eval
+    outputs."""
+    images = next(iter(labels.values()))["img"]
+    preds = model.train()(images)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    out = {"train": [t.detach().clone() for t in torch.utils._pytree.tree_leaves(preds) if isinstance(t, torch.Tensor)]}
+    for i, (name, batch) in enumerate(labels.items()):
+        loss, items = model.loss(batch, preds)
+        grads = torch.autograd.grad(loss.sum(), list(params.values()), retain_graph=i + 1 < len(labels))
+        out[name] = loss_vector(items), dict(zip(params, grads))
+    out["buffers"] = {n: b.clone() for n, b in model.named_buffers()}
+    with torch.no_grad():
+        out["eval"] = model.eval()(images)[0]
+    return out
+
+
+PARITY = {"yolo11n.yaml": 64, "yolo11s.yaml": 64, "yolo26n.yaml": 64, "yolo26s.yaml": 64}  # cfg: image size
+
+
+@pytest.mark.parametrize("cfg", list(PARITY))
+def test_triton_parity_yolo11_yolo26(cfg, monkeypatch):
+    """patch_ultralytics(model, backend="triton") on ultralytics' own yolo11n/s and yolo26n/s (8.4 only), through
+    the interpreter: one training step of the whole model with ultralytics' own loss gives the plain model's
+    train outputs, loss items and every parameter gradient on crowded, empty and tiny-box labels ('s': crowded
+    only, for time), its BN running statistics after the step, and its eval outputs. Every fused module ran its
+    kernels (train: chain_train per light cls branch, the fused attention per Attention; eval: both again)."""
+    from yolov10_kernels import patch_ultralytics
+    from yolov10_kernels.modules import dropin, psa
+    if cfg.startswith("yolo26") and ultra_version() < (8, 4):
+        assert not hasattr(oracle("ultralytics.nn.modules.head"), "Pose26")  # 8.3 has no YOLO26 to patch
+        return
+    plain = build_model(cfg)
+    patched = copy.deepcopy(plain)
+    swapped = patch_ultralytics(patched, backend="triton")["modules"]
+    assert swapped["cls_head"] > 0 and swapped["psa"] > 0
+    counts = {}
+    for owner, name in ((psa, "psa_attention"), (dropin.ChainDropIn, "folded"), (dropin, "chain_train")):
+        counting(monkeypatch, owner, name, counts)
+    labels = label_sets(PARITY[cfg], crowded_only=cfg[-6] == "s")
+    want = train_step_and_eval(plain, labels)
+    assert not counts
+    got = train_step_and_eval(patched, labels)
+    assert counts == {"chain_train": swapped["cls_head"], "psa_attention": 2 * swapped["psa"],
+                      "folded": swapped["cls_head"]}, counts
+    assert len(got["train"]) == len(want["train"])
+    for i, (g, w) in enumerate(zip(got["train"], want["train"])):
+        assert_close(g, w, rel=1e-4, what=f"{cfg} train output {i}")
+    for name in labels:
+        (items, grads), (ref_items, ref_grads) = got[name], want[name]
+        assert_close(items, ref_items, rel=1e-4, what=f"{cfg} {name} loss items")
+        # a gradient that is zero but for rounding (a BN shift the next BN normalises away) is held to the
+        # model's gradient scale
+        floor = 1e-3 * max(g.abs().max().item() for g in ref_grads.values())
+        for key, w in ref_grads.items():
+            assert_close(grads[key], w, rtol=1e-4, atol=1e-4 * max(w.abs().max().item(), floor),
+                         what=f"{cfg} {name} grad {key}")
+    for key, w in want["buffers"].items():
+        assert_close(got["buffers"][key], w, **({} if w.dtype == torch.long else dict(rtol=1e-5, atol=1e-6)),
+                     what=f"{cfg} buffer {key}")
+    assert_close(got["eval"], want["eval"], rel=1e-5, what=f"{cfg} eval outputs")
+
+
 def test_bad_input(monkeypatch):
     import ultralytics
 

@@ -332,6 +332,8 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         _cfg(BLOCK_P=32, BLOCK_K=32, BLOCK_N2=64, num_warps=4),
         _cfg(BLOCK_P=32, BLOCK_K=32, BLOCK_N2=32, num_warps=8),
         _cfg(BLOCK_P=64, BLOCK_K=32, BLOCK_N2=64, num_warps=8),
+        # for FMA dots (a T4: every tile in registers) at 256 hidden channels; tensor-core GPUs never time it
+        _cfg(BLOCK_P=16, BLOCK_K=16, BLOCK_N2=32, num_warps=8),
     ]
     _PW_DW_CONFIGS = [
         _cfg(BLOCK_Q=64, BLOCK_N=64, BLOCK_K=32, num_warps=4),
@@ -381,8 +383,11 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         def live(c):  # the DW tile, the hidden tile and its weight tile, the output accumulator
             p, k, n2 = c.kwargs["BLOCK_P"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N2"]
             return p * k + k * n1p + p * n1p + p * n2
-        kept = [c for c in configs if c.kwargs["BLOCK_P"] * n1p <= 16384]  # register budget of the hidden tile
-        return _fitting(kept, named_args["x_ptr"], smem, live) or configs[:1]  # the first is the smallest
+        mma = device_profile(named_args["x_ptr"].device).mma
+        kept = [c for c in configs if c.kwargs["BLOCK_P"] * n1p <= 16384  # register budget of the hidden tile
+                and (c.kwargs["BLOCK_K"] >= 32 or not mma)]
+        smallest = kept[:1] if mma else kept[-1:]  # the tensor-core list's first; the FMA config, last
+        return _fitting(kept, named_args["x_ptr"], smem, live) or smallest
 
     def _prune_pw_dw(configs, named_args, **kwargs):  # shared memory is small (<= 48 KB): registers only
         return _fitting(configs, named_args["x_ptr"], lambda c, e: 0,

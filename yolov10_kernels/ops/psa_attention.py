@@ -404,26 +404,33 @@ if triton is not None:
         # each stage holds a BLOCK_N-row K and V tile; the Q tile stays (bf16 64 x 64, 3 stages: 54 KB, sm_90a)
         qkv, kd = named_args["QKV"], kwargs["KD0"] + kwargs["KD1"]
         profile, e, width = device_profile(qkv.device), qkv.element_size(), _head_width(kwargs)
-        kept = [c for c in configs if profile.fits(smem_estimate(
+        # tensor-core GPUs keep the configs sized for them, FMA ones the small configs sized for registers
+        sized = [c for c in configs if (c.kwargs["BLOCK_M"] > _FMA_ROWS) == profile.mma]
+        kept = [c for c in sized if profile.fits(smem_estimate(
             c.kwargs["BLOCK_N"] * width, e, c.num_stages, c.kwargs["BLOCK_M"] * kd * e))]
-        return kept or configs[:1]  # the first is the smallest
+        return kept or sized[:1]  # the first is the smallest
 
     def _prune_bwd(configs, named_args, **kwargs):
         qkv = named_args["QKV"]
         profile, e, width = device_profile(qkv.device), qkv.element_size(), _head_width(kwargs)
-        # fp32 dkdv tiles spill with 4 warps at the m-scale head dims (124-172 B per thread, sm_90a)
-        warps = [c for c in configs if e < 4 or c.num_warps == 8]
+        # fp32 dkdv tiles spill with 4 warps at the m-scale head dims (124-172 B per thread, sm_90a), as do all
+        # tiles with FMA dots (T4: 0.7-1.5 KB per thread)
+        warps = [c for c in configs if (e < 4 and profile.mma) or c.num_warps == 8]
         # each stage holds an inner tile of the other side's rows; the program's own rows stay
-        kept = [c for c in warps if profile.fits(smem_estimate(
-            _BWD_INNER_GPU * width, e, max(c.num_stages, 1), _BWD_BLOCK_GPU * width * e))]
+        rows, inner = _bwd_tiles(qkv)
+        kept = [c for c in warps if profile.fits(smem_estimate(inner * width, e, max(c.num_stages, 1),
+                                                               rows * width * e))]
         return kept or warps[:1]
 
     # A small set (the static report compiles every config for every GPU profile): on sm_90a at the yolov10n/s/m
     # shapes none spills in bf16 or fp16, in NCHW or channels_last; configs whose predicted shared memory does not
     # fit the GPU at hand (gpus.device_profile) are pruned before launch.
+    # The last ones are for GPUs whose Triton dots run on FMA units (a T4: q, k, v, the logits and the output
+    # accumulator all in registers spill at 64 query rows); tensor-core GPUs never time them (_prune_fwd).
     _FWD_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                     for bm, bn, w, s in ((64, 32, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (128, 32, 8, 3),
-                                         (128, 64, 8, 2))]
+                                         (128, 64, 8, 2), (32, 32, 4, 2), (16, 16, 4, 2))]
+    _FMA_ROWS = 32  # query rows of the FMA-only configs, and at most those of the FMA backward tiles
     # The backward kernels' tile sizes are fixed by the launcher (the partial-sum buffers have one row per
     # block), so only warps and pipelining are tuned.
     _BWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 1), (4, 2), (8, 2), (8, 3))]
@@ -436,6 +443,15 @@ if triton is not None:
 # but 32 still gives several blocks (and the masked tail) at the test shapes
 _BWD_BLOCK_GPU = 64  # rows per program of the dq and dkdv kernels (and rows of the partial-sum buffers)
 _BWD_INNER_GPU = 32  # the tile they loop over
+
+
+def _bwd_tiles(qkv):
+    """(rows per program, inner tile) of the backward kernels: the interpreter's 32 x 32 (few, large programs),
+    and on a GPU whose dots run on FMA units (gpus.GPUProfile.mma False: a T4) too, whose registers hold every
+    tile (64 rows spill there); _BWD_BLOCK_GPU x _BWD_INNER_GPU on tensor-core GPUs."""
+    if triton_interpreted() or not device_profile(qkv.device).mma:
+        return _INTERP_BLOCK, _INTERP_BLOCK
+    return _BWD_BLOCK_GPU, _BWD_INNER_GPU
 if triton is not None:
     @triton.jit(do_not_specialize=["P"])
     def _psa_sums_kernel(pqa, pqb, ppa, ppb, dqa, dqb, dpa, dpb, P, CQ, C, KD: tl.constexpr, HD: tl.constexpr,
@@ -613,8 +629,7 @@ def psa_attn_bwd(dout: torch.Tensor, qkv: torch.Tensor, qkv_scale: torch.Tensor,
         z = lambda t: torch.zeros_like(t)  # noqa: E731  (dense t: its strides are kept)
         return z(qkv), z(qkv_scale), z(qkv_shift), z(pe), z(pe_scale), z(pe_shift)
     interp = triton_interpreted()
-    rows = _INTERP_BLOCK if interp else _BWD_BLOCK_GPU
-    inner = _INTERP_BLOCK if interp else _BWD_INNER_GPU
+    rows, inner = _bwd_tiles(qkv)
     nblk = triton.cdiv(N, rows)
     meta = _kernel_meta(qkv)
 

@@ -285,7 +285,8 @@ def _blocks(M, CI, CO, x, kernel="fwd"):
     backward takes both channel dims whole (<= FUSED_MAX) and holds the grad W accumulator besides the dgrad tiles:
     FUSED_BLOCK_M rows per step. On a GPU with less shared memory (gpus.device_profile) the preferred tiles give
     way, in order, to fewer stages, a narrower reduced block, then narrower output and row blocks: the first whose
-    predicted shared memory (_SMEM) fits."""
+    predicted shared memory (_SMEM) fits and, where Triton's dots run on FMA units (a T4), whose dot tiles (_live)
+    fit the registers."""
     cpu = triton_interpreted() or x.device.type != "cuda"
     if cpu:
         bm = min(max(next_pow2(M), 16), 256)
