@@ -44,8 +44,9 @@ class Case:
 
 
 def cases(dry_run):
-    """Target shapes (yolov10s: eval at batch 1, train at batch 64, 640 px) and odd shapes, every dtype;
-    a dry run: the tiny model, fp32, small odd shapes."""
+    """Target shapes (yolov10s: eval at batch 1, train at batch 64, 640 px) and odd shapes, every dtype; the cls
+    head and PSA of yolov10n (= YOLO11n's and YOLO26n's) in fp32 and bf16; a dry run: the tiny model, fp32, small
+    odd shapes."""
     out = []
     if dry_run:
         for op in ops.OPS:
@@ -61,6 +62,11 @@ def cases(dry_run):
             odd = (h // 2 + 1 if op in ("scdown", "cls_head") else h - 7, h // 2 - 3 if op != "psa" else h - 9)
             out.append(Case(op, "s", 3, odd, dtype, False, False))
             out.append(Case(op, "s", 3, odd, dtype, True, False))
+    for op in ("cls_head", "psa"):  # the YOLO11n / YOLO26n cls heads and attention: yolov10n's (ops.SAME_SHAPES)
+        _, _, shapes = ops.op_module(op, "n")
+        h = shapes[0][2]
+        for dtype in (torch.float32, torch.bfloat16):
+            out += [Case(op, "n", 1, (h, h), dtype, False, True), Case(op, "n", 64, (h, h), dtype, True, True)]
     return out
 
 

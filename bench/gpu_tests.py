@@ -43,7 +43,7 @@ NOT_ON_GPU = {
     "tests/test_ultralytics84.py": "runs tests/test_ultralytics_patch.py under ultralytics 8.4 (none on the GPU)",
 }
 PER_TEST_S = 120  # pytest-timeout (installed on the GPU machine): one hung test must not take the whole phase
-STOP_S = 20  # a pass gets SIGINT this long before the phase's deadline, to write its XML
+STOP_S = 10  # a pass gets SIGINT this long before the phase's deadline, to write its XML (killed 5 s later)
 
 
 def _args(xml, dry_run, collect_only):

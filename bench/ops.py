@@ -33,6 +33,10 @@ from .common import (NotAvailable, Pool, log, make_row, measure_copy_bandwidth, 
                      pool_size, sync, time_fn, timing_fields)
 
 OPS = ("cib", "scdown", "cls_head", "psa")
+# ultralytics' YOLO11 and YOLO26 (80 classes, 640 px) have yolov10<scale>'s light cls branches (P3-P5 inputs, c3) and
+# PSA (their C2PSA's; its attention is also C3k2(attn=True)'s in YOLO26): the yolov10n/s cls_head and psa rows are
+# theirs too (tests/test_ultralytics_patch.py checks the shapes against ultralytics' models)
+SAME_SHAPES = {"n": ("yolo11n", "yolo26n"), "s": ("yolo11s", "yolo26s")}
 MODES = ("infer", "train_fwd", "train_bwd", "train_full")
 TRAIN_MODES = MODES[1:]
 
@@ -196,6 +200,11 @@ class Case:
     impls: tuple = ("eager", "compile", "ours")
 
     @property
+    def also(self):
+        """The ultralytics models whose modules this case's shapes are (SAME_SHAPES)."""
+        return list(SAME_SHAPES.get(self.scale, ())) if self.op in ("cls_head", "psa") else []
+
+    @property
     def name(self):
         n = (self.res // 32) ** 2
         extra = f" (N={n})" if self.op == "psa" and self.res != 640 else ""
@@ -240,6 +249,9 @@ def default_cases(device, quick=False, smoke=False, compile_scope="targets", sca
     elif cuda:
         for op in ops:
             rest.append(Case(op, "s", ib, res, ("infer",), no_compile))
+    if quick:  # the YOLO11n / YOLO26n cls heads and attention (SAME_SHAPES); the full run has every n row
+        for op in [op for op in ("cls_head", "psa") if op in ops]:
+            rest += [Case(op, "n", 1, res, ("infer",), no_compile), Case(op, "n", tb, res, TRAIN_MODES, no_compile)]
     if compile_scope == "none":
         first = [dataclasses.replace(c, impls=tuple(i for i in c.impls if not i.startswith("compile")))
                  for c in first]
@@ -326,7 +338,7 @@ class _Runner:
                     0.0 if self.smoke else 0.5 * len(modes))
                 ok, why = self.budget.fits(est)
                 base = dict(op=case.op, impl=impl, case=case.name, scale=case.scale, batch=case.batch, res=case.res,
-                            where=path, shape=shapes, dtype=str(self.dtype).replace("torch.", ""),
+                            where=path, also=case.also, shape=shapes, dtype=str(self.dtype).replace("torch.", ""),
                             memory_format="channels_last" if self.cl else "contiguous", device=str(self.device))
                 if not ok:
                     rows += [make_row(mode=md, status=why, **base) for md in modes]

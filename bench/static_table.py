@@ -89,6 +89,7 @@ def markdown(report):
                   "| | model fwd + bwd | loss fwd + bwd (both assigners) | total |", "|---|---|---|---|",
                   f"| reference | {e['model_ops']} | {e['loss_ops']} | {e['host_ops']} |",
                   f"| accelerated + fused assigner | {o['model_ops']} | {o['loss_ops']} | {o['host_ops']} |"]
+    lines += memory_lines(report.get("memory") or [])
     # every row of every profile would be tens of thousands of lines: the ones that fail a budget, each once
     bad = {}
     for r in report["rows"]:
@@ -100,6 +101,31 @@ def markdown(report):
         lines.append(f"| {g} | {k} | {r['shape']} | {d} | {c} | {r.get('regs')} | {r.get('spill_bytes')} | "
                      f"{r.get('smem_bytes')} | {r['launchable']} |")
     return "\n".join(lines) + "\n"
+
+
+def memory_lines(rows):
+    """The "memory" rows (bench/static_memory.py) as markdown: per model, MiB autograd saves for backward in one AMP
+    training step, eager / ours, whole model and per fused module kind, and the model's host ops."""
+    if not rows:
+        return []
+    kinds = sorted({k for r in rows for side in ("eager", "ours") for k in r[side]["saved_bytes"]["by_kind"]}
+                   - {"other"})
+    r0 = rows[0]
+    lines = ["", f"## Saved for backward, one training step (batch {r0['batch']}, {r0['imgsz']} px, AMP {r0['amp']}; "
+             "fake tensors, bench/static_memory.py)", "",
+             "MiB eager / ours; per fused module kind, what is saved while those modules run (\"other\": the rest of "
+             "the model); host ops of the model's forward + backward.", "",
+             "| model | fused modules | total MiB | " + " | ".join(f"{k} MiB" for k in kinds) + " | other MiB | host ops |",
+             "|---" * (len(kinds) + 5) + "|"]
+
+    def mib(r, kind=None):
+        sb = [r[side]["saved_bytes"] for side in ("eager", "ours")]
+        return " / ".join(f"{(b['total'] if kind is None else b['by_kind'].get(kind, 0)) / 2**20:.1f}" for b in sb)
+    for r in rows:
+        fused = ", ".join(f"{n} {k}" for k, n in sorted(r["fused_modules"].items()))
+        lines.append(f"| {r['model']} | {fused} | {mib(r)} | " + " | ".join(mib(r, k) for k in kinds)
+                     + f" | {mib(r, 'other')} | {r['eager']['host_ops']} / {r['ours']['host_ops']} |")
+    return lines
 
 
 def write_report(report, out_dir):

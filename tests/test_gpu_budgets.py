@@ -109,6 +109,22 @@ def test_host_ops_per_op_at_most_eager_in_the_report():
     assert step["ours"]["host_ops"] <= step["eager"]["host_ops"], step
 
 
+def test_saved_for_backward_per_model_at_most_eager_in_the_report():
+    """The report's "memory" rows (bench/static_memory.py) cover yolov10n/s, yolo11n/s and yolo26n/s at batch 16,
+    640 px, AMP; per model the drop-ins save for backward at most what the modules they replace save, in total and
+    per fused module kind, the rest of the model the same on both sides, with at most eager's host ops."""
+    from bench.static_memory import MODELS
+    rows = {r["model"]: r for r in REPORT.get("memory", [])}
+    assert set(rows) == set(MODELS), f"memory rows for {sorted(rows)}, not {MODELS}: run python -m bench.static"
+    for name, r in rows.items():
+        assert (r["batch"], r["imgsz"], r["amp"]) == (16, 640, "float16"), name
+        eager, ours = r["eager"]["saved_bytes"], r["ours"]["saved_bytes"]
+        assert r["fused_modules"] and ours["by_kind"]["other"] == eager["by_kind"]["other"], name
+        over = [k for k in r["fused_modules"] if ours["by_kind"].get(k, 0) > eager["by_kind"].get(k, 0)]
+        assert not over and ours["total"] <= eager["total"], (name, over, ours, eager)
+        assert r["ours"]["host_ops"] <= r["eager"]["host_ops"], (name, r["ours"]["host_ops"], r["eager"]["host_ops"])
+
+
 _COUNT = """
 import json
 from bench import static_ops

@@ -72,6 +72,7 @@ CHAINS = [
 def test_training_chain(kind, c, shape, cl, gpu_grid, uneven, splits):
     """A training chain (depthwise staged tiles, pointwise, BN statistics; forward and backward) against the
     reference: output, x.grad, every parameter's gradient, every buffer."""
+    assert not dwconv._tapsvec(torch.empty(0))  # the GPU's staged path, not the interpreter's vectorised taps
     TR.check_chain(kind, c, shape, cl)
     assert_split(splits, gpu_grid, uneven)
 

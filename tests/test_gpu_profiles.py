@@ -133,3 +133,14 @@ def test_autotuner_prunes_follow_the_profile(gpu_launchers):
             sizes, most = kept(gpu, dtype), kept("H200", dtype)
             assert all(1 <= n <= m for n, m in zip(sizes, most)), (gpu, dtype, sizes)
     assert kept("T4", torch.float32)[0] < kept("H200", torch.float32)[0]
+
+
+def test_bf16_dots_only_where_the_gpu_has_them(gpu_launchers):
+    """An op called directly with bf16 on a T4 (the drop-ins do not: they run the reference there) takes exact
+    fp32 dots instead of a bf16 dot Triton cannot lower there; fp16 keeps its tensor-core dot."""
+    def dot(gpu, dtype):
+        with fake_gpu(Recorder(), gpu) as mode:
+            return pwconv._dot_cfg(fake_input(mode, (1, 16, 4, 4), dtype, True))
+    assert dot("T4", torch.bfloat16) == (utils.tl.float32, True)
+    assert dot("T4", torch.float16) == (utils.tl.float16, False)
+    assert dot("RTX3090", torch.bfloat16) == (utils.tl.bfloat16, False)

@@ -426,6 +426,47 @@ def test_triton_parity_yolo11_yolo26(cfg, monkeypatch):
     assert_close(got["eval"], want["eval"], rel=1e-5, what=f"{cfg} eval outputs")
 
 
+def fused_shapes(model, attention_cls):
+    """What the fused modules of a model see at 640 px, batch 1: {"cls_head": [per level (input shape, c3, nc)],
+    "attention": {(input shape, heads, key dim, head dim)}, "psa": {input shape of each block holding one}}."""
+    from yolov10_kernels.modules.cls_head import light_shape
+    found = {"cls_head": {}, "attention": set(), "psa": set()}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, attention_cls):
+            hooks.append(m.register_forward_pre_hook(lambda m, a: found["attention"].add(
+                (tuple(a[0].shape), m.num_heads, m.key_dim, m.head_dim))))
+        elif (hasattr(m, "attn") and hasattr(m, "cv1")) or type(m).__name__ == "C2PSA":  # PSA, C2PSA
+            hooks.append(m.register_forward_pre_hook(lambda m, a: found["psa"].add(tuple(a[0].shape))))
+        elif light_shape(m) and name.endswith((".cv3.0", ".cv3.1", ".cv3.2")):  # one set of branches
+            hooks.append(m.register_forward_pre_hook(lambda m, a, i=int(name[-1]): found["cls_head"].__setitem__(
+                i, (tuple(a[0].shape), m[0][1].conv.out_channels, m[2].out_channels))))
+    with torch.no_grad():
+        model.train()(torch.zeros(1, 3, 640, 640))
+    for h in hooks:
+        h.remove()
+    return {**found, "cls_head": [found["cls_head"][i] for i in sorted(found["cls_head"])]}
+
+
+def test_bench_rows_have_the_yolo11_yolo26_shapes():
+    """The bench's and the GPU session's yolov10n/s cls_head and psa rows stand for YOLO11 and YOLO26 as well
+    (bench/ops.SAME_SHAPES): ultralytics' yolo11n/s and yolo26n/s (8.4) have yolov10<scale>'s light cls branches
+    (inputs and widths) and attention (input, heads, key and head dims), and their C2PSA takes PSA's input."""
+    from bench import ops
+    from yolov10.modules import Attention
+    tasks = oracle("ultralytics.nn.tasks")
+    for scale, models in ops.SAME_SHAPES.items():
+        want = fused_shapes(ops.build_model(scale), Attention)
+        assert len(want["cls_head"]) == 3 and len(want["attention"]) == len(want["psa"]) == 1, want
+        for name in models:
+            if name.startswith("yolo26") and ultra_version() < (8, 4):
+                continue  # 8.3 has no YOLO26 (test_swap_counts_per_family checks that)
+            torch.manual_seed(0)
+            got = fused_shapes(tasks.DetectionModel(f"{name}.yaml", nc=NC, verbose=False),
+                               oracle("ultralytics.nn.modules.block").Attention)
+            assert got == want, (name, got, want)
+
+
 def test_bad_input(monkeypatch):
     import ultralytics
 

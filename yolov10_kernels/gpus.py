@@ -62,6 +62,13 @@ class GPUProfile:
         """The profile as a plain dict (the static report's `env`)."""
         return {**dataclasses.asdict(self), "target": self.target, "programs": self.programs}
 
+    @property
+    def mma_sync(self):
+        """Whether those tensor-core dots are mma.sync (sm_80-89, sm_120: operand fragments in registers) rather
+        than wgmma / tcgen05 (sm_90, sm_100: operands read from shared memory): some tiles sized on sm_90a spill
+        there, which the autotuners' prunes drop."""
+        return 80 <= self.arch < 90 or self.arch >= 120
+
     def fits(self, smem_bytes):
         """Whether a program needing `smem_bytes` of shared memory (smem_estimate) can launch here."""
         return smem_bytes <= self.smem_per_block

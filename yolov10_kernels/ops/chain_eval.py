@@ -394,8 +394,11 @@ if triton is not None:  # without triton the ops import, and their launchers rai
                         lambda c: _live_pkn(c, "BLOCK_Q")) or configs[-1:]  # the last is the smallest
 
     def _prune_dw_pw_dw(configs, named_args, **kwargs):
-        return _fitting(configs, named_args["x_ptr"], lambda c, e: 0,
-                        lambda c: _live_pkn(c, "BLOCK_E")) or configs[-1:]  # the last is the smallest
+        x = named_args["x_ptr"]
+        # fp32 with mma.sync: 64-channel tiles spill (16 B per thread, sm_86)
+        if x.element_size() >= 4 and device_profile(x.device).mma_sync:
+            configs = [c for c in configs if c.kwargs["BLOCK_N"] < 64] or configs
+        return _fitting(configs, x, lambda c, e: 0, lambda c: _live_pkn(c, "BLOCK_E")) or configs[-1:]  # smallest
 
     def _tuner(configs, key, prune=None):
         return triton.autotune(configs, key=key, prune_configs_by=None if _INTERPRET or prune is None

@@ -404,8 +404,10 @@ if triton is not None:
         # each stage holds a BLOCK_N-row K and V tile; the Q tile stays (bf16 64 x 64, 3 stages: 54 KB, sm_90a)
         qkv, kd = named_args["QKV"], kwargs["KD0"] + kwargs["KD1"]
         profile, e, width = device_profile(qkv.device), qkv.element_size(), _head_width(kwargs)
-        # tensor-core GPUs keep the configs sized for them, FMA ones the small configs sized for registers
-        sized = [c for c in configs if (c.kwargs["BLOCK_M"] > _FMA_ROWS) == profile.mma]
+        # tensor-core GPUs keep the configs sized for them, FMA ones the small configs sized for registers; with
+        # mma.sync 8 warps on 64-key tiles spill (36 B per thread, sm_86)
+        sized = [c for c in configs if (c.kwargs["BLOCK_M"] > _FMA_ROWS) == profile.mma
+                 and not (profile.mma_sync and c.num_warps == 8 and c.kwargs["BLOCK_N"] == 64)]
         kept = [c for c in sized if profile.fits(smem_estimate(
             c.kwargs["BLOCK_N"] * width, e, c.num_stages, c.kwargs["BLOCK_M"] * kd * e))]
         return kept or sized[:1]  # the first is the smallest

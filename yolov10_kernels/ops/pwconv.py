@@ -270,8 +270,10 @@ def _flat(t):
 
 def _dot_cfg(x):
     """(dot operand dtype, IEEE fp32?): fp16/bf16 on tensor cores; fp32 in TF32 where torch allows it
-    (utils.tf32_allowed), else exact; fp64 exact; interpreter: no bf16 dot."""
-    if x.dtype in (torch.float16, torch.bfloat16) and not triton_interpreted() and x.device.type == "cuda":
+    (utils.tf32_allowed), else exact; fp64 exact; interpreter, or bf16 on a GPU without bf16 dots (a T4, whose
+    drop-ins run the reference in bf16 anyway; gpus profile): fp32 operands."""
+    if x.dtype in (torch.float16, torch.bfloat16) and not triton_interpreted() and x.device.type == "cuda" \
+            and (x.dtype == torch.float16 or device_profile(x.device).bf16):
         return _TL[x.dtype], False
     return tl_acc(x.dtype), not tf32_allowed(x)
 
