@@ -9,8 +9,8 @@ session.log; their JUnit XML is merged into $OUT/pytest.xml after each pass (a t
 
 The GPU machine has no ultralytics: gpu_session.sh sets YOLOV10_NO_ORACLE=1, so parity tests skip there
 (tests/oracle.py). Near the phase's deadline a pass gets SIGINT: pytest stops and still writes its XML. A dry run
-(CPU) runs pass 1, whose tests all skip here (the selection resolves, the XML is written and read back), and
-collects pass 2."""
+(CPU) runs pass 1 alone, whose tests all skip here (the selection resolves, the XML is written and read back);
+the CPU suite itself runs the files of pass 2."""
 import importlib.util
 import signal
 import subprocess
@@ -46,12 +46,10 @@ PER_TEST_S = 120  # pytest-timeout (installed on the GPU machine): one hung test
 STOP_S = 10  # a pass gets SIGINT this long before the phase's deadline, to write its XML (killed 5 s later)
 
 
-def _args(xml, dry_run, collect_only):
+def _args(xml, dry_run):
     args = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", f"--junitxml={xml}",
             "--durations=10"]
-    if collect_only:
-        args.append("--collect-only")
-    elif not dry_run and importlib.util.find_spec("pytest_timeout"):
+    if not dry_run and importlib.util.find_spec("pytest_timeout"):
         args.append(f"--timeout={PER_TEST_S}")
     return args
 
@@ -96,20 +94,21 @@ def _merge(parts, dest):
 
 def run(session, f):
     """The phase body (bench/gpu_session.py): one item per pass with its outcome counts and non-passing tests."""
-    passes = [("cuda_only", list(CUDA_ONLY), False),
-              ("gpu_files", list(GPU_FILES) + [f"--deselect={t}" for t in CUDA_ONLY], session.dry_run)]
+    passes = [("cuda_only", list(CUDA_ONLY))]
+    if not session.dry_run:  # on the CPU the suite itself runs these files
+        passes.append(("gpu_files", list(GPU_FILES) + [f"--deselect={t}" for t in CUDA_ONLY]))
     parts = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, selection, collect_only) in enumerate(passes):
+        for i, (name, selection) in enumerate(passes):
             xml = Path(tmp) / f"{i}.xml"
-            session.log(f"  pytest {name}{' (collect only)' if collect_only else ''}: {len(selection)} arguments")
-            rc = _run_pytest(session, _args(xml, session.dry_run, collect_only) + selection)
+            session.log(f"  pytest {name}: {len(selection)} arguments")
+            rc = _run_pytest(session, _args(xml, session.dry_run) + selection)
             cases = _cases(xml) if xml.exists() else []
             if xml.exists():
                 parts.append(xml)
                 _merge(parts, session.out / XML_NAME)
             counts = {o: sum(1 for _, oc, _ in cases if oc == o) for o in ("passed", "failed", "error", "skipped")}
-            f.add({"what": name, "rc": rc, "collect_only": collect_only, "tests": len(cases), **counts,
+            f.add({"what": name, "rc": rc, "tests": len(cases), **counts,
                    "not_passed": [c for c in cases if c[1] in ("failed", "error")],
                    "skipped_tests": [c for c in cases if c[1] == "skipped"]})
             session.log(f"  pytest {name}: rc {rc}, {len(cases)} tests {counts}")

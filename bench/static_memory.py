@@ -151,7 +151,8 @@ def measure_isolated(models=MODELS, batch=BATCH, imgsz=IMGSZ, timeout=1800):
     """measure() of each model in a subprocess whose path starts with ULTRALYTICS84 (when it exists: yolo26 needs
     8.4; the process that asks may hold another ultralytics already). Returns the rows."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = [p for p in (ULTRALYTICS84, root, os.environ.get("PYTHONPATH")) if p and os.path.exists(p)]
+    paths = [p for p in (ULTRALYTICS84, root) if os.path.isdir(p)]
+    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), YOLO_OFFLINE="1")
     env.pop("TRITON_INTERPRET", None)
     run = subprocess.run([sys.executable, "-m", "bench.static_memory", "--models", ",".join(models), "--batch",

@@ -119,6 +119,8 @@ def memory_lines(rows):
              "|---" * (len(kinds) + 5) + "|"]
 
     def mib(r, kind=None):
+        if kind not in (None, "other", *r["fused_modules"]):
+            return "-"
         sb = [r[side]["saved_bytes"] for side in ("eager", "ours")]
         return " / ".join(f"{(b['total'] if kind is None else b['by_kind'].get(kind, 0)) / 2**20:.1f}" for b in sb)
     for r in rows:

@@ -52,6 +52,10 @@ def test_shapes_come_from_the_model():
     names = {(c.op, c.name) for c in first}
     assert ("cib", "yolov10s b1 640px") in names and ("psa", "yolov10m b64 640px") in names
     assert any(c.op == "psa" and c.res == 1280 for c in rest)  # PSA memory at N = 1600
+    # the GPU session's quick run: the YOLO11n / YOLO26n cls head and attention rows (yolov10n's shapes)
+    first, rest = ops.default_cases("cuda", quick=True, scales=("n", "s"))
+    n_rows = {(c.op, c.batch, tuple(c.also)) for c in first + rest if c.scale == "n"}
+    assert n_rows == {(op, b, ("yolo11n", "yolo26n")) for op in ("cls_head", "psa") for b in (1, 64)}, n_rows
 
 
 def test_sdpa_baseline_computes_the_reference():

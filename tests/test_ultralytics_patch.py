@@ -427,24 +427,23 @@ def test_triton_parity_yolo11_yolo26(cfg, monkeypatch):
 
 
 def fused_shapes(model, attention_cls):
-    """What the fused modules of a model see at 640 px, batch 1: {"cls_head": [per level (input shape, c3, nc)],
-    "attention": {(input shape, heads, key dim, head dim)}, "psa": {input shape of each block holding one}}."""
+    """What the fused modules of a model see at 640 px, batch 1 (on a meta copy): {"cls_head": [per level (input
+    shape, c3, nc)], "attention": {(input shape, heads, key dim, head dim)}, "psa": {input shape of each block
+    holding one}}."""
     from yolov10_kernels.modules.cls_head import light_shape
     found = {"cls_head": {}, "attention": set(), "psa": set()}
-    hooks = []
-    for name, m in model.named_modules():
+    meta, x = copy.deepcopy(model).to("meta").train(), torch.empty(1, 3, 640, 640, device="meta")
+    for name, m in meta.named_modules():
         if isinstance(m, attention_cls):
-            hooks.append(m.register_forward_pre_hook(lambda m, a: found["attention"].add(
-                (tuple(a[0].shape), m.num_heads, m.key_dim, m.head_dim))))
+            m.register_forward_pre_hook(lambda m, a: found["attention"].add(
+                (tuple(a[0].shape), m.num_heads, m.key_dim, m.head_dim)))
         elif (hasattr(m, "attn") and hasattr(m, "cv1")) or type(m).__name__ == "C2PSA":  # PSA, C2PSA
-            hooks.append(m.register_forward_pre_hook(lambda m, a: found["psa"].add(tuple(a[0].shape))))
+            m.register_forward_pre_hook(lambda m, a: found["psa"].add(tuple(a[0].shape)))
         elif light_shape(m) and name.endswith((".cv3.0", ".cv3.1", ".cv3.2")):  # one set of branches
-            hooks.append(m.register_forward_pre_hook(lambda m, a, i=int(name[-1]): found["cls_head"].__setitem__(
-                i, (tuple(a[0].shape), m[0][1].conv.out_channels, m[2].out_channels))))
-    with torch.no_grad():
-        model.train()(torch.zeros(1, 3, 640, 640))
-    for h in hooks:
-        h.remove()
+            m.register_forward_pre_hook(lambda m, a, i=int(name[-1]): found["cls_head"].__setitem__(
+                i, (tuple(a[0].shape), m[0][1].conv.out_channels, m[2].out_channels)))
+    with torch.no_grad():  # yolov10's forward checks x against its stride's values, which meta tensors lack
+        meta.head(meta.features(x)) if hasattr(meta, "features") else meta(x)
     return {**found, "cls_head": [found["cls_head"][i] for i in sorted(found["cls_head"])]}
 
 

@@ -28,7 +28,8 @@ class DropIn:
 
     backend = "auto"
     _dynamic_classes = {}
-    _dropin_state = ("backend", "_cache", "_dispatch_sig", "_unfusable")  # instance attributes the replaced module does not have
+    # instance attributes the replaced module does not have
+    _dropin_state = ("backend", "_cache", "_dispatch_sig", "_unfusable")
 
     @classmethod
     def for_class(cls, base):
