@@ -209,8 +209,9 @@ def test_report_rows_reproduce(kernel, gpu):
         assert got[f] == row[f], (f, got[f], row[f])
 
 
-_FP64_PW = """
+_FP64 = """
 import itertools, json, sys, torch
+from bench.static_capture import capture_op
 from bench.static_compile import compile_variant, worker_init
 from yolov10_kernels import gpus
 from yolov10_kernels.capture import Recorder, fake_gpu, fake_input
@@ -226,6 +227,9 @@ with fake_gpu(rec, gpu) as mode:
         w, s, sh, b, mean, gm, gv = t(co, ci, 1, 1), t(ci), t(ci), t(co), t(co), t(co), t(co)
         pw_conv_bn(x, w, s, sh, b, True, True)
         pw_conv_bn_backward(g, gm, gv, x, w, s, sh, y, mean, True, True, True)
+# the chains' and PSA's fp64 launches at yolov10m's channel counts (the largest the tests name), eval and train
+for op, train in itertools.product(("cib", "cls_head", "psa"), (False, True)):
+    capture_op(rec, op, "m", 1, torch.float64, train, imgsz=320, gpu=gpu)
 worker_init(gpu.arch)
 out = {}
 for ln in rec.launches:
@@ -237,14 +241,17 @@ print(json.dumps(list(out.values())))
 """
 
 
-@pytest.mark.parametrize("gpu", ["T4", "RTX3090", "H200"])
-def test_fp64_pointwise_launches_fit_at_real_channel_counts(gpu):
+@pytest.mark.parametrize("gpu", ["T4", "RTX3090", "A100", "H200", "RTX5090"])
+def test_fp64_launches_fit_at_real_channel_counts(gpu):
     """The static report covers fp16/bf16/fp32; fp64 (gradcheck, the exact references) must launch too: the pointwise
     op's training forward + backward at 256 -> 256, 512 -> 512, 64 -> 512 and 512 -> 64 channels, NCHW and
-    channels_last, captured as `gpu` would launch them and compiled for its target: every variant compiles and fits
-    its shared memory and registers (the fp64 accumulator's store conversion once overflowed 99 KB)."""
-    got = _subprocess(_FP64_PW, gpu)
+    channels_last, and the CIB, cls head and PSA drop-ins' eval and train launches at yolov10m, captured as `gpu`
+    would launch them and compiled for its target: every variant compiles and fits its shared memory and registers
+    (the fp64 accumulator's store conversion once overflowed 99 KB; the chains' hidden-channel tiles and PSA's
+    backward tiles 64 KB and 99 KB)."""
+    got = _subprocess(_FP64, gpu)
     kernels = {k for k, _, _ in got}
-    assert {"_pw_fwd_kernel", "_pw_dgrad_kernel", "_pw_wgrad_kernel"} <= kernels, kernels
+    assert {"_pw_fwd_kernel", "_pw_dgrad_kernel", "_pw_wgrad_kernel", "_dw_pw_pw_kernel", "_dw_pw_dw_kernel",
+            "_psa_fwd_kernel", "_psa_bwd_dkdv_kernel", "_psa_bwd_dq_kernel"} <= kernels, kernels
     bad = [(k, c, {f: r.get(f) for f in ("smem_bytes", "regs", "error")}) for k, c, r in got if not r["launchable"]]
     assert not bad, f"fp64 variants that cannot launch on {gpu} ({gpus.resolve(gpu).smem_per_block} B): {bad}"

@@ -54,6 +54,8 @@ def _describe(v):
 def _config_dict(cfg):
     d = dict(cfg.kwargs)
     d.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if cfg.maxnreg is not None:
+        d["maxnreg"] = cfg.maxnreg
     return d
 
 

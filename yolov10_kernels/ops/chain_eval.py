@@ -349,6 +349,13 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         _cfg(BLOCK_E=64, MAX_EW=16, BLOCK_N=32, BLOCK_K=32, num_warps=4),  # more programs for batch-1 P5 maps
     ]
 
+    # fp64 (gradcheck, the exact references) on a GPU: one small config per kernel. The tuned configs' fp64 tiles
+    # need up to 172 KB at yolov10m's channel counts (the hidden channels' weight tile, the 7x7 DW's staged loads),
+    # and even the smallest tuned one is over a T4's 64 KB / a 99 KB GPU's limit there (tests/test_gpu_budgets.py
+    # compiles these for every profile's target; the static report covers fp16/bf16/fp32 only).
+    _FP64_CONFIGS = {"dw_pw_pw": _cfg(BLOCK_P=16, BLOCK_K=16, BLOCK_N2=16, num_warps=4),
+                     "dw_pw_dw": _cfg(BLOCK_E=32, MAX_EW=8, BLOCK_N=16, BLOCK_K=16, num_warps=4)}
+
     def _fitting(configs, x, smem, live):
         """The configs whose predicted shared memory smem(config, element bytes) fits x's GPU and whose dot tiles,
         live(config) elements, fit its registers (possibly none: the callers then keep their smallest)."""
@@ -383,6 +390,8 @@ if triton is not None:  # without triton the ops import, and their launchers rai
         def live(c):  # the DW tile, the hidden tile and its weight tile, the output accumulator
             p, k, n2 = c.kwargs["BLOCK_P"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N2"]
             return p * k + k * n1p + p * n1p + p * n2
+        if named_args["x_ptr"].element_size() == 8:
+            return [_FP64_CONFIGS["dw_pw_pw"]]
         mma = device_profile(named_args["x_ptr"].device).mma
         kept = [c for c in configs if c.kwargs["BLOCK_P"] * n1p <= 16384  # register budget of the hidden tile
                 and (c.kwargs["BLOCK_K"] >= 32 or not mma)]
@@ -395,6 +404,8 @@ if triton is not None:  # without triton the ops import, and their launchers rai
 
     def _prune_dw_pw_dw(configs, named_args, **kwargs):
         x = named_args["x_ptr"]
+        if x.element_size() == 8:
+            return [_FP64_CONFIGS["dw_pw_dw"]]
         # fp32 with mma.sync: 64-channel tiles spill (16 B per thread, sm_86)
         if x.element_size() >= 4 and device_profile(x.device).mma_sync:
             configs = [c for c in configs if c.kwargs["BLOCK_N"] < 64] or configs

@@ -1,6 +1,3 @@
-# NOTE TO ENGINEERS WORKING NOW (temporary, the lead removes it): several agents edit this checkout at once and
-# share 2 CPU cores. Full rules: /tmp/common.md. Edit shared files only with small str_replace edits (never rewrite
-# a file wholesale), never run git checkout/stash/reset/commit/add, run only targeted tests.
 """Depthwise kxk conv (k = 3, 5 or 7, stride 1 or 2, padding k // 2) for training, with a BN prologue and epilogue.
 
     a   = in_act(x * in_scale + in_shift)                   prologue, per input channel, on the fly
