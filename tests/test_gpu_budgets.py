@@ -55,11 +55,24 @@ def test_report_is_committed_and_matches_the_kernel_sources():
         assert {r["dtype"] for r in rows} == set(static.DTYPES) - (set() if p.bf16 else {"bfloat16"}), name
 
 
+# The spills still open (issue 19), per profile: kernel -> the most bytes one of its configs spills there. A ratchet,
+# not a pass: a kernel not listed, or one spilling more, fails; a listed kernel that no longer spills fails too, so
+# the ledger shrinks with each fix. H100 and H200 (the profiles the kernels were sized on) spill nowhere.
+KNOWN_SPILLS = {
+}
+
+
 @pytest.mark.parametrize("gpu", list(gpus.PROFILES))
 def test_no_launchable_config_spills(gpu):
-    spilling = [(r["kernel"], r["dtype"], r["shape"], r["config"], r["spill_bytes"]) for r in _rows(gpu)
-                if r.get("launchable") and r.get("spill_bytes")]
-    assert not spilling, spilling[:10]
+    worst = {}
+    for r in _rows(gpu):
+        if r.get("launchable") and r.get("spill_bytes"):
+            worst[r["kernel"]] = max(worst.get(r["kernel"], 0), r["spill_bytes"])
+    known = KNOWN_SPILLS.get(gpu, {})
+    new = {k: b for k, b in worst.items() if b > known.get(k, 0)}
+    assert not new, f"{gpu}: configs spill registers (kernel: worst bytes) beyond the known ones: {new}"
+    fixed = sorted(set(known) - set(worst))
+    assert not fixed, f"{gpu}: {fixed} no longer spill: remove them from KNOWN_SPILLS"
 
 
 @pytest.mark.parametrize("gpu", list(gpus.PROFILES))
