@@ -44,7 +44,8 @@ def test_pointwise_tiles_fit_every_profile(gpu, gpu_launchers):
 
 def test_preferred_tiles_where_shared_memory_allows(gpu_launchers):
     """The 227 KB GPUs keep the tiles sized with ptxas on sm_90a; smaller ones shrink stages first; a T4 still
-    runs the cls head's fp16 backward in one kernel at 64 channels, and two where the fused one does not fit."""
+    runs the cls head's fp16 backward in one kernel at 64 channels, and two where the fused one does not fit its
+    shared memory or registers."""
     def blocks(gpu, dtype, ci, co, kernel):
         with fake_gpu(Recorder(), gpu) as mode:
             return pwconv._blocks(128, ci, co, fake_input(mode, (2, 8, 8, 8), dtype, True), kernel)
@@ -54,8 +55,10 @@ def test_preferred_tiles_where_shared_memory_allows(gpu_launchers):
     assert blocks("RTX3090", torch.float16, 256, 512, "fwd") == (128, 128, 64, 8, 2)
     assert blocks("RTX3090", torch.float16, 128, 128, "fused") == (32, 128, 128, 8, 2)
     assert blocks("RTX3090", torch.float32, 128, 128, "fused") is None
-    assert blocks("A100", torch.float32, 128, 128, "fused")[4] == 1
+    assert blocks("A100", torch.float32, 128, 128, "fused") is None  # fp32 mma.sync fragments spill: two kernels
+    assert blocks("A100", torch.float16, 128, 128, "fused") == (32, 128, 128, 8, 2)
     assert blocks("T4", torch.float16, 64, 64, "fused") is not None
+    assert blocks("T4", torch.float16, 64, 128, "fused") is None  # FMA dots: the tiles spill the registers
     assert blocks("T4", torch.float16, 128, 128, "fused") is None
 
 

@@ -280,7 +280,7 @@ def _dot_cfg(x):
 
 def _blocks(M, CI, CO, x, kernel="fwd"):
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of a (M x CI) @ (CI x CO) tile; None for "fused" where its
-    shared memory does not fit the GPU (the two-kernel backward runs). Sized with ptxas on sm_90a (bench.static):
+    shared memory or registers do not fit the GPU (the two-kernel backward runs). Sized with ptxas on sm_90a (bench.static):
     the backward kernels hold more [rows x channels] tiles than the forward (dgrad: the accumulator, x and the
     activation derivative; wgrad: rows are its reduced dimension, staged num_stages deep in shared memory), so
     dgrad keeps output blocks <= 64 wide (no spills) and wgrad 64 rows per step (fp32 fits in 227 KB). The fused
@@ -298,6 +298,11 @@ def _blocks(M, CI, CO, x, kernel="fwd"):
     profile, e = device_profile(x.device), x.element_size()
     if kernel == "fused":
         bn, bk = max(next_pow2(CO), 16), max(next_pow2(CI), 16)
+        # the grad W accumulator and both tiles stay in registers: with FMA dots (a T4) they spill (1.4 KB per
+        # thread at 128 x 64), and so do fp32 operand fragments with mma.sync (A100: 0.5 KB): two kernels there
+        if not profile.dots_fit_registers(_live("wgrad", (FUSED_BLOCK_M, bn, bk)), FUSED_WARPS) \
+                or (profile.mma_sync and e >= 4):
+            return None
         for st in range(FUSED_STAGES, 0, -1):
             if profile.fits(_smem("fused", (FUSED_BLOCK_M, bn, bk, st), e)):
                 return FUSED_BLOCK_M, bn, bk, FUSED_WARPS, st
