@@ -11,7 +11,7 @@ and per implementation, side by side in one process:
   eager         the reference modules (yolov10.modules / v10Detect) in eager PyTorch (cuDNN)
   compile       torch.compile(reference, mode=...) ("max-autotune" on the GPU; see _compile_mode)
   compile_sdpa  PSA only: the attention on F.scaled_dot_product_attention
-                (yolov10_kernels.ops.psa_attention.psa_attention_sdpa) under torch.compile
+                (yolov10_kernels.testing.psa_baselines.psa_attention_sdpa) under torch.compile
   ours          this package's drop-ins, put in place by the op's own `swap(model, backend)` (what
                 yolov10_kernels.accelerate calls)
 
@@ -131,7 +131,7 @@ def _ops_swap(op):
     from yolov10_kernels.backend import kernels_disabled
     if kernels_disabled():
         raise NotAvailable("YOLOV10_KERNELS=off")
-    return K_OPS[op]
+    return K_OPS[op].swap
 
 
 def ours_backend(device):
@@ -161,9 +161,9 @@ def make_ours(op, module, device, mode):
 
 
 def make_sdpa_psa(psa):
-    """PSA whose Attention runs yolov10_kernels.ops.psa_attention.psa_attention_sdpa (SDPA, kd != hd)."""
+    """PSA whose Attention runs yolov10_kernels.testing.psa_baselines.psa_attention_sdpa (SDPA, kd != hd)."""
     try:
-        from yolov10_kernels.ops.psa_attention import psa_attention_sdpa
+        from yolov10_kernels.testing.psa_baselines import psa_attention_sdpa
     except ImportError as e:
         raise NotAvailable(f"psa_attention_sdpa is not importable ({type(e).__name__}: {e})") from None
     from yolov10.modules import Attention

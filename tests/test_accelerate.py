@@ -195,7 +195,7 @@ def no_launch(monkeypatch):
     """Any Triton launch of these ops (inference kernels or the training chain) fails the test."""
     def boom(*a, **k):
         raise AssertionError("a Triton kernel was launched")
-    monkeypatch.setattr(D, "_launch", boom)
+    monkeypatch.setattr(D, "launch_tuned", boom)
     monkeypatch.setattr(dropin, "chain_train", boom)
 
 

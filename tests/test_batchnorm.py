@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from yolov10_kernels.ops.batchnorm import (BatchNormSpec, batch_scale_shift, bn_batch_affine,  # noqa: E402
-                                           bn_batch_affine_backward, scale_shift)
+from yolov10_kernels.ops.batchnorm import (BatchNormSpec, batch_scale_shift, bn_affine,  # noqa: E402
+                                           bn_affine_backward, bn_batch_affine, bn_batch_affine_backward,
+                                           scale_shift)
 from helpers import assert_close, randomize_bn
 
 # the GPU where there is one (the kernels' CUDA path), else the CPU through the Triton interpreter
@@ -87,3 +88,16 @@ def test_opcheck_bn_batch_affine():
     mean, var = torch.randn(3, device=DEV), torch.rand(3, device=DEV) + 0.5
     torch.library.opcheck(bn_batch_affine_backward, (w, b, x, mean, var, w, True, torch.float32, 1e-3))
     torch.library.opcheck(bn_batch_affine_backward, (None, b, x, mean, var, None, False, torch.float32, 1e-3))
+
+
+def test_opcheck_bn_affine():
+    """The BN affine (it updates running statistics in place) and its backward op: schema (mutation declared),
+    fake implementations, torch.compile."""
+    torch.manual_seed(9)
+    s, t, bw, bb, mean = (torch.randn(3, device=DEV) for _ in range(5))
+    var = torch.rand(3, device=DEV) + 0.5
+    rm, rv, nbt = torch.randn(3, device=DEV), torch.rand(3, device=DEV) + 0.5, torch.tensor(4, device=DEV)
+    torch.library.opcheck(bn_affine, (mean, var, bw, bb, rm, rv, nbt, 60.0, 1e-3, 0.03, True))
+    torch.library.opcheck(bn_affine, (mean, var, None, None, None, None, None, 60.0, 1e-3, None, False))
+    torch.library.opcheck(bn_affine_backward, (s, t, mean, var, bw, True, torch.float32, 1e-3))
+    torch.library.opcheck(bn_affine_backward, (None, t, mean, var, None, False, torch.float32, 1e-3))

@@ -153,7 +153,7 @@ def test_eval_with_grad_does_not_launch_the_inference_kernels(monkeypatch):
     their running statistics; its values and gradients: tests/test_accelerate.py)."""
     ref = make_scdown(8, 8)
     f = fused(ref)
-    monkeypatch.setattr(D, "_launch", lambda *a, **k: pytest.fail("kernel launched"))
+    monkeypatch.setattr(D, "launch_tuned", lambda *a, **k: pytest.fail("kernel launched"))
     x = torch.randn(1, 8, 5, 5, requires_grad=True)
     f(x).sum().backward()
     assert x.grad is not None and ref.cv1.conv.weight.grad is not None
@@ -185,7 +185,7 @@ def _unspecialised(fn):
 def _tuning_signatures(monkeypatch, block, x):
     """Per launch of block(x): (kernel, autotune key, specialisation of the int arguments), without running it."""
     calls = []
-    monkeypatch.setattr(D, "_launch", lambda tuned, grid, interp_meta, args, kwargs: calls.append((tuned, args,
+    monkeypatch.setattr(D, "launch_tuned", lambda tuned, grid, interp_meta, args, kwargs: calls.append((tuned, args,
                                                                                                     kwargs)))
     with torch.no_grad():
         block(x)
@@ -275,7 +275,7 @@ _LOWER_SCRIPT = textwrap.dedent("""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.compiler.compiler import make_backend
-    import yolov10_kernels.ops.chain_eval as D
+    import yolov10_kernels.ops.chain_eval_kernels as D
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)

@@ -15,12 +15,10 @@ pytest.importorskip("triton")
 
 from yolov10.modules import CIB, Conv, SCDown  # noqa: E402
 from yolov10_kernels.modules.chain import read_chain  # noqa: E402
-from yolov10_kernels.ops.batchnorm import BatchNormSpec, bn_affine, bn_affine_backward  # noqa: E402
+from yolov10_kernels.ops.batchnorm import BatchNormSpec  # noqa: E402
 from yolov10_kernels.ops.chain_train import chain_train  # noqa: E402
-from yolov10_kernels.ops.dwconv import (dw_conv_bn, dw_conv_bn_act, dw_conv_bn_act_backward,  # noqa: E402
-                                         dw_conv_bn_backward, dw_repvgg_bn, dw_repvgg_bn_backward,
-                                         dw_repvgg_train)
-from yolov10_kernels.ops.pwconv import pw_conv_bn, pw_conv_bn_backward  # noqa: E402
+from yolov10_kernels.ops.dwconv import dw_conv_bn  # noqa: E402
+from yolov10_kernels.ops.pwconv import pw_conv_bn  # noqa: E402
 from helpers import TF32_EPS, assert_close, randomize_bn
 
 CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
@@ -271,40 +269,6 @@ def test_cib_saved_memory_at_most_40_percent(lk):
 
 
 # ------------------------------------------------------------------------------------------------ gradcheck
-def test_gradcheck_dw_op_fp64():
-    torch.manual_seed(4)
-    d = dict(dtype=torch.float64, device=DEV)
-    x = torch.randn(1, 2, 4, 3, **d, requires_grad=True)
-    w = torch.randn(2, 1, 3, 3, **d, requires_grad=True)
-    si, ti, so, to = (torch.randn(2, **d, requires_grad=True) for _ in range(4))
-    res = torch.randn(1, 2, 2, 2, **d, requires_grad=True)
-
-    def f(x, w, si, ti, so, to, res):
-        _, mean, var = dw_conv_bn(x, w, si, ti, None, None, None, 2, True, False, False, True)
-        out, _, _ = dw_conv_bn(x, w, si, ti, so, to, res, 2, True, True, True, False)
-        return out, mean, var
-    assert torch.autograd.gradcheck(f, (x, w, si, ti, so, to, res), eps=1e-6, atol=1e-7, fast_mode=True)
-
-    def raw(x, w, si, ti):  # the raw output and its statistics from one op: the backward reads the saved output
-        return dw_conv_bn(x, w, si, ti, None, None, None, 1, True, False, True, True)
-    assert torch.autograd.gradcheck(raw, (x, w, si, ti), eps=1e-6, atol=1e-7, fast_mode=True)
-
-
-def test_gradcheck_pw_op_fp64():
-    torch.manual_seed(5)
-    d = dict(dtype=torch.float64, device=DEV)
-    x = torch.randn(1, 3, 2, 3, **d, requires_grad=True)
-    w = torch.randn(2, 3, 1, 1, **d, requires_grad=True)
-    si, ti = (torch.randn(3, **d, requires_grad=True) for _ in range(2))
-    b = torch.randn(2, **d, requires_grad=True)
-
-    def f(x, w, si, ti, b):
-        y, mean, var = pw_conv_bn(x, w, si, ti, None, True, True)
-        y2, _, _ = pw_conv_bn(x, w, None, None, b, False, False)
-        return y, mean, var, y2
-    assert torch.autograd.gradcheck(f, (x, w, si, ti, b), eps=1e-6, atol=1e-7, fast_mode=True)
-
-
 def test_gradcheck_chain_fp64():
     """The composition: BN statistics -> scale/shift -> the next conv's prologue, and the last conv's
     statistics-only + epilogue passes with the residual (RepVGGDW's weight merge is checked in fp64 above)."""
@@ -320,101 +284,6 @@ def test_gradcheck_chain_fp64():
 
 
 # ------------------------------------------------------------------------------------------------ opcheck
-def test_opcheck_dw_conv_bn():
-    torch.manual_seed(7)
-    x = torch.randn(2, 3, 5, 4, device=DEV, requires_grad=True)
-    w = torch.randn(3, 1, 3, 3, device=DEV, requires_grad=True)
-    s, t, so, to = (torch.randn(3, device=DEV, requires_grad=True) for _ in range(4))
-    r = torch.randn(2, 3, 3, 2, device=DEV, requires_grad=True)
-    torch.library.opcheck(dw_conv_bn, (x, w, s, t, None, None, None, 1, True, False, True, True))
-    torch.library.opcheck(dw_conv_bn, (x.detach().to(memory_format=torch.channels_last).requires_grad_(), w, s, t,
-                                       so, to, r, 2, True, True, True, False))
-    g = torch.randn(2, 3, 5, 4, device=DEV)
-    gm, gv = torch.randn(3, device=DEV), torch.randn(3, device=DEV)
-    mean = torch.randn(3, device=DEV)
-    for y in (None, torch.randn(2, 3, 5, 4, device=DEV)):  # y: the saved raw output (no recompute pass)
-        torch.library.opcheck(dw_conv_bn_backward, (g, gm, gv, x.detach(), w.detach(), s.detach(), t.detach(), None,
-                                                    None, mean, y, 1, True, False, True, True))
-
-
-def test_opcheck_pw_conv_bn():
-    torch.manual_seed(8)
-    x = torch.randn(2, 5, 3, 3, device=DEV, requires_grad=True)
-    w = torch.randn(6, 5, 1, 1, device=DEV, requires_grad=True)
-    s, t = (torch.randn(5, device=DEV, requires_grad=True) for _ in range(2))
-    b = torch.randn(6, device=DEV, requires_grad=True)
-    torch.library.opcheck(pw_conv_bn, (x, w, s, t, None, True, True))
-    torch.library.opcheck(pw_conv_bn, (x.detach().to(memory_format=torch.channels_last).requires_grad_(), w, None,
-                                       None, b, False, False))
-    y = torch.randn(2, 6, 3, 3, device=DEV)
-    g = torch.randn(2, 6, 3, 3, device=DEV)
-    gm, gv, mean = (torch.randn(6, device=DEV) for _ in range(3))
-    torch.library.opcheck(pw_conv_bn_backward, (g, gm, gv, x.detach(), w.detach(), s.detach(), t.detach(), y, mean,
-                                                True, False, True))
-
-
-def test_opcheck_dw_conv_bn_act_and_bn_affine():
-    """The ops that update running statistics in place (the last depthwise layer, the BN affine) and their
-    backward ops: schema (mutation declared), fake implementations, torch.compile."""
-    torch.manual_seed(9)
-    x = torch.randn(2, 3, 5, 4, device=DEV)
-    w = torch.randn(3, 1, 3, 3, device=DEV)
-    s, t, bw, bb, mean = (torch.randn(3, device=DEV) for _ in range(5))
-    var = torch.rand(3, device=DEV) + 0.5
-    rm, rv, nbt = torch.randn(3, device=DEV), torch.rand(3, device=DEV) + 0.5, torch.tensor(4, device=DEV)
-    r = torch.randn(2, 3, 3, 2, device=DEV)
-    torch.library.opcheck(dw_conv_bn_act, (x, w, s, t, None, bw, bb, rm, rv, nbt, 1, True, True, 1e-3, 0.1, True))
-    torch.library.opcheck(dw_conv_bn_act, (x.to(memory_format=torch.channels_last), w, None, None, r, None, None,
-                                           rm, rv, None, 2, False, True, 1e-5, None, True))
-    g = torch.randn(2, 3, 5, 4, device=DEV)
-    torch.library.opcheck(dw_conv_bn_act_backward, (g, x, w, s, t, bw, True, torch.float32, mean, var, s, t, 1, True,
-                                                    True, 1e-3))
-    torch.library.opcheck(bn_affine, (mean, var, bw, bb, rm, rv, nbt, 60.0, 1e-3, 0.03, True))
-    torch.library.opcheck(bn_affine, (mean, var, None, None, None, None, None, 60.0, 1e-3, None, False))
-    torch.library.opcheck(bn_affine_backward, (s, t, mean, var, bw, True, torch.float32, 1e-3))
-    torch.library.opcheck(bn_affine_backward, (None, t, mean, var, None, False, torch.float32, 1e-3))
-
-
-def test_opcheck_dw_repvgg_bn():
-    """The RepVGGDW op (both branches' statistics, two BN affines with running-statistics updates, the merged
-    conv) and its backward op: schema, fake implementations, torch.compile."""
-    torch.manual_seed(15)
-    x = torch.randn(2, 3, 5, 4, device=DEV)
-    w7, w3 = torch.randn(3, 1, 7, 7, device=DEV), torch.randn(3, 1, 3, 3, device=DEV)
-    s, t, bw, bb, bw2, bb2, mean, mean2 = (torch.randn(3, device=DEV) for _ in range(8))
-    var, var2 = torch.rand(3, device=DEV) + 0.5, torch.rand(3, device=DEV) + 0.5
-
-    def running():
-        return torch.randn(3, device=DEV), torch.rand(3, device=DEV) + 0.5, torch.tensor(4, device=DEV)
-    torch.library.opcheck(dw_repvgg_bn, (x, w7, w3, s, t, bw, bb, *running(), bw2, bb2, *running(), True, 1e-3, 0.03,
-                                         1e-3, 0.03, True))
-    torch.library.opcheck(dw_repvgg_bn, (x.to(memory_format=torch.channels_last), w7, w3, None, None, None, None,
-                                         *running(), None, None, *running(), False, 1e-5, None, 1e-5, None, True))
-    g = torch.randn(2, 3, 5, 4, device=DEV)
-    torch.library.opcheck(dw_repvgg_bn_backward, (g, t, x, w7, w3, s, t, mean, var, s, mean2, var2, t, bw, bw2, True,
-                                                  torch.float32, 1e-3, 1e-3, True))
-    torch.library.opcheck(dw_repvgg_bn_backward, (g, None, x, w7, w3, None, None, mean, var, s, mean2, var2, t, None,
-                                                  None, False, torch.float32, 1e-5, 1e-5, False))
-
-
-@pytest.mark.parametrize("k,k2", [(7, 3), (5, 3), (3, 3)])
-def test_gradcheck_dw_repvgg_fp64(k, k2):
-    """The RepVGGDW op in fp64 (both branches' statistics, the merged weights, the backward's recomputed branch
-    outputs and its per-branch statistics terms): every input, weight and BN parameter."""
-    torch.manual_seed(16)
-    d = dict(dtype=torch.float64, device=DEV)
-    x = torch.randn(2, 2, 4, 3, **d, requires_grad=True)
-    w, w2 = torch.randn(2, 1, k, k, **d, requires_grad=True), torch.randn(2, 1, k2, k2, **d, requires_grad=True)
-    si, ti, bw, bb, bw2, bb2 = (torch.randn(2, **d, requires_grad=True) for _ in range(6))
-    bn, bn2 = nn.BatchNorm2d(2).to(**d), nn.BatchNorm2d(2).to(**d)
-
-    def f(x, w, w2, si, ti, bw, bb, bw2, bb2):
-        z, ones, shift = dw_repvgg_train(x, w, si, ti, w2, dataclasses.replace(BatchNormSpec.of(bn), weight=bw, bias=bb),
-                                         dataclasses.replace(BatchNormSpec.of(bn2), weight=bw2, bias=bb2), True)
-        return z, z * ones.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
-    assert torch.autograd.gradcheck(f, (x, w, w2, si, ti, bw, bb, bw2, bb2), eps=1e-6, atol=1e-7, fast_mode=True)
-
-
 @pytest.mark.parametrize("mode", ["last", "frozen_small_bn"])
 def test_repvgg_as_last_layer_and_with_a_frozen_bn(mode):
     """A RepVGGDW ending a chain (its act and the residual in torch after the op), and one whose small branch's BN

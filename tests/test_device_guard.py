@@ -35,7 +35,7 @@ print(json.dumps(out))
 # every launcher of the package: the eval chains and attention, and in training the convs, the BN ops, the merges
 EVAL_KERNELS = {"_dw_pw_kernel", "_dw_pw_pw_kernel", "_pw_dw_kernel", "_dw_pw_dw_kernel", "_psa_fwd_kernel",
                 "_v_norm_kernel"}
-TRAIN_KERNELS = {"_dw_fwd_kernel", "_dw_grad_y_kernel", "_dw_bwd_kernel", "_repvgg_merge_kernel", "_pw_fwd_kernel",
+TRAIN_KERNELS = {"_dw_conv_kernel", "_dw_grad_y_kernel", "_dw_bwd_kernel", "_repvgg_merge_kernel", "_pw_fwd_kernel",
                  "_pw_bwd_fused_kernel", "_pw_dgrad_kernel", "_pw_wgrad_kernel", "_bn_affine_kernel",
                  "_bn_affine_bwd_kernel", "_channel_stats_kernel", "_channel_stats_grad_kernel",
                  "_merge_stats_kernel", "_sum_partials_kernel", "_psa_fwd_kernel", "_psa_bwd_pre_kernel",

@@ -3,6 +3,7 @@
 such as OutOfResources) falls back to its reference forward with one warning naming the module and the reason.
 The launches are made on fake CUDA tensors (capture.fake_gpu) that report each profile; nothing is compiled here
 (the static report compiles every chosen config for every profile: tests/test_gpu_budgets.py)."""
+import types
 import warnings
 
 import pytest
@@ -102,6 +103,63 @@ def test_a_kernel_that_cannot_launch_falls_back_once_and_stays_on_the_reference(
     assert "_unfusable" not in m.__reduce_ex__(2)[2]  # not pickled with the reference module
 
 
+def _trial(m, fused, calls=2):
+    """m.guarded(x, fused bound to m) `calls` times in training on a CPU x taken for a GPU's (dropin.on_gpu)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = torch.randn(1, 64, 8, 8)
+        out = [m.guarded(x, types.MethodType(fused, m)) for _ in range(calls)]
+    return out, [str(w.message) for w in caught if "yolov10_kernels" in str(w.message)]
+
+
+class _BackwardOutOfResources(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        from triton.runtime.errors import OutOfResources
+        raise OutOfResources(114688, 101376, "shared memory")
+
+
+def test_a_backward_kernel_that_cannot_launch_falls_back_before_the_step(monkeypatch, gpu_launchers):
+    """The fused backward is tried on a copy before the first training forward: a backward kernel that cannot
+    launch sends the module to its reference path with one warning, instead of failing in loss.backward()."""
+    from yolov10_kernels.modules import dropin
+    monkeypatch.setattr(dropin, "on_gpu", lambda x: True)
+    ran_on = []
+
+    def fused(self, x):
+        ran_on.append(self)
+        return _BackwardOutOfResources.apply(x)
+    m = _head().train()
+    m.reference_forward = lambda x: "reference"
+    out, warned = _trial(m, fused)
+    assert out == ["reference", "reference"] and len(ran_on) == 1 and ran_on[0] is not m  # tried once, on a copy
+    assert len(warned) == 1 and "FusedClsHead" in warned[0] and "OutOfResources" in warned[0], warned
+
+
+def test_the_backward_check_runs_once_per_dtype_on_a_copy(monkeypatch, gpu_launchers):
+    from yolov10_kernels.modules import dropin
+    monkeypatch.setattr(dropin, "on_gpu", lambda x: True)
+    ran_on = []
+
+    def fused(self, x):
+        ran_on.append(self)
+        return x * self.weight_probe
+    m = _head().train()
+    m.weight_probe = torch.nn.Parameter(torch.ones(()))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    out, warned = _trial(m, fused, calls=3)
+    assert [o.shape for o in out] == [(1, 64, 8, 8)] * 3 and not warned
+    assert len(ran_on) == 4 and ran_on[0] is not m and all(r is m for r in ran_on[1:])  # the copy, then m thrice
+    assert m.weight_probe.grad is None and all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    m.eval()
+    _trial(m, fused, calls=1)
+    assert len(ran_on) == 5  # no check outside training
+
+
 def test_other_errors_are_not_swallowed(gpu_launchers):
     def bug(x):
         raise ValueError("a bug, not the GPU")
@@ -119,7 +177,7 @@ def test_other_errors_are_not_swallowed(gpu_launchers):
 def test_autotuner_prunes_follow_the_profile(gpu_launchers):
     """The autotuners keep every config on a 227 KB GPU but the fp32 128 x 128 x 3-stage DW -> PW one (as sized
     for sm_90a), fewer on 99 KB and 64 KB GPUs, and never none."""
-    from yolov10_kernels.ops import chain_eval, psa_attention
+    from yolov10_kernels.ops import chain_eval_kernels as chain_eval, psa_attention_kernels as psa_attention
 
     def kept(gpu, dtype):
         with fake_gpu(Recorder(), gpu) as mode:

@@ -19,6 +19,9 @@ import yolov10_kernels  # noqa: E402
 from yolov10_kernels import accelerate  # noqa: E402
 from yolov10_kernels.modules.psa import FusedAttention, FusedPSA, swap  # noqa: E402
 from yolov10_kernels.ops import psa_attention as P  # noqa: E402
+from yolov10_kernels.ops import psa_attention_kernels as PK  # noqa: E402
+from yolov10_kernels.ops import psa_v_norm as V  # noqa: E402
+from yolov10_kernels.testing import psa_baselines  # noqa: E402
 from helpers import TF32_EPS, assert_close, randomize_bn
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -118,7 +121,7 @@ def _tiny_inputs(dtype, B=1, heads=1, kd=2, hd=4, H=2, W=3, seed=0):
 def test_gradcheck_op():
     ins, dims = _tiny_inputs(torch.float64)
     ins = tuple(t.requires_grad_() for t in ins)
-    assert torch.autograd.gradcheck(lambda *a: P.psa_attn_fwd(*a, *dims)[0], ins)
+    assert torch.autograd.gradcheck(lambda *a: P.psa_attn(*a, *dims)[0], ins)
 
 
 def test_gradcheck_functional_training():
@@ -140,12 +143,12 @@ def test_gradcheck_functional_training():
     ins = (r(2, CQ, 2, 3), r(CQ).abs() + 0.5, r(CQ) * 0.2, r(C, 1, 3, 3), r(C).abs() + 0.5, r(C) * 0.2)
     ins = tuple(t.requires_grad_() for t in ins)
     assert torch.autograd.gradcheck(f, ins, fast_mode=True)  # full mode: ~1 min in the interpreter
-    want = P.psa_attention_reference(ins[0], bn(*ins[1:3], CQ), ins[3], bn(*ins[4:], C), heads, kd, hd, True)
+    want = psa_baselines.psa_attention_reference(ins[0], bn(*ins[1:3], CQ), ins[3], bn(*ins[4:], C), heads, kd, hd, True)
     assert_close(f(*ins), want, rtol=1e-7, atol=1e-7)  # torch.testing.assert_close's float64 defaults
 
 
 def _op_reference(qkv, qa, qb, pe, pa, pb, heads, kd, hd):
-    """psa_attn_fwd's `out` in plain torch."""
+    """psa_attn's `out` in plain torch."""
     B, _, H, W = qkv.shape
     x = (qkv * qa.view(1, -1, 1, 1) + qb.view(1, -1, 1, 1)).reshape(B, heads, 2 * kd + hd, H * W)
     q, k, v = x.split([kd, kd, hd], dim=2)
@@ -162,7 +165,7 @@ def test_op_split_head_dims_channels_last(kd, hd):
     assert P._head_dims(kd, hd)["KD1" if kd == 40 else "HD1"] == 16
     cl = [t.to(memory_format=torch.channels_last) if t.dim() == 4 else t for t in ins]
     cl = [t.detach().requires_grad_() for t in cl]
-    out = P.psa_attn_fwd(*cl, *dims)[0]
+    out = P.psa_attn(*cl, *dims)[0]
     assert out.is_contiguous(memory_format=torch.channels_last)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype).to(out.device)
     grads = torch.autograd.grad(out, cl, g.to(memory_format=torch.channels_last))
@@ -187,26 +190,28 @@ def test_autotune_key_buckets_tokens(monkeypatch):
         def __getitem__(self, grid):
             return lambda *args, **kwargs: calls.append((self.fn, dict(zip(self.fn.arg_names, args)), kwargs))
 
-    for name in ("_psa_fwd", "_psa_bwd_dkdv", "_psa_bwd_dq"):
-        monkeypatch.setattr(P, name, Rec(getattr(P, name)))
+    def tuned(tuned, grid, interp_meta, args, kwargs):  # utils.launch_tuned: the autotuned kernels
+        calls.append((tuned, dict(zip(tuned.fn.arg_names, args)), {**kwargs, **interp_meta}))
+
+    monkeypatch.setattr(P, "launch_tuned", tuned)
     monkeypatch.setattr(P, "_psa_bwd_pre_kernel", Rec(P._psa_bwd_pre_kernel))
 
     def signatures(B, H, W):
         calls.clear()
         ins, dims = _tiny_inputs(torch.float32, B=B, heads=2, kd=16, hd=32, H=H, W=W)
         ins = [t.to(memory_format=torch.channels_last) if t.dim() == 4 else t for t in ins]
-        out, lse = P.psa_attn_fwd(*ins, *dims)
-        P.psa_attn_bwd(torch.empty_like(out), *ins, out, lse, *dims)
+        out, lse = P.psa_attn(*ins, *dims)
+        P.psa_attn_backward(torch.empty_like(out), *ins, out, lse, *dims)
         sigs = []
         for fn, named, kwargs in calls:
             jit = fn.fn if hasattr(fn, "keys") else fn  # an autotuner's kernel (on a GPU), or the kernel
             free = set(getattr(jit, "do_not_specialize", None) or jit.kwargs.get("do_not_specialize", ()))
             spec = {k: 1 if v == 1 else 16 if v % 16 == 0 else 0
                     for k, v in named.items() if type(v) is int and k not in free}
-            sigs.append((jit.__name__, tuple({**named, **kwargs}.get(k) for k in P._KEY), spec))  # pre: not tuned
+            sigs.append((jit.__name__, tuple({**named, **kwargs}.get(k) for k in PK._KEY), spec))  # pre: not tuned
         return sigs
 
-    assert P._KEY == ["N_BUCKET", "KD", "HD"]
+    assert PK._KEY == ["N_BUCKET", "KD", "HD"]
     base = signatures(1, 20, 20)
     for shape in ((1, 19, 21), (1, 16, 24), (3, 20, 20), (64, 17, 30)):
         assert signatures(*shape) == base, shape
@@ -216,11 +221,11 @@ def test_autotune_key_buckets_tokens(monkeypatch):
 def test_opcheck():
     ins, dims = _tiny_inputs(torch.float32, B=2, heads=2, kd=8, hd=16, H=3, W=3)
     fwd_in = tuple(t.requires_grad_() for t in ins)
-    torch.library.opcheck(torch.ops.yolov10_kernels.psa_attn_fwd.default, (*fwd_in, *dims))
+    torch.library.opcheck(torch.ops.yolov10_kernels.psa_attn.default, (*fwd_in, *dims))
     with torch.no_grad():
-        out, lse = P.psa_attn_fwd(*ins, *dims)
+        out, lse = P.psa_attn(*ins, *dims)
     dout = torch.randn_like(out)
-    torch.library.opcheck(torch.ops.yolov10_kernels.psa_attn_bwd.default,
+    torch.library.opcheck(torch.ops.yolov10_kernels.psa_attn_backward.default,
                           (dout, *[t.detach() for t in ins], out, lse, *dims))
 
 
@@ -238,13 +243,13 @@ def test_v_norm_op(cl):
         x = qkv * qa.view(1, -1, 1, 1) + qb.view(1, -1, 1, 1)
         return x.unflatten(1, (heads, G))[:, :, 2 * kd:].flatten(1, 2)
     ins = tuple(t.clone().requires_grad_() for t in (qkv, qa, qb))
-    got = P.psa_v_norm(*ins, heads, kd, hd)
+    got = V.psa_v_norm(*ins, heads, kd, hd)
     assert got.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
     assert_close(got, ref(*ins), rel=1e-12)
-    assert torch.autograd.gradcheck(lambda *t: P.psa_v_norm(*t, heads, kd, hd), ins, eps=1e-6, atol=1e-8,
+    assert torch.autograd.gradcheck(lambda *t: V.psa_v_norm(*t, heads, kd, hd), ins, eps=1e-6, atol=1e-8,
                                     fast_mode=True)
-    torch.library.opcheck(P.psa_v_norm, (qkv.float(), qa.float(), qb.float(), heads, kd, hd))
-    torch.library.opcheck(P.psa_v_norm_backward, (torch.randn(2, heads * hd, 3, 5), qkv.float(), qa.float(), heads,
+    torch.library.opcheck(V.psa_v_norm, (qkv.float(), qa.float(), qb.float(), heads, kd, hd))
+    torch.library.opcheck(V.psa_v_norm_backward, (torch.randn(2, heads * hd, 3, 5), qkv.float(), qa.float(), heads,
                                                   kd, hd))
 
 
@@ -266,7 +271,7 @@ def test_torch_export_eval():
     fused = FusedAttention.from_module(copy.deepcopy(ref), backend="triton").eval()
     x = torch.randn(2, 64, 3, 5).to(DEV)
     ep = torch.export.export(fused, (x,))
-    assert any("psa_attn_fwd" in str(n.target) for n in ep.graph.nodes)
+    assert any("psa_attn" in str(n.target) for n in ep.graph.nodes)
     with torch.no_grad():
         assert_close(ep.module()(x), ref(x), rtol=2e-4, atol=2e-5)
 
@@ -276,7 +281,7 @@ def test_sdpa_rewrite_matches_reference():
     for train in (True, False):
         a, b = copy.deepcopy(ref).train(train), copy.deepcopy(ref).train(train)
         args = lambda m, raw: (raw, m.qkv.bn, m.pe.conv.weight, m.pe.bn, 2, 36, 72, train)  # noqa: E731
-        out_sdpa = a.proj(P.psa_attention_sdpa(*args(a, a.qkv.conv(x))))
+        out_sdpa = a.proj(psa_baselines.psa_attention_sdpa(*args(a, a.qkv.conv(x))))
         out_ref = b(x)
         assert_close(out_sdpa, out_ref, rtol=1e-4, atol=1e-5)
         assert_same_buffers(a, b)

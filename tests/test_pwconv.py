@@ -199,3 +199,35 @@ def test_opcheck_backward_fused(monkeypatch):
                                                 x.to(memory_format=torch.channels_last), w, None, None, None, None,
                                                 False, True, False))
     assert taken and set(taken) == {"fused"}, taken
+
+
+# ---- moved from tests/test_chain_train.py: gradcheck and opcheck of the op ----
+def test_gradcheck_pw_op_fp64():
+    torch.manual_seed(5)
+    d = dict(dtype=torch.float64, device=DEV)
+    x = torch.randn(1, 3, 2, 3, **d, requires_grad=True)
+    w = torch.randn(2, 3, 1, 1, **d, requires_grad=True)
+    si, ti = (torch.randn(3, **d, requires_grad=True) for _ in range(2))
+    b = torch.randn(2, **d, requires_grad=True)
+
+    def f(x, w, si, ti, b):
+        y, mean, var = pw_conv_bn(x, w, si, ti, None, True, True)
+        y2, _, _ = pw_conv_bn(x, w, None, None, b, False, False)
+        return y, mean, var, y2
+    assert torch.autograd.gradcheck(f, (x, w, si, ti, b), eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+def test_opcheck_pw_conv_bn():
+    torch.manual_seed(8)
+    x = torch.randn(2, 5, 3, 3, device=DEV, requires_grad=True)
+    w = torch.randn(6, 5, 1, 1, device=DEV, requires_grad=True)
+    s, t = (torch.randn(5, device=DEV, requires_grad=True) for _ in range(2))
+    b = torch.randn(6, device=DEV, requires_grad=True)
+    torch.library.opcheck(pw_conv_bn, (x, w, s, t, None, True, True))
+    torch.library.opcheck(pw_conv_bn, (x.detach().to(memory_format=torch.channels_last).requires_grad_(), w, None,
+                                       None, b, False, False))
+    y = torch.randn(2, 6, 3, 3, device=DEV)
+    g = torch.randn(2, 6, 3, 3, device=DEV)
+    gm, gv, mean = (torch.randn(6, device=DEV) for _ in range(3))
+    torch.library.opcheck(pw_conv_bn_backward, (g, gm, gv, x.detach(), w.detach(), s.detach(), t.detach(), y, mean,
+                                                True, False, True))

@@ -154,3 +154,46 @@ def test_no_long_functions():
 def test_cycle_finder_finds_a_cycle():
     """The checks above pass on an empty result: make sure the cycle finder can report one."""
     assert _cycles({"a": {"b"}, "b": {"a", "c"}, "c": set()}) == [["a", "b"]]
+
+
+MAX_FILE_LINES = 700
+
+
+def test_no_long_files_in_the_package():
+    """No file of yolov10_kernels/ over MAX_FILE_LINES lines: one op per file in ops/ (its kernels may sit in a
+    *_kernels.py beside it)."""
+    long = {str(p.relative_to(ROOT)): n for p in sorted((ROOT / "yolov10_kernels").rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES}
+    assert not long, f"files over {MAX_FILE_LINES} lines: {long}"
+
+
+def _calls(path):
+    """Dotted names of every call in a file (`triton.autotune`, `config`, ...)."""
+    def dotted(node):
+        return f"{dotted(node.value)}.{node.attr}" if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+    return [dotted(n.func) for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)]
+
+
+ONE_CONVENTION = {"triton.autotune": "ops/utils.autotune", "triton.Config": "ops/utils.config",
+                  "torch.library.custom_op": "the @torch.library.custom_op decorator"}
+
+
+def test_one_autotune_wrapper_and_one_config_maker():
+    """Autotuning goes through ops/utils.py (autotune, config: the register ceiling, the per-GPU prune) and
+    nowhere else in the package."""
+    utils = ROOT / "yolov10_kernels" / "ops" / "utils.py"
+    bad = {str(p.relative_to(ROOT)): name for p in sorted((ROOT / "yolov10_kernels").rglob("*.py")) if p != utils
+           for name in _calls(p) if name in ("triton.autotune", "triton.Config")}
+    assert not bad, f"use {ONE_CONVENTION}: {bad}"
+
+
+def test_the_interpreter_switch_is_read_at_run_time():
+    """No module freezes TRITON_INTERPRET at import (`X = triton_interpreted()` at module level): tests and
+    tools flip it per process and per call."""
+    frozen = []
+    for p in sorted((ROOT / "yolov10_kernels").rglob("*.py")):
+        for node in ast.parse(p.read_text()).body:
+            if isinstance(node, ast.Assign) and any(isinstance(c, ast.Call) and ast.unparse(c.func) == "triton_interpreted"
+                                                    for c in ast.walk(node.value)):
+                frozen.append(f"{p.relative_to(ROOT)}:{node.lineno}")
+    assert not frozen, frozen

@@ -16,7 +16,9 @@ recorded). Run it in a process without TRITON_INTERPRET: the launchers read it a
 import contextlib
 import copy
 import dataclasses
+import importlib
 import itertools
+import pkgutil
 import warnings
 from typing import Optional
 
@@ -116,9 +118,9 @@ def patched(obj, name, value):
 def custom_ops():
     """Every CustomOpDef of the Triton op modules."""
     from torch._library.custom_ops import CustomOpDef
-    from .ops import batchnorm, chain_eval, dwconv, psa_attention, pwconv
-    return [v for m in (batchnorm, chain_eval, dwconv, psa_attention, pwconv) for v in vars(m).values()
-            if isinstance(v, CustomOpDef)]
+    from . import ops
+    modules = [importlib.import_module(f"{ops.__name__}.{m.name}") for m in pkgutil.iter_modules(ops.__path__)]
+    return [v for m in modules for v in vars(m).values() if isinstance(v, CustomOpDef)]
 
 
 def _aten_method(name):
@@ -345,13 +347,37 @@ def dropin_calls(model, input_shapes, dtype, train, channels_last):
 
 def capture(model, input_shapes, dtype, train=False, channels_last=True, gpu="H200", recorder=None, amp=False,
             device=0):
-    """The Launches of one call of `model` (left as it is) on inputs of `input_shapes`, with parameters and
-    activations in `dtype` (channels_last: 4-d tensors in that layout): eval forward under no_grad, or train
-    forward + backward. amp: mixed precision as the trainer runs it, float32 parameters and the forward under
-    torch.autocast(dtype). gpu: the GPU whose launches to reproduce (a yolov10_kernels.gpus profile, a name such
-    as "RTX3090", or a capability such as "sm_86"); device: the fake CUDA device's index (see fake_gpu). `model` is
-    a drop-in or holds some; `recorder` collects the launches (a new Recorder
-    by default); returns its launches."""
+    """The Triton kernel launches of one call of `model`, found by running its real launchers on fake CUDA tensors.
+
+    Each drop-in that launches kernels itself (holds no other drop-in; backend not "reference") is run once, on a
+    meta copy turned into fake CUDA tensors inside fake_gpu(), at the inputs it gets in one forward of the model:
+    the eval forward under no_grad, or with train=True the train forward and then its custom ops' backward
+    (replayed with zero output gradients). Nothing runs on a GPU and nothing is compiled. Run it in a process
+    without TRITON_INTERPRET: the launchers read it at import.
+
+    Arguments:
+        model: torch.nn.Module, a drop-in or a model holding some (accelerate(model)), on any device and in any
+            dtype (only meta copies run); left as it is.
+        input_shapes: list of tuples of ints, the shape of each of the model's inputs, e.g.
+            [(batch, 3, height, width)].
+        dtype: torch.dtype (torch.float16, torch.bfloat16, torch.float32), of the parameters and activations
+            (with amp: of the activations only).
+        train: bool. False (default): the eval forward under no_grad; True: the train forward + backward.
+        channels_last: bool. 4-d parameters and inputs in channels_last layout. Default True.
+        gpu: the GPU whose launches to reproduce (its grids and configs): a yolov10_kernels.gpus profile, a name
+            such as "RTX3090", or a compute capability such as "sm_86". Default "H200".
+        recorder: None or Recorder, collects the launches (appended to what it holds). Default None: a new one.
+        amp: bool. Mixed precision as the trainer runs it: float32 parameters, the forward under
+            torch.autocast(dtype). Default False.
+        device: int, the fake CUDA device's index the tensors live on (see fake_gpu). Default 0.
+
+    Returns:
+        launches: list of Launch, recorder.launches (kernel, module, fn, args, constexprs, configs, tuned, key,
+            tensor_bytes, context, device, grid); [] for a model without such drop-ins and a new recorder.
+
+    Raises:
+        ValueError: an unknown gpu (raised once there is a drop-in call to capture).
+    """
     recorder = recorder or Recorder()
     param_dtype = torch.float32 if amp else dtype
     for module, shapes in dropin_calls(model, input_shapes, param_dtype, train, channels_last):

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 
 from .backend import TRITON_IMPORT_ERROR, kernels_disabled, triton_interpreted
-from .ops.chain_eval import _pix_bucket
+from .ops.utils import size_bucket
 from .ops.utils import next_pow2
 
 MARGIN = 0.05  # the fused path is chosen only when it takes at most 95 % of the reference's time
@@ -98,7 +98,7 @@ def shape_bucket(shape):
     """(batch to the next power of two, channels, the autotuners' per-image pixel bucket) of an NCHW shape: the
     sizes inside one bucket share a decision."""
     b, c, h, w = shape
-    return (next_pow2(b), c, _pix_bucket(h * w))
+    return (next_pow2(b), c, size_bucket(h * w))
 
 
 def decision_key(sig, shape, dtype, mode):

@@ -17,7 +17,6 @@ import dataclasses
 import importlib
 import multiprocessing as mp
 import os
-import re
 import time
 from typing import Optional
 
@@ -55,22 +54,52 @@ class WarmupSummary:
 
 def warmup(model, imgsz=640, batch=1, dtype=torch.float16, train=False, *, amp=False, workers=None, target=None,
            channels_last=True, timeout_s=None, measure=None, timer=None):
-    """Compile every Triton kernel variant that `model` (accelerated: accelerate(model)) launches on a
-    (batch, model.ch or 3, *imgsz) input in `dtype` (float16, bfloat16 or float32): the eval forward, and with
-    train=True also the train forward + backward. amp: mixed precision as the trainer runs it (float32
-    parameters, the forward under torch.autocast(dtype)); otherwise the model runs in `dtype` (model.half()).
-    imgsz: an int (square) or (height, width); channels_last: the layout the model runs in (accelerate() puts
-    a CUDA model in channels_last). workers: compile processes (default: the CPU count). target: the GPU to
-    compile for and whose launches to reproduce: a yolov10_kernels.gpus profile name ("RTX3090", "T4") or a compute
-    capability ("sm_86", 90) (default: the current CUDA device; without one, nothing is compiled); timeout_s: stop waiting for
-    compiles after that long. The model is left as it is. The workers are spawned processes: in a script, call
-    this under `if __name__ == "__main__":`.
-    measure: then also time each drop-in's fused path against its reference path at these shapes and keep the
-    faster (yolov10_kernels.dispatch.measure, with `timer`; summary.dispatch is its report, which says why where
-    nothing was measured, e.g. without a CUDA device); None: measure when $YOLOV10_KERNELS_DISPATCH=measure.
-    Returns a WarmupSummary; does nothing (summary.skipped says why, with one warning) where nothing can or need
-    be compiled: no CUDA device and no target, TRITON_INTERPRET=1, YOLOV10_KERNELS=off, triton missing, or a
-    model without drop-ins."""
+    """Compile every Triton kernel variant that `model` launches, in parallel worker processes, before it runs.
+
+    The launches are found without running anything (capture(): the eval forward, and with train=True also the
+    train forward + backward, on fake CUDA tensors) and each distinct variant is compiled into Triton's on-disk
+    cache. The model is left as it is. The workers are spawned processes: in a script, call this under
+    `if __name__ == "__main__":`.
+
+    Arguments:
+        model: torch.nn.Module, accelerated (accelerate(model)), on any device and in any dtype (capture() runs
+            a meta copy); not modified. Its input has model.ch channels (3 where it has no `ch`).
+        imgsz: int (square) or (height, width) pair of positive ints. Default 640.
+        batch: positive int, the input's batch size. Default 1. The input is (batch, model.ch or 3, *imgsz).
+        dtype: torch.dtype or its name: torch.float16 (default), torch.bfloat16 or torch.float32. Without amp the
+            model runs in it (model.half()).
+        train: bool. Also capture the train forward + backward. Default False.
+        amp: bool, keyword-only. Mixed precision as the trainer runs it: float32 parameters, the forward under
+            torch.autocast(dtype). Default False.
+        workers: None or positive int, keyword-only. Compile processes (at most one per variant). Default None:
+            the CPU count.
+        target: None, str or int, keyword-only. The GPU to compile for and whose launches to reproduce: a
+            yolov10_kernels.gpus profile name ("RTX3090", "T4") or a compute capability ("sm_86", "sm_90a", 90).
+            Default None: the current CUDA device; without one, nothing is compiled.
+        channels_last: bool, keyword-only. The layout the model runs in (accelerate() puts a CUDA model in
+            channels_last). Default True.
+        timeout_s: None or float, keyword-only. Stop waiting for compiles after that many seconds (those under
+            way finish in the background, into the cache; the rest are dropped). Default None: wait for all.
+        measure: None or bool, keyword-only. True: also time each drop-in's fused path against its reference path
+            at these shapes and keep the faster (yolov10_kernels.dispatch.measure, on the model's device, with
+            `timer`); its report says why where nothing was measured, e.g. without a CUDA device. Default None:
+            measure when the dispatch policy is "measure" ($YOLOV10_KERNELS_DISPATCH=measure); False: never. It
+            runs even where nothing was compiled.
+        timer: None or callable timer(fn, name=, path=, mode=) -> milliseconds, keyword-only, for measure.
+            Default None: dispatch.default_timer(device).
+
+    Returns:
+        summary: WarmupSummary (str(): what was compiled, then the dispatch table): target ("sm_90"; None when
+            skipped), launches recorded, distinct variants, compiled, failed ([{"kernel", "config", "error"}]),
+            seconds, workers, skipped (why nothing was compiled, or None) and dispatch (the measured
+            DispatchReport, or None). Nothing is compiled (summary.skipped says why, with one warning) where
+            nothing can or need be: no CUDA device and no target, TRITON_INTERPRET=1, YOLOV10_KERNELS=off, triton
+            missing, or a model without drop-ins.
+
+    Raises:
+        ValueError: a bad dtype, imgsz, batch or workers; an unknown target (checked unless YOLOV10_KERNELS=off
+            or triton is missing); with measure=None, a bad $YOLOV10_KERNELS_DISPATCH value.
+    """
     dtype, hw = _check_dtype(dtype), _check_imgsz(imgsz)
     for name, v in (("batch", batch), ("workers", 1 if workers is None else workers)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

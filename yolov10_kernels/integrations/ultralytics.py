@@ -295,11 +295,38 @@ def _patch_model(model, modules, assigner, backend):
 
 
 def patch_ultralytics(model=None, modules=True, assigner=True, backend="auto"):
-    """Make ultralytics train on the fused kernels. With `model` (a DetectionModel or a YOLO object): swap its
-    YOLOv10 modules and give its loss (built now or later) the fused assigner. Without: patch at class level,
-    so that the models and losses ultralytics builds later (inside YOLO(...).train() and `yolo train`) get them.
-    backend: the drop-ins' backend ("auto": Triton on CUDA tensors, reference on the CPU; "triton";
-    "reference"). Calling it twice is harmless. Returns a report of what was patched."""
+    """Make ultralytics train on the fused kernels: its YOLOv10 (and YOLO11/26) modules and its assigner.
+
+    Without `model`, patch at class level, so that the models and losses ultralytics builds later (inside
+    YOLO(...).train() and `yolo train`) get them: DetectionModel.__init__ swaps the modules, BaseTrainer.setup_model
+    swaps those of a model handed to a trainer, ultralytics.utils.loss.TaskAlignedAssigner is the fused one, and
+    DDP worker scripts apply the same patch first (undo with unpatch_ultralytics()). With `model`, patch that model
+    only. Calling it twice is harmless.
+
+    Arguments:
+        model: None, or an ultralytics DetectionModel or YOLO object (torch.nn.Module, on the CPU or CUDA, any
+            dtype). Given: its modules are swapped in place and its loss (built now, or when the model builds it)
+            gets the fused assigner. Default None: the class-level patch.
+        modules: bool. Swap CIB, SCDown, every Attention and the light cls branches of the non-legacy
+            Detect-family heads for the drop-ins (state_dict keys unchanged). Default True.
+        assigner: bool. Give the losses the fused TaskAlignedAssigner. Default True.
+        backend: str, the drop-ins' backend: "auto" (default: Triton on CUDA tensors, reference on the CPU),
+            "triton" or "reference".
+
+    Returns:
+        report: dict of what was patched: "ultralytics" (the installed version), "semantics" ("8.3" or
+            "8.4 (stride_val, topk2)"), then "disabled" under YOLOV10_KERNELS=off (nothing patched). At class
+            level, a line each for "assigner" (assigner=True), "modules" and "trainer" (modules=True), "ddp"
+            (either); with `model`, "modules" (modules=True: swap_modules' {op: number of drop-ins,
+            "attention": ..., "left_alone": ...}; one warning if there were none) and "assigner" (assigner=True).
+
+    Raises:
+        ValueError: a bad backend.
+        RuntimeError: backend="triton" where Triton kernels cannot run, or an ultralytics outside >=8.3.0,<8.5.0
+            (nothing is patched).
+        ImportError: ultralytics is not installed.
+        TypeError: a `model` that is neither a DetectionModel nor a YOLO object holding one.
+    """
     from ..backend import check_backend
     check_backend(backend)
     import ultralytics
@@ -353,7 +380,20 @@ def _unwrap(model):
 
 
 def unpatch_ultralytics():
-    """Undo the class-level patches (models already built keep their swapped modules). Returns what was restored."""
+    """Undo the class-level patches of patch_ultralytics() (and DDP worker scripts generated from now on run
+    unpatched). Models and losses already built keep their drop-ins and fused assigners, and a
+    patch_ultralytics(model) is not undone.
+
+    Arguments:
+        None.
+
+    Returns:
+        restored: list of str, the attributes put back ("DetectionModel.__init__",
+            "ultralytics.utils.loss.TaskAlignedAssigner", ...); [] when nothing was patched at class level.
+
+    Raises:
+        None of its own.
+    """
     restored = [f"{getattr(owner, '__name__', owner)}.{name}" for owner, name in _patched]
     for (owner, name), value in _patched.items():
         setattr(owner, name, value)

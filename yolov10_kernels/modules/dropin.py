@@ -29,7 +29,7 @@ class DropIn:
     backend = "auto"
     _dynamic_classes = {}
     # instance attributes the replaced module does not have
-    _dropin_state = ("backend", "_cache", "_dispatch_sig", "_unfusable")
+    _dropin_state = ("backend", "_cache", "_dispatch_sig", "_unfusable", "_backward_checked")
 
     @classmethod
     def for_class(cls, base):
@@ -78,13 +78,16 @@ class DropIn:
         with one warning naming the module and the reason: bf16 on a GPU without bf16 tensor cores (T4), or a
         kernel that does not compile or launch there (a Triton error on a CUDA tensor: out of shared memory or
         registers on a GPU no profile describes, a target Triton cannot compile for), after which this module
-        stays on its reference forward and the run goes on."""
+        stays on its reference forward and the run goes on. The backward's kernels are checked too, before the
+        first training forward of each dtype (_check_backward): in loss.backward() it would be too late to fall
+        back."""
         why = self.__dict__.get("_unfusable") or _unsupported_dtype(x)
         if why is None:
             try:
+                self._check_backward(x, fused)
                 return fused(x)
             except Exception as e:  # noqa: BLE001 - only Triton's own errors on a GPU are caught, see below
-                if x.device.type != "cuda" or not type(e).__module__.startswith("triton") \
+                if not on_gpu(x) or not type(e).__module__.startswith("triton") \
                         or type(e).__name__ == "InterpreterError":
                     raise
                 why = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
@@ -93,6 +96,22 @@ class DropIn:
         warn_once(("unfusable", name, why[:80]), f"yolov10_kernels: {name} runs its reference forward on "
                   f"{gpus.device_profile(x.device).name}: {why}")
         return self.reference_forward(x)
+
+    def _check_backward(self, x, fused):
+        """Once per dtype, on a GPU, in a training forward: the fused forward and backward run on a copy of this
+        module and a detached x (its parameters' .grad and running statistics stay untouched), so that a backward
+        kernel that cannot compile or launch raises here. fused: a method of this module (else nothing to do)."""
+        checked = self.__dict__.setdefault("_backward_checked", set())
+        if (not on_gpu(x) or not (self.training and torch.is_grad_enabled()) or x.dtype in checked
+                or getattr(fused, "__self__", None) is not self):
+            return
+        twin = copy.deepcopy(self)
+        xt = x.detach().requires_grad_()
+        out = fused.__func__(twin, xt)
+        outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if o.requires_grad]
+        params = [p for p in twin.parameters() if p.requires_grad]
+        torch.autograd.grad(outs, [xt, *params], [torch.ones_like(o) for o in outs], allow_unused=True)
+        checked.add(x.dtype)
 
     def __reduce_ex__(self, protocol):
         # A pickled model (torch.save(model), ultralytics' checkpoints) holds the module this drop-in replaced,
@@ -190,6 +209,12 @@ def has_every_bn(specs):
     """ops.chain_train needs every conv's BN (batch statistics where the BN trains, running statistics where it
     is in eval mode); a BN folded into its conv (model.fuse(), a re-parameterised RepVGGDW) is gone."""
     return all(s.bn is not None and (s.kind != "repvgg" or s.bn2 is not None) for s in specs if s.kind != "final")
+
+
+def on_gpu(x):
+    """Whether x is on a CUDA device (where a Triton error means the GPU cannot run a kernel; on the CPU, under
+    the interpreter, it is a bug to see)."""
+    return x.device.type == "cuda"
 
 
 def _unsupported_dtype(x):

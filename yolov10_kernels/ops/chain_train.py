@@ -21,9 +21,9 @@ How it runs: every conv writes its raw output and per-channel batch statistics (
 statistics, on the device); one small kernel per BN (ops/batchnorm.bn_affine) turns them into scale/shift and
 updates the running statistics, and the next conv applies BN + act to its input tiles on the fly (its prologue).
 No per-layer glue runs as torch ops: a training step dispatches fewer host ops than the eager modules. The last
-conv of a chain runs twice over its input inside one op (dwconv.dw_conv_bn_act): a statistics-only pass, then a
+conv of a chain runs twice over its input inside one op (ops/dw_conv_bn_act.py): a statistics-only pass, then a
 pass whose epilogue writes act(BN(y)) (+ x) directly, so its raw output never exists. A RepVGGDW is one op
-(dwconv.dw_repvgg_bn): the statistics of both branches from one pass, then one 7x7 depthwise conv with the
+(ops/dw_repvgg_bn.py): the statistics of both branches from one pass, then one 7x7 depthwise conv with the
 BN-scaled, summed weights (w7 * s7 + pad(w3 * s3)) gives the pre-activation, as exact in train mode as the
 two-branch form. Backward recomputes activations from the saved raw tensors: what is saved for backward is the
 chain input, the raw outputs that feed a later conv, and per-channel vectors (see tests/test_chain_train.py for
@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from .batchnorm import BatchNormSpec, batch_scale_shift, running_scale_shift, uses_batch_stats
-from .dwconv import dw_conv_bn, dw_conv_bn_act_train, dw_repvgg_train
+from .dw_conv_bn_act import dw_conv_bn_act_train
+from .dw_repvgg_bn import dw_repvgg_train
+from .dwconv import dw_conv_bn
 from .pwconv import pw_conv_bn
 from .utils import acc_dtype, check_device, check_tensor, conv_out_size
 
@@ -191,7 +193,7 @@ def _dw_step(cur, s, count, last, res):
 
 
 def _repvgg_step(cur, s, count, last, res):
-    """Both BNs on batch statistics: one op (dwconv.dw_repvgg_train). Else each branch's BN affine (from its
+    """Both BNs on batch statistics: one op (dw_repvgg_bn.dw_repvgg_train). Else each branch's BN affine (from its
     statistics-only pass, or its running statistics), then one large depthwise conv with the BN-scaled, summed
     weights."""
     if all(uses_batch_stats(bn, bn.training) for bn in (s.bn, s.bn2)):

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from ..gpus import device_profile, smem_estimate
-from .utils import (acc_dtype, check_device, check_tensor, empty, empty_4d, finish_stats, grad_like,
+from .utils import (MAXNREG, acc_dtype, check_device, check_tensor, empty, empty_4d, finish_stats, grad_like,
                     next_pow2, on_device, op_name, partial_stats, split_tiles, stat_grads, sum_partials,
                     target_programs, tf32_allowed, tl, tl_acc, triton, triton_interpreted, vec)
 
@@ -382,7 +382,7 @@ def _pw_forward(x, weight, in_scale, in_shift, bias, in_act, stats):
             pcnt, pmean, pm2, M, HW, CI, CO, sxn, sxc, sxp, syn, syc, syp, w.stride(0), w.stride(1),
             IN_AFFINE=s is not None, IN_ACT=bool(in_act), HAS_BIAS=b is not None, STATS=bool(stats),
             ACC=tl_acc(x.dtype), DOT_DT=dot_dt, IEEE=ieee, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw,
-            num_stages=ns)
+            num_stages=ns, maxnreg=MAXNREG)
     if stats:
         return (y, *finish_stats(pcnt, pmean, pm2, x))
     return y, x.new_empty(0, dtype=sd), x.new_empty(0, dtype=sd)
@@ -456,7 +456,7 @@ def _fused_backward(io, dims, strides, gx_strides, has_bias, dummy, flags, cfg):
     with on_device(x):
         _pw_bwd_fused_kernel[(programs,)](*io, pgs, pgt, pgw, pgb, *dims, per, *strides, *gx_strides, w.stride(0),
                                           w.stride(1), HAS_BIAS=has_bias, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
-                                          num_warps=nw, num_stages=ns, **flags)
+                                          num_warps=nw, num_stages=ns, maxnreg=MAXNREG, **flags)
     return pgs, pgt, pgw, pgb
 
 
@@ -474,7 +474,7 @@ def _split_backward(io, dims, strides, gx_strides, has_bias, dummy, flags):
     with on_device(x):
         _pw_dgrad_kernel[(mblk, triton.cdiv(CI, b_ci))](
             *io, pgs, pgt, *dims, *strides, *gx_strides, w.stride(0), w.stride(1),
-            BLOCK_M=BM, BLOCK_N=b_co, BLOCK_K=b_ci, num_warps=nw, num_stages=ns, **flags)
+            BLOCK_M=BM, BLOCK_N=b_co, BLOCK_K=b_ci, num_warps=nw, num_stages=ns, maxnreg=MAXNREG, **flags)
     # grad W (and bias): output x input channels, the rows split across programs, fp32 partials
     BM, BN, BK, nw, ns = _blocks(M, CI, CO, x, "wgrad")
     tiles = triton.cdiv(CO, BN) * triton.cdiv(CI, BK)
@@ -486,7 +486,7 @@ def _split_backward(io, dims, strides, gx_strides, has_bias, dummy, flags):
     with on_device(x):
         _pw_wgrad_kernel[(triton.cdiv(CO, BN), triton.cdiv(CI, BK), splits)](
             *io[:6], *io[7:10], pgw, pgb, *dims, rows, *strides, HAS_BIAS=has_bias,
-            BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw, num_stages=ns, **flags)
+            BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=nw, num_stages=ns, maxnreg=MAXNREG, **flags)
     return pgs, pgt, pgw, pgb
 
 

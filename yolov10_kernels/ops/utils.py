@@ -109,6 +109,16 @@ def is_channels_last(x):
     return x.dim() == 4 and (not x.is_contiguous()) and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def dense_4d(t):
+    """t itself when NCHW- or channels_last-contiguous (kernels that read strides take both), else an NCHW copy."""
+    return t if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) else t.contiguous()
+
+
+def token_strides(t):
+    """(batch, channel, token) strides of a dense_4d (B, C, H, W) tensor: token n = y * W + x."""
+    return t.stride(0), t.stride(1), t.stride(3)
+
+
 def strides4(t):
     """The four strides of a 4-D tensor; zeros for an absent (None) one, whose kernel argument is never read."""
     return tuple(t.stride()) if t is not None and t.dim() == 4 else (0, 0, 0, 0)
@@ -190,6 +200,46 @@ def split_tiles(num_tiles, other_programs, device):
     splits = max(1, min(num_tiles, want))
     per = math.ceil(num_tiles / splits)
     return math.ceil(num_tiles / per), per
+
+
+# ------------------------------------------------------------------------------------------ autotuning
+# ptxas left to itself caps some variants at 96-168 registers on sm_75 and sm_100 (an occupancy heuristic, not a
+# need) and they spill: every launch of a kernel with dot or depthwise tiles states the hardware's ceiling, which
+# 8 warps (the most any config uses) can all hold (256 threads x 255 <= 65,536 registers per SM on every profile).
+MAXNREG = 255
+# Above 2^16 every config's grid covers the largest GPU's SMs several times over, so the best config no longer
+# depends on the size: one bucket for all of them.
+BUCKET_CAP = 1 << 16
+
+
+def size_bucket(n):
+    """The autotune keys' stand-in for a size that changes with the image (pixels or tokens per image; the batch
+    only multiplies the grid, so a new batch size never re-tunes): the next power of two, capped at BUCKET_CAP."""
+    return min(next_pow2(n), BUCKET_CAP)
+
+
+def config(num_warps=4, num_stages=2, **blocks):
+    """One autotune config, with the register ceiling (MAXNREG)."""
+    return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages, maxnreg=MAXNREG)
+
+
+def autotune(configs, key, prune):
+    """The package's one autotune wrapper: triton.autotune over `configs` keyed by `key`, pruned before any timing
+    by prune(configs, named_args, **kwargs) to the configs the GPU at hand can launch (gpus.device_profile).
+    Launch the result with launch_tuned."""
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": prune})
+
+
+def launch_tuned(tuned, grid, interp_meta, args, kwargs):
+    """Launch an autotune() kernel on args[0]'s device: timed configs on a GPU; under the interpreter (which cannot
+    time several configs) the bare kernel with interp_meta's block sizes. grid: a tuple, or a function of the
+    launch's meta-parameters."""
+    with on_device(args[0]):
+        if triton_interpreted():
+            meta = {**kwargs, **interp_meta}
+            tuned.fn[grid(meta) if callable(grid) else grid](*args, **meta)
+        else:
+            tuned[grid](*args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ statistics
