@@ -15,7 +15,7 @@ from yolov10.model import YOLOv10
 from yolov10.modules import CIB, Attention, Conv, SCDown
 from yolov10_kernels import accelerate, backend
 from yolov10_kernels.modules import dropin
-from yolov10_kernels.ops import chain_eval as D
+from yolov10_kernels.ops import dw_pw_dw_infer, dw_pw_infer, dw_pw_pw_infer, pw_dw_infer
 from yolov10_kernels.ops import utils
 from yolov10_kernels.modules.cib import FusedCIB
 from yolov10_kernels.modules.cls_head import FusedClsHead
@@ -195,7 +195,8 @@ def no_launch(monkeypatch):
     """Any Triton launch of these ops (inference kernels or the training chain) fails the test."""
     def boom(*a, **k):
         raise AssertionError("a Triton kernel was launched")
-    monkeypatch.setattr(D, "launch_tuned", boom)
+    for mod in (dw_pw_infer, dw_pw_pw_infer, pw_dw_infer, dw_pw_dw_infer):
+        monkeypatch.setattr(mod, "launch_tuned", boom)
     monkeypatch.setattr(dropin, "chain_train", boom)
 
 

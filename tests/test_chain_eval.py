@@ -19,6 +19,7 @@ from yolov10_kernels.modules.cib import FusedCIB
 from yolov10_kernels.modules.cls_head import FusedClsHead
 from yolov10_kernels.modules.scdown import FusedSCDown
 from yolov10_kernels.ops import chain_eval as D
+from yolov10_kernels.ops import dw_pw_dw_infer, dw_pw_infer, dw_pw_pw_infer, folded, pw_dw_infer
 from yolov10_kernels.ops.utils import is_channels_last
 from helpers import assert_close, randomize_bn
 
@@ -26,6 +27,15 @@ CUDA = torch.cuda.is_available()
 needs_triton_cpu = pytest.mark.skipif(not triton_status("cpu")[0], reason="needs TRITON_INTERPRET=1 and triton")
 needs_cuda = pytest.mark.skipif(not (CUDA and triton_status("cuda")[0]), reason="needs a CUDA device and triton")
 
+
+
+INFER_OPS = (dw_pw_infer, dw_pw_pw_infer, pw_dw_infer, dw_pw_dw_infer)  # the op modules of the eval chains
+
+
+def patch_launches(monkeypatch, launch):
+    """Every eval-chain op launches through `launch` (utils.launch_tuned's signature) from now on."""
+    for mod in INFER_OPS:
+        monkeypatch.setattr(mod, "launch_tuned", launch)
 
 def make_cib(c=20, lk=False, shortcut=True, c1=None, e=1.0):
     return randomize_bn(CIB(c1 or c, c, shortcut, e=e, lk=lk)).eval()
@@ -70,7 +80,7 @@ def test_cib_matches_reference(lk, b, h, w, cl):
 def test_cib_multiblock_no_shortcut_fp64(monkeypatch):
     """Several channel blocks and K chunks (blocks capped at 16 for 20/40 channels), c1 != c2 (no residual),
     a 1-pixel-wide map, several tiles per image and the persistent loop; fp64 to 1e-10."""
-    monkeypatch.setattr(D, "INTERPRET_MAX_BLOCK", 16)
+    monkeypatch.setattr(folded, "INTERPRET_MAX_BLOCK", 16)
     ref = make_cib(20, lk=True, c1=12, e=1.0).double()
     assert not ref.add
     check(ref, torch.randn(2, 12, 11, 1, dtype=torch.float64), rel=1e-10)
@@ -89,7 +99,7 @@ def test_scdown_matches_reference(b, h, w, cl):
 
 @needs_triton_cpu
 def test_scdown_multiblock_fp64(monkeypatch):
-    monkeypatch.setattr(D, "INTERPRET_MAX_BLOCK", 16)
+    monkeypatch.setattr(folded, "INTERPRET_MAX_BLOCK", 16)
     check(make_scdown(20, 36).double(), torch.randn(2, 20, 7, 5, dtype=torch.float64), rel=1e-10)
     check(make_scdown(20, 18, k=3, s=1).double(), torch.randn(1, 20, 5, 6, dtype=torch.float64), rel=1e-10)
 
@@ -104,7 +114,7 @@ def test_cls_head_matches_reference(b, h, w, cl):
 
 @needs_triton_cpu
 def test_cls_head_multiblock_fp64(monkeypatch):
-    monkeypatch.setattr(D, "INTERPRET_MAX_BLOCK", 16)
+    monkeypatch.setattr(folded, "INTERPRET_MAX_BLOCK", 16)
     ref = make_cls(18, nc=37).double()  # c3 = max(18, min(37, 100)) = 37 hidden channels, 37 classes
     check(ref, torch.randn(2, 18, 5, 3, dtype=torch.float64), rel=1e-10)
 
@@ -153,7 +163,7 @@ def test_eval_with_grad_does_not_launch_the_inference_kernels(monkeypatch):
     their running statistics; its values and gradients: tests/test_accelerate.py)."""
     ref = make_scdown(8, 8)
     f = fused(ref)
-    monkeypatch.setattr(D, "launch_tuned", lambda *a, **k: pytest.fail("kernel launched"))
+    patch_launches(monkeypatch, lambda *a, **k: pytest.fail("kernel launched"))
     x = torch.randn(1, 8, 5, 5, requires_grad=True)
     f(x).sum().backward()
     assert x.grad is not None and ref.cv1.conv.weight.grad is not None
@@ -185,8 +195,7 @@ def _unspecialised(fn):
 def _tuning_signatures(monkeypatch, block, x):
     """Per launch of block(x): (kernel, autotune key, specialisation of the int arguments), without running it."""
     calls = []
-    monkeypatch.setattr(D, "launch_tuned", lambda tuned, grid, interp_meta, args, kwargs: calls.append((tuned, args,
-                                                                                                    kwargs)))
+    patch_launches(monkeypatch, lambda tuned, grid, interp_meta, args, kwargs: calls.append((tuned, args, kwargs)))
     with torch.no_grad():
         block(x)
     sigs = []

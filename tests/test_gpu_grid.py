@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from yolov10_kernels.ops import batchnorm, chain_eval, dwconv, pwconv  # noqa: E402
+from yolov10_kernels.ops import batchnorm, dw_pw_dw_infer, dw_pw_infer, dwconv, pwconv  # noqa: E402
 from yolov10_kernels.ops.utils import triton_interpreted  # noqa: E402
 import test_batchnorm as BN  # noqa: E402
 import test_chain_eval as EV  # noqa: E402
@@ -110,12 +110,13 @@ def test_inference_cib(monkeypatch, lk, b, h, w, cl, gpu_grid):
     """The eval CIB (dw_pw, then dw_pw_dw on a persistent grid of the device's program count, each program's
     scratch slot reused across its tiles) against the reference."""
     grids = []
-    launch = chain_eval.launch_tuned
+    launch = dw_pw_dw_infer.launch_tuned
 
     def spy(tuned, grid, interp_meta, args, kwargs):
         grids.append((tuned.fn.__name__, grid({**kwargs, **interp_meta})[0]))
         return launch(tuned, grid, interp_meta, args, kwargs)
-    monkeypatch.setattr(chain_eval, "launch_tuned", spy)
+    for mod in (dw_pw_infer, dw_pw_dw_infer):
+        monkeypatch.setattr(mod, "launch_tuned", spy)
     x = torch.randn(b, 20, h, w)
     EV.check(EV.make_cib(20, lk), x.to(memory_format=torch.channels_last) if cl else x)
     persistent = [n for name, n in grids if name == "_dw_pw_dw_kernel"]

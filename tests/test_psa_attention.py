@@ -20,7 +20,6 @@ from yolov10_kernels import accelerate  # noqa: E402
 from yolov10_kernels.modules.psa import FusedAttention, FusedPSA, swap  # noqa: E402
 from yolov10_kernels.ops import psa_attention as P  # noqa: E402
 from yolov10_kernels.ops import psa_attention_kernels as PK  # noqa: E402
-from yolov10_kernels.ops import psa_v_norm as V  # noqa: E402
 from yolov10_kernels.testing import psa_baselines  # noqa: E402
 from helpers import TF32_EPS, assert_close, randomize_bn
 
@@ -227,30 +226,6 @@ def test_opcheck():
     dout = torch.randn_like(out)
     torch.library.opcheck(torch.ops.yolov10_kernels.psa_attn_backward.default,
                           (dout, *[t.detach() for t in ins], out, lse, *dims))
-
-
-@pytest.mark.parametrize("cl", [False, True])
-def test_v_norm_op(cl):
-    """psa_v_norm: BN_qkv's v (the pe conv's input) and its gradients against torch, fp64; opcheck."""
-    torch.manual_seed(13)
-    heads, kd, hd = 2, 3, 5
-    G = 2 * kd + hd
-    qkv = torch.randn(2, heads * G, 3, 5, dtype=torch.float64)
-    qkv = qkv.to(memory_format=torch.channels_last) if cl else qkv
-    qa, qb = torch.randn(heads * G, dtype=torch.float64), torch.randn(heads * G, dtype=torch.float64)
-
-    def ref(qkv, qa, qb):
-        x = qkv * qa.view(1, -1, 1, 1) + qb.view(1, -1, 1, 1)
-        return x.unflatten(1, (heads, G))[:, :, 2 * kd:].flatten(1, 2)
-    ins = tuple(t.clone().requires_grad_() for t in (qkv, qa, qb))
-    got = V.psa_v_norm(*ins, heads, kd, hd)
-    assert got.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-    assert_close(got, ref(*ins), rel=1e-12)
-    assert torch.autograd.gradcheck(lambda *t: V.psa_v_norm(*t, heads, kd, hd), ins, eps=1e-6, atol=1e-8,
-                                    fast_mode=True)
-    torch.library.opcheck(V.psa_v_norm, (qkv.float(), qa.float(), qb.float(), heads, kd, hd))
-    torch.library.opcheck(V.psa_v_norm_backward, (torch.randn(2, heads * hd, 3, 5), qkv.float(), qa.float(), heads,
-                                                  kd, hd))
 
 
 def test_compile_fullgraph():

@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("yolov10", "yolov10_kernels", "bench")
-SEAM = "yolov10.kernels"
+SEAM = "yolov10.kernel_seam"
 MAX_FUNCTION_LINES = 80
 MAX_TRAINER_LINES = 450
 

@@ -213,7 +213,7 @@ def test_kernels_auto_runs(tiny_data, tmp_path, capsys):
 
 def test_kernels_seam_without_the_kernels_package(monkeypatch):
     """--kernels auto falls back to the reference with one warning; triton is an error that says how to install."""
-    from yolov10 import kernels
+    from yolov10 import kernel_seam as kernels
     monkeypatch.setitem(sys.modules, "yolov10_kernels", None)  # `import yolov10_kernels` now raises ImportError
     monkeypatch.setattr(kernels, "_warned", False)
     model = torch.nn.Linear(2, 2)
@@ -231,7 +231,7 @@ def test_kernels_seam_without_the_kernels_package(monkeypatch):
 
 
 def test_kernels_seam_with_the_kernels_package():
-    from yolov10 import kernels
+    from yolov10 import kernel_seam as kernels
     from yolov10_kernels import FusedTaskAlignedAssigner
     for choice in ("auto", "triton"):
         factory, desc = kernels.assigner_factory(choice)

@@ -120,6 +120,18 @@ def test_a_model_without_dropins_is_a_clear_noop(monkeypatch):
     assert summary.skipped and summary.variants == 0
 
 
+def test_bf16_on_a_gpu_without_bf16_says_so(monkeypatch):
+    """bf16 on a T4 runs every drop-in's reference path (nothing to compile): the summary says why, not "call
+    accelerate(model) first"."""
+    from yolov10.model import YOLOv10
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(utils, "_warned", set())
+    model = yolov10_kernels.accelerate(YOLOv10("n"), backend="auto")
+    with pytest.warns(RuntimeWarning, match="T4 has no bf16 tensor cores"):
+        summary = yolov10_kernels.warmup(model, 64, 1, torch.bfloat16, target="T4", workers=1)
+    assert summary.variants == 0 and "use float16" in summary.skipped
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"dtype": torch.float64}, "dtype must be one of"),
     ({"dtype": "int8"}, "dtype must be one of"),

@@ -2,7 +2,7 @@
 
 Reference implementation, bit-exact with ``ultralytics.utils.tal.TaskAlignedAssigner`` of ultralytics
 8.3.253 (the THU-MIG YOLOv10 algorithm; 8.4 changed it). It is the oracle of the fused C++/CUDA assigner
-(see ``yolov10.kernels.assigner_factory``), which mirrors the call signature below.
+(see ``yolov10.kernel_seam.assigner_factory``), which mirrors the call signature below.
 
 Shapes: B images, M = gt slots per image (padded to the most boxes in any image), A anchors, C classes.
 

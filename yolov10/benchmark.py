@@ -57,7 +57,7 @@ def time_rows(fns, warmup=5, iters=20, sync=None):
 
 def _row_makers(model, src, x, tmp):
     """name -> (make, note): make() returns a runner, (B, 3, S, S) float tensor -> (B, 300, 6) CPU tensor."""
-    from . import kernels
+    from . import kernel_seam as kernels
     from .export import EndToEnd, export
     from .onnx_runtime import OnnxRunner
     from .predict import TorchRunner

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from .defaults import DEFAULTS, OFFICIAL, SYNTH_DATASET, SYNTH_PRESET
-from .kernels import CHOICES as KERNEL_CHOICES, DISPATCH_CHOICES
+from .kernel_seam import CHOICES as KERNEL_CHOICES, DISPATCH_CHOICES
 
 
 def _info(argv):

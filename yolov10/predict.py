@@ -104,7 +104,7 @@ def load_runner(weights, imgsz=None, device="cpu", kernels="reference"):
         raise ValueError(f"--imgsz must be a multiple of 32, got {imgsz}")
     model = load_checkpoint(weights).to(device).eval()
     if kernels != "reference":
-        from .kernels import accelerate
+        from .kernel_seam import accelerate
         accelerate(model, backend=kernels)
     return TorchRunner(model), model.names, imgsz
 

@@ -44,7 +44,7 @@ import torch.nn as nn
 from .data.resolve import resolve_data
 from .defaults import AUGMENT_DEFAULTS, DEFAULTS, LOSS_GAINS, resolve_args, uses_synth
 from .ema import ModelEMA, unwrap
-from .kernels import accelerate, assigner_factory, fused_modules, measure_dispatch
+from .kernel_seam import accelerate, assigner_factory, fused_modules, measure_dispatch
 from .optim import build_optimizer, lr_lambda
 from .run_state import find_last, increment_dir, load_train_state, rng_state, set_rng_state
 from .utils import (contiguous_state_dict, dist_env, epoch_seed, is_main, log, machine_summary, memory_format,

@@ -109,7 +109,10 @@ def warmup(model, imgsz=640, batch=1, dtype=torch.float16, train=False, *, amp=F
     if not why:
         for mode in (False, True) if train else (False,):
             launches += capture(model, [shape], dtype, mode, channels_last, gpu, amp=amp)
-        why = None if launches else "the model launches no Triton kernel (call accelerate(model) first)"
+        if not launches:
+            why = "the model launches no Triton kernel (call accelerate(model) first)"
+            if dtype == torch.bfloat16 and not gpu.bf16:  # every drop-in runs its reference there (DropIn.guarded)
+                why = f"{gpu.name} has no bf16 tensor cores: bfloat16 runs the reference path; use float16"
     if why:
         warn_once(("warmup", why), f"yolov10_kernels.warmup: nothing compiled: {why}")
     summary = WarmupSummary(None, skipped=why) if why else compile_launches(launches, gpu.arch, workers, timeout_s)

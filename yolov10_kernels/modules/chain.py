@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.batchnorm import fold_into_conv
-from ..ops.chain_eval import FoldedChain, FoldedLayer
+from ..ops.folded import FoldedChain, FoldedLayer
 from ..ops.chain_train import ConvSpec
 
 

@@ -6,7 +6,7 @@ from ..ops.chain_eval import cib_infer
 from .chain import read_supported
 from .dropin import ChainDropIn, swap_modules
 
-KINDS = ("dw", "pw", "dw|repvgg", "pw", "dw")
+LAYER_PATTERN = ("dw", "pw", "dw|repvgg", "pw", "dw")  # the kind of each layer of cv1, in order ("a|b": either)
 
 
 class FusedCIB(ChainDropIn):
@@ -24,7 +24,7 @@ class FusedCIB(ChainDropIn):
 
 def supported(m):
     """The layouts the kernels implement: stride-1 odd-k DW convs, 1x1 PW convs, SiLU/Identity; last DW 3x3."""
-    specs = read_supported(getattr(m, "cv1", ()), KINDS)
+    specs = read_supported(getattr(m, "cv1", ()), LAYER_PATTERN)
     return specs is not None and all(s.stride == 1 for s in specs) and specs[-1].weight.shape[-1] == 3
 
 

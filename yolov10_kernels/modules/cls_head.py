@@ -10,7 +10,7 @@ from ..ops.chain_eval import cls_head_infer
 from .chain import read_supported
 from .dropin import ChainDropIn, swap_modules
 
-KINDS = ("dw", "pw", "dw", "pw", "final")
+LAYER_PATTERN = ("dw", "pw", "dw", "pw", "final")  # the kind of each layer of a cls branch, in order
 BRANCHES = ("cv3", "one2one_cv3")
 
 
@@ -34,7 +34,7 @@ def light_shape(seq):
 def supported(seq):
     if not light_shape(seq):
         return False
-    specs = read_supported(seq, KINDS)
+    specs = read_supported(seq, LAYER_PATTERN)
     return specs is not None and all(s.stride == 1 for s in specs) and specs[0].act and specs[2].act
 
 

@@ -12,8 +12,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .utils import (acc_dtype, check_device, empty, empty_4d, finish_stats, is_channels_last, next_pow2, on_device,
-                    op_name, partial_stats, split_tiles, tl, tl_acc, triton, triton_interpreted)
+from .utils import (acc_dtype, channel_block, check_device, empty, empty_4d, finish_stats, is_channels_last,
+                    layout_channel_block, next_pow2, on_device, op_name, partial_stats, split_tiles, tl, tl_acc,
+                    triton)
 
 Tensor = torch.Tensor
 
@@ -118,16 +119,34 @@ def _split(v):
     return hi, v - hi
 
 
-def _block(C):
-    return min(max(next_pow2(C), 16), 1024 if triton_interpreted() else 256)
-
-
-def affine_from_stats(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+@torch.library.custom_op(op_name("bn_affine"), mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+def bn_affine(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
               running_mean: Optional[Tensor], running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor],
               count: float, eps: float, momentum: Optional[float], update: bool) -> tuple[Tensor, Tensor]:
-    """(scale, shift) of a BN normalising with (mean, biased var), in their dtype; with `update`, the running
-    statistics (unbiased variance over `count` values) and num_batches_tracked updated in place exactly as
-    nn.BatchNorm2d does (momentum, or the cumulative average when momentum is None)."""
+    """(scale, shift) of a BN normalising with (mean, biased var), in their dtype: scale = weight / sqrt(var + eps),
+    shift = bias - mean * scale; with `update`, the running statistics (unbiased variance over `count` values) and
+    num_batches_tracked updated in place exactly as nn.BatchNorm2d does (momentum, or the cumulative average when
+    momentum is None). One launch. No autograd of its own (it mutates): batch_scale_shift differentiates it.
+
+    Arguments:
+        mean, var: (C,) batch mean and biased variance, the accumulation dtype (fp32, fp64 for fp64 inputs); on a
+            CUDA device, or on the CPU only under TRITON_INTERPRET=1.
+        weight, bias: (C,) the BN's gamma / beta, any float dtype, mean's device. None: 1 / 0.
+        running_mean, running_var: (C,) updated in place (their dtype kept) when `update`. running_mean None: no
+            update.
+        num_batches_tracked: () int64 counter, incremented when updating; None: not counted (with momentum None
+            the running statistics then stay as they are).
+        count: the number of values per channel behind (mean, var) (for the unbiased variance).
+        eps: the BN's eps. momentum: its momentum; None: the cumulative moving average.
+        update: update the running statistics (training mode).
+
+    Returns:
+        scale, shift: (C,) in mean's dtype.
+
+    Raises:
+        RuntimeError: Triton cannot be imported; a CPU mean without TRITON_INTERPRET=1, a CUDA mean with it, or
+            another device type (utils.check_device). No other checks.
+    """
     check_device(mean)
     C = mean.shape[0]
     scale, shift = empty(C, mean), empty(C, mean)
@@ -143,12 +162,8 @@ def affine_from_stats(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias:
                                 C, *_split(count), *_split(eps), *_split(0.0 if momentum is None else momentum),
                                 HAS_W=weight is not None, HAS_B=bias is not None, UPDATE=update,
                                 HAS_NBT=update and num_batches_tracked is not None,
-                                CUMULATIVE=momentum is None, ACC=tl_acc(mean.dtype), BLOCK_C=_block(C))
+                                CUMULATIVE=momentum is None, ACC=tl_acc(mean.dtype), BLOCK_C=channel_block(C, 256, 1024))
     return scale, shift
-
-
-bn_affine = torch.library.custom_op(op_name("bn_affine"), mutates_args=("running_mean", "running_var",
-                                                                      "num_batches_tracked"))(affine_from_stats)
 
 
 @bn_affine.register_fake
@@ -157,10 +172,29 @@ def _bn_affine_fake(mean, var, weight, bias, running_mean, running_var, num_batc
     return torch.empty_like(mean), torch.empty_like(mean)
 
 
-def affine_grads(grad_scale: Optional[Tensor], grad_shift: Optional[Tensor], mean: Tensor, var: Tensor,
+@torch.library.custom_op(op_name("bn_affine_backward"), mutates_args=())
+def bn_affine_backward(grad_scale: Optional[Tensor], grad_shift: Optional[Tensor], mean: Tensor, var: Tensor,
                        weight: Optional[Tensor], has_bias: bool, bias_dtype: torch.dtype, eps: float
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(grad mean, grad var, grad weight, grad bias); the last two empty when the BN has no such parameter."""
+    """The backward of bn_affine: (grad mean, grad var, grad weight, grad bias); the last two empty when the BN has
+    no such parameter. With r = (var + eps)^-1/2 and q = grad_scale - mean * grad_shift: grad mean = -weight r
+    grad_shift, grad var = -q weight r^3 / 2, grad weight = q r, grad bias = grad_shift. One launch.
+
+    Arguments:
+        grad_scale, grad_shift: (C,) gradients reaching scale / shift, mean's dtype and device; None: zero.
+        mean, var: (C,) the forward's batch statistics, the accumulation dtype (fp32, fp64 for fp64 inputs); on a
+            CUDA device, or on the CPU only under TRITON_INTERPRET=1.
+        weight: (C,) the BN's gamma, mean's device; None: no weight (1).
+        has_bias, bias_dtype: whether the BN has a bias, and its dtype. eps: the BN's eps.
+
+    Returns:
+        grad mean, grad var: (C,) in mean's dtype.
+        grad weight: (C,) in weight's dtype; (0,) without a weight. grad bias: (C,) in bias_dtype; (0,) without.
+
+    Raises:
+        RuntimeError: Triton cannot be imported; a CPU mean without TRITON_INTERPRET=1, a CUDA mean with it, or
+            another device type (utils.check_device). No other checks.
+    """
     check_device(mean)
     C = mean.shape[0]
     g_mean, g_var = empty(C, mean), empty(C, mean)
@@ -168,7 +202,7 @@ def affine_grads(grad_scale: Optional[Tensor], grad_shift: Optional[Tensor], mea
     g_b = mean.new_empty(C if has_bias else 0, dtype=bias_dtype)
     if not C:
         return g_mean, g_var, g_w, g_b
-    block = _block(C)
+    block = channel_block(C, 256, 1024)
     with on_device(mean):
         _bn_affine_bwd_kernel[(triton.cdiv(C, block),)](
             grad_scale if grad_scale is not None else mean, grad_shift if grad_shift is not None else mean, mean, var,
@@ -176,9 +210,6 @@ def affine_grads(grad_scale: Optional[Tensor], grad_shift: Optional[Tensor], mea
             g_b if has_bias else mean, C, *_split(eps), HAS_GS=grad_scale is not None, HAS_GT=grad_shift is not None,
             HAS_W=weight is not None, HAS_B=has_bias, ACC=tl_acc(mean.dtype), BLOCK_C=block)
     return g_mean, g_var, g_w, g_b
-
-
-bn_affine_backward = torch.library.custom_op(op_name("bn_affine_backward"), mutates_args=())(affine_grads)
 
 
 @bn_affine_backward.register_fake
@@ -276,24 +307,44 @@ def _tiles(x):
     """(BLOCK_P, BLOCK_C, grid, tiles per program) of the per-channel passes over x (B, C, H, W)."""
     N, C, H, W = x.shape
     NP = N * H * W
+    bc = layout_channel_block(C, x)
     if x.device.type != "cuda":
-        bc = min(max(next_pow2(C), 2), 64)
         bp = min(max(next_pow2(NP), 16), max(16, 16384 // bc))
-    elif is_channels_last(x):
-        bc = min(max(next_pow2(C), 8), 64)
-        bp = 4096 // bc
     else:
-        bc, bp = min(max(next_pow2(C), 2), 4), 512
+        bp = 4096 // bc if is_channels_last(x) else 512
     cblk = triton.cdiv(C, bc)
     splits, per = split_tiles(triton.cdiv(NP, bp), cblk, x.device)
     return bp, bc, (splits, cblk), per
 
 
-def batch_affine(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
-                 running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor], eps: float,
-                 momentum: Optional[float], update: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+@torch.library.custom_op(op_name("bn_batch_affine"), mutates_args=("running_mean", "running_var",
+                                                                   "num_batches_tracked"))
+def bn_batch_affine(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+                    running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor], eps: float,
+                    momentum: Optional[float], update: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(scale, shift, mean, biased var) of a BN normalising x (B, C, H, W) with its batch statistics (fp32; fp64
-    for fp64 x); with `update`, the running statistics updated as nn.BatchNorm2d does."""
+    for fp64 x); with `update`, the running statistics updated as nn.BatchNorm2d does. One statistics pass over x
+    (per-program partials merged on the device), then bn_affine. No autograd of its own (it mutates):
+    scale_shift differentiates it.
+
+    Arguments:
+        x: (B, C, H, W), fp32/fp16/bf16/fp64, any strides; on a CUDA device, or on the CPU only under
+            TRITON_INTERPRET=1.
+        weight, bias: (C,) the BN's gamma / beta, any float dtype, x's device. None: 1 / 0.
+        running_mean, running_var: (C,) updated in place (their dtype kept) when `update`; running_mean None: no
+            update.
+        num_batches_tracked: () int64 counter, incremented when updating; None: not counted.
+        eps: the BN's eps. momentum: its momentum; None: the cumulative moving average.
+        update: update the running statistics (training mode).
+
+    Returns:
+        scale, shift: (C,) with bn(x) == x * scale + shift; mean, var: (C,) batch mean and biased variance over
+        B H W values; all in the accumulation dtype (fp32, fp64 for fp64 x).
+
+    Raises:
+        RuntimeError: Triton cannot be imported; a CPU x without TRITON_INTERPRET=1, a CUDA x with it, or another
+            device type (utils.check_device). No other checks.
+    """
     check_device(x)
     N, C, H, W = x.shape
     sd = acc_dtype(x)
@@ -303,13 +354,9 @@ def batch_affine(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], ru
         _channel_stats_kernel[grid](x, pcnt, pmean, pm2, C, H * W, W, N * H * W, per, *x.stride(), ACC=tl_acc(sd),
                                     BLOCK_P=bp, BLOCK_C=bc)
     mean, var = finish_stats(pcnt, pmean, pm2, x)
-    scale, shift = affine_from_stats(mean, var, weight, bias, running_mean, running_var, num_batches_tracked,
-                                     float(N * H * W), eps, momentum, update)
+    scale, shift = bn_affine(mean, var, weight, bias, running_mean, running_var, num_batches_tracked,
+                             float(N * H * W), eps, momentum, update)
     return scale, shift, mean, var
-
-
-bn_batch_affine = torch.library.custom_op(op_name("bn_batch_affine"), mutates_args=(
-    "running_mean", "running_var", "num_batches_tracked"))(batch_affine)
 
 
 @bn_batch_affine.register_fake
@@ -322,10 +369,29 @@ def _bn_batch_affine_fake(x, weight, bias, running_mean, running_var, num_batche
 def bn_batch_affine_backward(grad_scale: Optional[Tensor], grad_shift: Optional[Tensor], x: Tensor, mean: Tensor,
                              var: Tensor, weight: Optional[Tensor], has_bias: bool, bias_dtype: torch.dtype,
                              eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(grad x, grad weight, grad bias) of batch_affine; the last two empty where the BN has no such parameter."""
+    """(grad x, grad weight, grad bias) of bn_batch_affine; the last two empty where the BN has no such parameter.
+    bn_affine_backward gives the gradients of (mean, var, weight, bias); one elementwise pass over x then forms
+    grad x = grad_mean / n + 2 grad_var (x - mean) / n, n = B H W.
+
+    Arguments:
+        grad_scale, grad_shift: (C,) gradients reaching scale / shift, mean's dtype, x's device; None: zero.
+        x: (B, C, H, W), the forward's input, fp32/fp16/bf16/fp64, any strides; on a CUDA device, or on the CPU
+            only under TRITON_INTERPRET=1.
+        mean, var: (C,) the forward's batch statistics, the accumulation dtype (fp32, fp64 for fp64 x).
+        weight: (C,) the BN's gamma; None: no weight. has_bias, bias_dtype: whether the BN has a bias, its dtype.
+        eps: the BN's eps.
+
+    Returns:
+        grad x: (B, C, H, W) in x's dtype, channels_last when x is (else NCHW).
+        grad weight: (C,) in weight's dtype, (0,) without one; grad bias: (C,) in bias_dtype, (0,) without one.
+
+    Raises:
+        RuntimeError: Triton cannot be imported; a CPU x without TRITON_INTERPRET=1, a CUDA x with it, or another
+            device type (utils.check_device, on x and on mean). No other checks.
+    """
     check_device(x)
     N, C, H, W = x.shape
-    g_mean, g_var, g_w, g_b = affine_grads(grad_scale, grad_shift, mean, var, weight, has_bias, bias_dtype, eps)
+    g_mean, g_var, g_w, g_b = bn_affine_backward(grad_scale, grad_shift, mean, var, weight, has_bias, bias_dtype, eps)
     gx = empty_4d(tuple(x.shape), x)
     bp, bc, grid, per = _tiles(x)
     with on_device(x):

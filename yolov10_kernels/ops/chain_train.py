@@ -43,7 +43,7 @@ from .utils import acc_dtype, check_device, check_tensor, conv_out_size
 
 __all__ = ["ConvSpec", "chain_train"]
 
-KINDS = ("dw", "pw", "repvgg", "final")
+VALID_KINDS = ("dw", "pw", "repvgg", "final")  # the ConvSpec kinds chain_train runs
 
 
 @dataclass
@@ -85,8 +85,8 @@ def _check_weight(where, s, w, kind):
 
 def _check_spec(i, s, last):
     where = f"layers[{i}]"
-    if s.kind not in KINDS:
-        raise ValueError(f"{where}: unknown kind {s.kind!r}; expected one of {KINDS}")
+    if s.kind not in VALID_KINDS:
+        raise ValueError(f"{where}: unknown kind {s.kind!r}; expected one of {VALID_KINDS}")
     _check_weight(where, s, s.weight, s.kind)
     if s.kind == "final":
         if not last:

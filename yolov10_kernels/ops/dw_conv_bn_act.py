@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .batchnorm import affine_from_stats, affine_grads
+from .batchnorm import bn_affine, bn_affine_backward
 from .dwconv import (_check_args, _dw_conv_bn_backward_fake, _dw_conv_bn_fake, _dw_forward, _grad_y_pass,
                      _input_grad_pass, _out_hw, _taps)
 from .utils import grad_like, op_name, vec
@@ -27,16 +27,46 @@ def dw_conv_bn_act(x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shi
                    num_batches_tracked: Optional[Tensor], stride: int, in_act: bool, out_act: bool, eps: float,
                    momentum: Optional[float], update: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """out = out_act(BN(depthwise_conv(in_act(x * in_scale + in_shift)))) (+ residual), BN with the batch
-    statistics of the conv's output (running statistics updated when `update`). Returns (out, mean, var, scale,
-    shift), the last four per channel in the accumulation dtype."""
+    statistics of the conv's output (running statistics updated when `update`): a statistics-only conv pass,
+    bn_affine (scale, shift and the running-statistics update), then the epilogue pass. No autograd of its own
+    (it mutates the running statistics): dw_conv_bn_act_train differentiates it.
+
+    Arguments:
+        x: (N, C, H, W), fp32/fp16/bf16/fp64, NCHW or channels_last; on a CUDA device, or on the CPU only under
+            TRITON_INTERPRET=1.
+        weight: (C, 1, k, k) or (C, k, k), k in 3, 5, 7; a float dtype; x's device.
+        in_scale, in_shift: C elements each, a float dtype, x's device; both or neither. None: no input affine.
+        residual: (N, C, OH, OW), a float dtype, x's device, any strides; added after out_act. None: no residual.
+        bn_weight, bn_bias: (C,) the BN's gamma / beta, any float dtype, x's device. None: 1 / 0.
+        running_mean, running_var: (C,) the BN's running statistics, updated in place when `update` (their dtype
+            kept). None: no running statistics (no update).
+        num_batches_tracked: () int64 counter, incremented when updating. None: not counted.
+        stride: 1 or 2; OH = (H - 1) // stride + 1 (likewise OW).
+        in_act, out_act: SiLU (True) or identity (False) after the input affine / the BN.
+        eps: the BN's eps. momentum: its momentum; None: the cumulative moving average.
+        update: update the running statistics (the BN's training mode).
+
+    Returns:
+        out: (N, C, OH, OW) in x's dtype, channels_last when x is (else NCHW).
+        mean, var: (C,) batch mean and biased variance of the conv's output; scale, shift: (C,) the BN as
+            y * scale + shift; all four in the accumulation dtype (fp32, fp64 for fp64 x).
+
+    Raises:
+        TypeError: x, weight, in_scale, in_shift or residual is not a tensor, or not fp32/fp16/bf16/fp64.
+        ValueError: x or residual not 4-D; weight not (C, 1, k, k) / (C, k, k) with k in 3, 5, 7; stride not 1
+            or 2; an input affine vector without C elements, or without its partner; a tensor on another device
+            than x; residual not of the output's shape.
+        RuntimeError: Triton cannot be imported; a CPU x without TRITON_INTERPRET=1, a CUDA x with it, or another
+            device type (utils.check_device).
+    """
     _check_args(x, weight, in_scale, in_shift, None, None, residual, stride)
     _, mean, var = _dw_forward(x, weight, in_scale, in_shift, None, None, None, stride, in_act, False, False, True)
     N, _, H, W = x.shape
     K = weight.shape[-1]
     OH, OW = _out_hw(H, W, K, stride)
     count = N * OH * OW
-    scale, shift = affine_from_stats(mean, var, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked,
-                                     float(count), eps, momentum, update)
+    scale, shift = bn_affine(mean, var, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked,
+                             float(count), eps, momentum, update)
     out = _dw_forward(x, weight, in_scale, in_shift, scale, shift, residual, stride, in_act, out_act, True, False)[0]
     return out, mean, var, scale, shift
 
@@ -55,12 +85,36 @@ def dw_conv_bn_act_backward(grad_out: Tensor, x: Tensor, weight: Tensor, in_scal
                             bias_dtype: torch.dtype, mean: Tensor, var: Tensor, scale: Tensor, shift: Tensor,
                             stride: int, in_act: bool, out_act: bool, eps: float
                             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(grad x, grad weight, grad in_scale, grad in_shift, grad BN weight, grad BN bias); empty where absent."""
+    """The backward of dw_conv_bn_act: (grad x, grad weight, grad in_scale, grad in_shift, grad BN weight, grad BN
+    bias); empty where absent. Three passes: the epilogue's gradient and its per-channel sums (y recomputed); the
+    statistics' term (after bn_affine_backward); grad x and weight. Residual's gradient is grad_out itself
+    (passed on by the autograd function; not returned here).
+
+    Arguments:
+        grad_out: (N, C, OH, OW), the gradient of out, a float dtype, x's device, any strides.
+        x, weight, in_scale, in_shift: the forward's (see dw_conv_bn_act); x on a CUDA device, or the CPU only
+            under TRITON_INTERPRET=1; the rest on x's device; None where the forward had None.
+        bn_weight: (C,) the BN's gamma (its gradient comes in its dtype); None: no BN weight.
+        has_bias, bias_dtype: whether the BN has a bias, and its dtype (of the bias gradient).
+        mean, var, scale, shift: (C,) the forward's outputs, in the accumulation dtype (fp32, fp64 for fp64 x).
+        stride, in_act, out_act, eps: the forward's.
+
+    Returns:
+        grad x: (N, C, H, W) in x's dtype, channels_last when x is (else NCHW).
+        grad weight: weight's shape and dtype, contiguous.
+        grad in_scale, grad in_shift: (C,) in the accumulation dtype; (0,) where not given.
+        grad BN weight: (C,) in bn_weight's dtype, (0,) without one; grad BN bias: (C,) in bias_dtype, (0,)
+            without one.
+
+    Raises:
+        RuntimeError: only bn_affine_backward's device check of mean (utils.check_device: no Triton; a CPU
+            tensor without TRITON_INTERPRET=1, a CUDA one with it, another device type). No other checks.
+    """
     w = _taps(weight)
     si, ti = vec(in_scale), vec(in_shift)
     g, g_scale, g_shift = _grad_y_pass(grad_out, x, w, si, ti, scale, shift, None, None, None, stride, in_act,
                                        out_act)
-    g_mean, g_var, g_bw, g_bb = affine_grads(g_scale, g_shift, mean, var, bn_weight, has_bias, bias_dtype, eps)
+    g_mean, g_var, g_bw, g_bb = bn_affine_backward(g_scale, g_shift, mean, var, bn_weight, has_bias, bias_dtype, eps)
     g = _grad_y_pass(g, x, w, si, ti, None, None, mean, g_mean, g_var, stride, in_act, False, out=g)[0]
     return (*_input_grad_pass(g, x, weight, w, si, ti, stride, in_act), g_bw, g_bb)
 
@@ -102,7 +156,20 @@ class _DwConvBnAct(torch.autograd.Function):
 
 def dw_conv_bn_act_train(x, weight, in_scale, in_shift, residual, bn, stride, in_act, out_act):
     """The last depthwise layer of a training chain with its BN on batch statistics (see dw_conv_bn_act);
-    differentiable in x, weight, the input affine, residual and the BN's weight and bias. bn: an nn.BatchNorm2d
-    or a BatchNormSpec."""
+    differentiable in x, weight, the input affine, residual and the BN's weight and bias.
+
+    Arguments:
+        x: (N, C, H, W), fp32/fp16/bf16/fp64, NCHW or channels_last; on a CUDA device, or on the CPU only under
+            TRITON_INTERPRET=1.
+        weight: (C, 1, k, k) or (C, k, k), k in 3, 5, 7; x's device.
+        in_scale, in_shift: C elements each, x's device; both or neither. None: no input affine.
+        residual: (N, C, OH, OW), x's device; None: no residual.
+        bn: an nn.BatchNorm2d or a BatchNormSpec (its weight, bias, running statistics, eps, momentum; its
+            .training decides whether the running statistics are updated).
+        stride: 1 or 2. in_act, out_act: SiLU (True) or identity (False) after the input affine / the BN.
+
+    Returns:
+        out: (N, C, OH, OW), OH = (H - 1) // stride + 1 (likewise OW), in x's dtype, channels_last when x is.
+    """
     return _DwConvBnAct.apply(x, weight, in_scale, in_shift, residual, bn, stride, in_act, out_act, bn.weight,
                               bn.bias)

@@ -21,8 +21,8 @@ import torch
 
 from ..gpus import emulating
 from .utils import (MAXNREG, acc_dtype, check_device, check_tensor, conv_out_size, empty, empty_4d, finish_stats,
-                    grad_like, is_channels_last, next_pow2, on_device, op_name, partial_stats, split_tiles,
-                    stat_grads, strides4, sum_partials, tl_acc, triton, triton_interpreted, vec)
+                    grad_like, is_channels_last, layout_channel_block, next_pow2, on_device, op_name, partial_stats,
+                    split_tiles, stat_grads, strides4, sum_partials, tl_acc, triton, triton_interpreted, vec)
 
 if triton is not None:  # without triton the ops import, and their launchers raise (utils.check_device)
     from .dwconv_kernels import _dw_bwd_kernel, _dw_conv_kernel, _dw_grad_y_kernel
@@ -43,16 +43,15 @@ def _blocks(C, spatial, x, K=3, bwd=False, prologue=True, dual=False):
     prologue needs 8 warps (without one, 4: at 8 ptxas caps it at 128 registers and spills); the backward over
     input positions, which also holds the activation and its derivative, 32 positions a tile on 8 warps, half that
     for a RepVGGDW's two branches (dual: their statistics terms and grad_out scales)."""
+    bc = layout_channel_block(C, x)
     if triton_interpreted() or x.device.type != "cuda":
         # the interpreter pays per program and per op, not per element: few, large tiles
-        bc = min(max(next_pow2(C), 2), 64)
         cap = 256 if not _tapsvec(x) else max(16, (1 << 18) // (next_pow2(K * K) * bc))
         return min(max(next_pow2(spatial), 16), cap), bc, 4
     if is_channels_last(x):
-        bc = min(max(next_pow2(C), 8), 64)
         bp = (32 if bwd else 64) if bc == 64 else 128
     else:
-        bc, bp = min(max(next_pow2(C), 2), 4), 256
+        bp = 256
     if x.dtype == torch.float64:  # fp64 (gradcheck) tiles: keep register use and compile time small
         bp = max(16, min(bp, 1024 // bc))
     big = bp * bc >= (2048 if bwd else 4096)
@@ -303,7 +302,39 @@ def dw_conv_bn(x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: 
                out_scale: Optional[Tensor], out_shift: Optional[Tensor], residual: Optional[Tensor],
                stride: int, in_act: bool, out_act: bool, write_out: bool, stats: bool
                ) -> tuple[Tensor, Tensor, Tensor]:
-    """See the module docstring. Returns (out, mean, biased var); empty tensors for what was not asked for."""
+    """Depthwise kxk conv (k = 3, 5 or 7, stride 1 or 2, zero padding k // 2 applied to a) with a BN prologue and
+    epilogue (the module docstring): a = in_act(x * in_scale + in_shift); y = depthwise_conv(a, weight);
+    out = out_act(y * out_scale + out_shift) + residual (each part optional), or out = y (raw); mean, var = the
+    batch mean and biased variance of y per channel. Differentiable (register_autograd) in x, weight, the four
+    affine vectors and residual (whose gradient is grad_out). Empty tensors for what was not asked for.
+
+    Arguments:
+        x: (N, C, H, W), fp32/fp16/bf16/fp64, NCHW or channels_last (read through its strides); on a CUDA device,
+            or on the CPU only under TRITON_INTERPRET=1.
+        weight: (C, 1, k, k) or (C, k, k), k in 3, 5, 7; a float dtype (converted on load); x's device.
+        in_scale, in_shift: C elements each (e.g. (C,)), a float dtype, x's device; both or neither. None: no
+            input affine.
+        out_scale, out_shift: C elements each, a float dtype, x's device; both or neither. None: no output affine.
+        residual: (N, C, OH, OW) (the output's shape), a float dtype, x's device, any strides; added after out_act.
+            None: no residual.
+        stride: 1 or 2; OH = (H - 1) // stride + 1 (likewise OW).
+        in_act, out_act: SiLU (True) or identity (False) after the input / output affine.
+        write_out: write out; False: a statistics-only pass (out empty).
+        stats: compute mean and var of y; False: both empty.
+
+    Returns:
+        out: (N, C, OH, OW) in x's dtype, channels_last when x is (else NCHW); (0,) when write_out is False.
+        mean, var: (C,) batch mean and biased variance of y, in the accumulation dtype (fp32, fp64 for fp64 x);
+            (0,) when stats is False.
+
+    Raises:
+        TypeError: x, weight, a given affine vector or residual is not a tensor, or not fp32/fp16/bf16/fp64.
+        ValueError: x or residual not 4-D; weight not (C, 1, k, k) / (C, k, k) with k in 3, 5, 7; stride not 1
+            or 2; an affine vector without C elements; a scale without its shift (or vice versa); a tensor on
+            another device than x; residual not of the output's shape.
+        RuntimeError: Triton cannot be imported; a CPU x without TRITON_INTERPRET=1, a CUDA x with it, or another
+            device type (utils.check_device).
+    """
     _check_args(x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride)
     return _dw_forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride, in_act, out_act,
                        write_out, stats)
@@ -326,8 +357,33 @@ def dw_conv_bn_backward(grad_out: Optional[Tensor], grad_mean: Optional[Tensor],
                         out_scale: Optional[Tensor], out_shift: Optional[Tensor], mean: Optional[Tensor],
                         y: Optional[Tensor], stride: int, in_act: bool, out_act: bool, write_out: bool, stats: bool
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(grad x, grad weight, grad in_scale, grad in_shift, grad out_scale, grad out_shift); the affine-vector
-    gradients are fp32 (fp64 for fp64 x), empty where that vector was not given."""
+    """The backward of dw_conv_bn: (grad x, grad weight, grad in_scale, grad in_shift, grad out_scale, grad
+    out_shift) from the gradients reaching out, mean and var. d loss / d y is formed through the epilogue
+    (affine, act) plus the batch statistics' term; y is recomputed from x, unless the raw output was saved (y).
+    Residual's gradient is grad_out itself (the autograd formula passes it on; not returned here).
+
+    Arguments:
+        grad_out: (N, C, OH, OW), x's dtype and device, any strides; None or empty: out got no gradient (also
+            ignored when write_out is False).
+        grad_mean, grad_var: (C,) gradients reaching mean / var, the accumulation dtype (fp32, fp64 for fp64 x),
+            x's device; one None is taken as zeros, both None (or stats False): no statistics term.
+        x, weight, in_scale, in_shift, out_scale, out_shift: the forward's (see dw_conv_bn); x on a CUDA device,
+            or the CPU only under TRITON_INTERPRET=1; the rest on x's device; None where the forward had None.
+        mean: (C,) the forward's batch mean (accumulation dtype); None when stats is False.
+        y: (N, C, OH, OW) the forward's raw output, saved only when out was y itself with batch statistics
+            (write_out and stats, no output affine, out_act or residual); None: y is recomputed.
+        stride, in_act, out_act, write_out, stats: the forward's flags.
+
+    Returns:
+        grad x: (N, C, H, W) in x's dtype, channels_last when x is (else NCHW).
+        grad weight: weight's shape and dtype, contiguous.
+        grad in_scale, grad in_shift, grad out_scale, grad out_shift: (C,) in the accumulation dtype (fp32, fp64
+            for fp64 x); (0,) where that vector was not given. All zeros when no gradient arrived or the output
+            is empty.
+
+    Raises:
+        No checks of its own (autograd passes the forward's checked tensors).
+    """
     return _dw_backward(grad_out, grad_mean, grad_var, x, weight, in_scale, in_shift, out_scale, out_shift, mean,
                         y, stride, in_act, out_act, write_out, stats)
 
@@ -344,7 +400,7 @@ def _dw_conv_bn_backward_fake(grad_out, grad_mean, grad_var, x, weight, in_scale
             vec(in_scale), vec(in_shift), vec(out_scale), vec(out_shift))
 
 
-def _setup_context(ctx, inputs, output):
+def _dw_conv_bn_setup_context(ctx, inputs, output):
     x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride, in_act, out_act, write_out, stats = inputs
     out, mean, _ = output
     # the input and per-channel vectors; y itself only where out is the raw y with batch statistics (the next
@@ -356,7 +412,7 @@ def _setup_context(ctx, inputs, output):
     ctx.cfg = (stride, in_act, out_act, write_out, stats, residual is not None)
 
 
-def _backward(ctx, grad_out, grad_mean, grad_var):
+def _dw_conv_bn_autograd(ctx, grad_out, grad_mean, grad_var):
     x, weight, in_scale, in_shift, out_scale, out_shift, mean, y = ctx.saved_tensors
     stride, in_act, out_act, write_out, stats, has_res = ctx.cfg
     gx, gw, g_is, g_it, g_os, g_ot = dw_conv_bn_backward(
@@ -366,4 +422,4 @@ def _backward(ctx, grad_out, grad_mean, grad_var):
             grad_like(g_ot, out_shift), grad_out if has_res else None, None, None, None, None, None)
 
 
-dw_conv_bn.register_autograd(_backward, setup_context=_setup_context)
+dw_conv_bn.register_autograd(_dw_conv_bn_autograd, setup_context=_dw_conv_bn_setup_context)

@@ -116,8 +116,32 @@ def psa_attn(qkv: torch.Tensor, qkv_scale: torch.Tensor, qkv_shift: torch.Tensor
                  pe_scale: torch.Tensor, pe_shift: torch.Tensor, num_heads: int, key_dim: int,
                  head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """out = softmax((a_q q + b_q)^T (a_k k + b_k) / sqrt(kd)) applied to (a_v v + b_v), + a_pe pe + b_pe,
-    from the raw qkv conv output (B, heads*(2kd+hd), H, W) and raw pe conv output (B, heads*hd, H, W).
-    Returns (out (B, heads*hd, H, W), lse (B, heads, N) in log2 units, fp32; fp64 for fp64 inputs)."""
+    from the raw qkv conv output (B, heads*(2kd+hd), H, W) and raw pe conv output (B, heads*hd, H, W), per head
+    over its N = H * W tokens (flash-style: online softmax in base 2, no N x N matrix in memory). Differentiable
+    (register_autograd) in qkv, pe and the four scale / shift vectors; lse is not.
+
+    Arguments:
+        qkv: (B, heads*(2kd+hd), H, W), the raw qkv conv output, per head [q (kd) | k (kd) | v (hd)] channels;
+            fp32/fp16/bf16/fp64, NCHW or channels_last (else copied to NCHW); on a CUDA device, or on the CPU only
+            under TRITON_INTERPRET=1.
+        qkv_scale, qkv_shift: (heads*(2kd+hd),) BN_qkv's per-channel affine, the accumulation dtype (fp32, fp64 for
+            fp64 inputs; as batchnorm.scale_shift gives it), qkv's device.
+        pe: (B, heads*hd, H, W), the raw depthwise pe conv output, qkv's dtype, NCHW or channels_last, qkv's device.
+        pe_scale, pe_shift: (heads*hd,) BN_pe's per-channel affine, the accumulation dtype, qkv's device.
+        num_heads, key_dim (kd), head_dim (hd): the head count and the per-head q/k and v widths.
+
+    Returns:
+        out: (B, heads*hd, H, W) in qkv's dtype and memory format (channels_last when qkv is, else NCHW).
+        lse: (B, heads, N), the softmax's log-sum-exp in log2 units (saved for the backward), fp32; fp64 for fp64
+            inputs.
+
+    Raises:
+        ValueError: qkv or pe not 4-D; qkv's channels not num_heads * (2 key_dim + head_dim); pe not
+            (B, heads*hd, H, W); a scale / shift vector without one element per channel of qkv / pe; pe's dtype
+            not qkv's.
+        RuntimeError: Triton cannot be imported; a CPU qkv without TRITON_INTERPRET=1, a CUDA qkv with it, or
+            another device type (utils.check_device).
+    """
     _check(qkv, qkv_scale, qkv_shift, pe, pe_scale, pe_shift, num_heads, key_dim, head_dim)
     qkv, pe = dense_4d(qkv), dense_4d(pe)
     qa, qb, pa, pb = (t.contiguous() for t in (qkv_scale, qkv_shift, pe_scale, pe_shift))
@@ -148,7 +172,26 @@ def psa_attn_backward(dout: torch.Tensor, qkv: torch.Tensor, qkv_scale: torch.Te
                  pe: torch.Tensor, pe_scale: torch.Tensor, pe_shift: torch.Tensor, out: torch.Tensor,
                  lse: torch.Tensor, num_heads: int, key_dim: int, head_dim: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of psa_attn's `out` w.r.t. (qkv, qkv_scale, qkv_shift, pe, pe_scale, pe_shift)."""
+    """Gradients of psa_attn's `out` w.r.t. (qkv, qkv_scale, qkv_shift, pe, pe_scale, pe_shift), FlashAttention-2
+    style: delta = rowsum(dout * out), a dK/dV and a dQ kernel recomputing P from lse, the vector gradients from
+    per-block partial sums (k's shift gradient is exactly 0: the softmax cancels it).
+
+    Arguments:
+        dout: (B, heads*hd, H, W), the gradient of out, qkv's dtype and device (copied to NCHW unless dense).
+        qkv, qkv_scale, qkv_shift, pe, pe_scale, pe_shift: the forward's inputs (see psa_attn): qkv
+            (B, heads*(2kd+hd), H, W) on a CUDA device, or on the CPU only under TRITON_INTERPRET=1; pe
+            (B, heads*hd, H, W); the vectors (heads*(2kd+hd),) / (heads*hd,) in the accumulation dtype.
+        out, lse: the forward's outputs: (B, heads*hd, H, W) and (B, heads, N) (fp32; fp64 for fp64 inputs).
+        num_heads, key_dim, head_dim: the forward's.
+
+    Returns:
+        grad qkv, grad pe: qkv's / pe's shape and dtype, with the strides of qkv / pe (NCHW or channels_last).
+        grad qkv_scale, grad qkv_shift, grad pe_scale, grad pe_shift: each vector's shape and dtype.
+
+    Raises:
+        ValueError, RuntimeError: those of psa_attn's checks on (qkv, the vectors, pe, the head sizes); dout, out
+            and lse are not checked.
+    """
     _check(qkv, qkv_scale, qkv_shift, pe, pe_scale, pe_shift, num_heads, key_dim, head_dim)
     dout, qkv, pe, out = (dense_4d(t) for t in (dout, qkv, pe, out))
     lse = lse.contiguous()
@@ -211,14 +254,14 @@ def _psa_attn_setup_context(ctx, inputs, output):
     ctx.dims = (num_heads, key_dim, head_dim)
 
 
-def _psa_attn_backward(ctx, dout, dlse):
+def _psa_attn_autograd(ctx, dout, dlse):
     # lse is an internal by-product (the backward's softmax statistics), not differentiable
     qkv, qa, qb, pe, pa, pb, out, lse = ctx.saved_tensors
     grads = psa_attn_backward(dout, qkv, qa, qb, pe, pa, pb, out, lse, *ctx.dims)
     return (*grads, None, None, None)
 
 
-psa_attn.register_autograd(_psa_attn_backward, setup_context=_psa_attn_setup_context)
+psa_attn.register_autograd(_psa_attn_autograd, setup_context=_psa_attn_setup_context)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -227,10 +270,21 @@ psa_attn.register_autograd(_psa_attn_backward, setup_context=_psa_attn_setup_con
 def psa_attention(qkv_raw, qkv_bn, pe_weight, pe_bn, num_heads, key_dim, head_dim, training, pe_bias=None):
     """Attention.forward of yolov10.modules before `proj`, on the fused Triton op.
 
-    qkv_raw: the raw qkv 1x1-conv output (B, heads*(2kd+hd), H, W); qkv_bn / pe_bn: the nn.BatchNorm2d of qkv
-    and pe (None where the BN is folded into the conv; pe_bias is then the folded pe conv's bias);
-    pe_weight: the depthwise 3x3 weight (heads*hd, 1, 3, 3); training: batch statistics and running-stat
-    updates (as the module's .training). Returns (B, heads*hd, H, W)."""
+    BN statistics and running-stat updates (batchnorm.scale_shift), BN_qkv(v) (psa_v_norm), the pe conv (cuDNN),
+    then the fused psa_attn op. Differentiable.
+
+    Arguments:
+        qkv_raw: the raw qkv 1x1-conv output (B, heads*(2kd+hd), H, W), fp32/fp16/bf16/fp64, NCHW or channels_last
+            (else copied to NCHW); on a CUDA device, or on the CPU only under TRITON_INTERPRET=1.
+        qkv_bn, pe_bn: the nn.BatchNorm2d of qkv and pe (None where the BN is folded into the conv).
+        pe_weight: the depthwise 3x3 weight (heads*hd, 1, 3, 3), qkv_raw's dtype and device.
+        num_heads, key_dim (kd), head_dim (hd): the head count and the per-head q/k and v widths.
+        training: batch statistics and running-stat updates (as the module's .training).
+        pe_bias: (heads*hd,) the folded pe conv's bias where pe_bn is None; None: no bias.
+
+    Returns:
+        (B, heads*hd, H, W) in qkv_raw's dtype and memory format.
+    """
     C = num_heads * head_dim
     qkv_raw = dense_4d(qkv_raw)  # NCHW or channels_last: no copy (the kernels read strides)
     qa, qb = scale_shift(qkv_raw, qkv_bn, training)

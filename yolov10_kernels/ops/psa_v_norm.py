@@ -61,6 +61,8 @@ def _v_norm_forward(qkv, qa, qb, num_heads, key_dim, head_dim):
 def _v_norm_backward(gout, qkv, qa, num_heads, key_dim, head_dim):
     """(dqkv, dqa, dqb): the shift's gradient needs no shift, so the kernel's qb pointer is a dummy (qa)."""
     B, CQ, Hh, Ww = qkv.shape
+    if B * Hh * Ww == 0:
+        return torch.zeros_like(qkv), torch.zeros_like(qa), torch.zeros_like(qa)
     grid, nblk, meta = _v_norm_grid(qkv)
     gout = dense_4d(gout)
     dqkv = poison(torch.empty_like(qkv))
@@ -72,12 +74,40 @@ def _v_norm_backward(gout, qkv, qa, num_heads, key_dim, head_dim):
         return dqkv, sum_partials(pga, torch.empty_like(qa)), sum_partials(pgb, torch.empty_like(qa))
 
 
+def _check(qkv, qkv_scale, qkv_shift, num_heads, key_dim, head_dim):
+    check_device(qkv)
+    CQ = num_heads * (2 * key_dim + head_dim)
+    if qkv.dim() != 4 or qkv.shape[1] != CQ:
+        raise ValueError(f"qkv must be (B, num_heads * (2 key_dim + head_dim) = {CQ}, H, W), got {tuple(qkv.shape)}")
+    if qkv_scale.numel() != CQ or qkv_shift.numel() != CQ:
+        raise ValueError(f"qkv_scale and qkv_shift need one value per qkv channel ({CQ}), got "
+                         f"{qkv_scale.numel()} and {qkv_shift.numel()}")
+
+
 @torch.library.custom_op(op_name("psa_v_norm"), mutates_args=())
 def psa_v_norm(qkv: torch.Tensor, qkv_scale: torch.Tensor, qkv_shift: torch.Tensor, num_heads: int, key_dim: int,
                head_dim: int) -> torch.Tensor:
     """BN_qkv(v) (B, heads * hd, H, W) in qkv's dtype and layout: the v channels of the raw qkv with their BN
-    affine applied (the pe conv's input)."""
-    check_device(qkv)
+    affine applied (the pe conv's input): out = v * qkv_scale + qkv_shift on each head's v channels. One
+    elementwise kernel; differentiable (register_autograd) in qkv and qkv_scale / qkv_shift.
+
+    Arguments:
+        qkv: (B, heads*(2kd+hd), H, W), the raw qkv conv output, per head [q (kd) | k (kd) | v (hd)] channels;
+            fp32/fp16/bf16/fp64, NCHW or channels_last (else copied to NCHW); on a CUDA device, or on the CPU only
+            under TRITON_INTERPRET=1.
+        qkv_scale, qkv_shift: (heads*(2kd+hd),) BN_qkv's per-channel affine (only the v channels are read), the
+            accumulation dtype (fp32, fp64 for fp64 inputs), qkv's device.
+        num_heads, key_dim (kd), head_dim (hd): the head count and the per-head q/k and v widths.
+
+    Returns:
+        out: (B, heads*hd, H, W) in qkv's dtype, channels_last when qkv is (else NCHW).
+
+    Raises:
+        RuntimeError: Triton cannot be imported; a CPU qkv without TRITON_INTERPRET=1, a CUDA qkv with it, or
+            another device type (utils.check_device).
+        ValueError: qkv is not 4-D with heads*(2kd+hd) channels, or a vector has not one value per channel.
+    """
+    _check(qkv, qkv_scale, qkv_shift, num_heads, key_dim, head_dim)
     qkv = dense_4d(qkv)
     return _v_norm_forward(qkv, qkv_scale.contiguous(), qkv_shift.contiguous(), num_heads, key_dim, head_dim)
 
@@ -90,7 +120,25 @@ def _(qkv, qkv_scale, qkv_shift, num_heads, key_dim, head_dim):
 @torch.library.custom_op(op_name("psa_v_norm_backward"), mutates_args=())
 def psa_v_norm_backward(grad: torch.Tensor, qkv: torch.Tensor, qkv_scale: torch.Tensor, num_heads: int,
                         key_dim: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad qkv (0 on q / k channels), grad qkv_scale, grad qkv_shift (0 off the v channels)) of psa_v_norm."""
+    """(grad qkv (0 on q / k channels), grad qkv_scale, grad qkv_shift (0 off the v channels)) of psa_v_norm:
+    grad qkv = grad * qkv_scale on v channels, grad qkv_scale = sum grad * v, grad qkv_shift = sum grad (sums over
+    B, H, W, from per-block partials).
+
+    Arguments:
+        grad: (B, heads*hd, H, W), the gradient of psa_v_norm's output, qkv's device (copied to NCHW unless dense).
+        qkv: (B, heads*(2kd+hd), H, W), the forward's input, fp32/fp16/bf16/fp64; on a CUDA device, or on the CPU
+            only under TRITON_INTERPRET=1.
+        qkv_scale: (heads*(2kd+hd),) the forward's scale, the accumulation dtype (fp32, fp64 for fp64 inputs).
+        num_heads, key_dim, head_dim: the forward's.
+
+    Returns:
+        grad qkv: qkv's shape and dtype, with qkv's strides (NCHW or channels_last).
+        grad qkv_scale, grad qkv_shift: (heads*(2kd+hd),) both in qkv_scale's dtype; 0 off the v channels.
+
+    Raises:
+        RuntimeError, ValueError: as psa_v_norm, for qkv and qkv_scale.
+    """
+    _check(qkv, qkv_scale, qkv_scale, num_heads, key_dim, head_dim)
     qkv = dense_4d(qkv)
     return _v_norm_backward(grad, qkv, qkv_scale.contiguous(), num_heads, key_dim, head_dim)
 
@@ -100,15 +148,15 @@ def _(grad, qkv, qkv_scale, num_heads, key_dim, head_dim):
     return torch.empty_like(dense_4d(qkv)), torch.empty_like(qkv_scale), torch.empty_like(qkv_scale)
 
 
-def _v_norm_setup(ctx, inputs, output):
+def _psa_v_norm_setup_context(ctx, inputs, output):
     qkv, qa, _, num_heads, key_dim, head_dim = inputs
     ctx.save_for_backward(qkv, qa)
     ctx.dims = (num_heads, key_dim, head_dim)
 
 
-def _v_norm_grad(ctx, grad):
+def _psa_v_norm_autograd(ctx, grad):
     qkv, qa = ctx.saved_tensors
     return (*psa_v_norm_backward(grad, qkv, qa, *ctx.dims), None, None, None)
 
 
-psa_v_norm.register_autograd(_v_norm_grad, setup_context=_v_norm_setup)
+psa_v_norm.register_autograd(_psa_v_norm_autograd, setup_context=_psa_v_norm_setup_context)

@@ -494,7 +494,35 @@ def _split_backward(io, dims, strides, gx_strides, has_bias, dummy, flags):
 @torch.library.custom_op(op_name("pw_conv_bn"), mutates_args=())
 def pw_conv_bn(x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
                bias: Optional[Tensor], in_act: bool, stats: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """See the module docstring. Returns (y, mean, biased var); mean/var empty when stats is False."""
+    """Pointwise (1x1) conv as a tiled matmul with a BN prologue and a statistics epilogue (the module docstring):
+    a = in_act(x * in_scale + in_shift); y = a @ weight^T (+ bias) over rows (n, h, w), accumulated in fp32 (fp64
+    for fp64 x; fp16/bf16 dots on tensor cores, fp32 in TF32 where torch allows it); mean, var = the batch mean
+    and biased variance of y per output channel. Differentiable (register_autograd) in x, weight, the affine
+    vectors and bias.
+
+    Arguments:
+        x: (B, C_in, H, W), fp32/fp16/bf16/fp64; NCHW or channels_last read in place (else copied to NCHW); on a
+            CUDA device, or on the CPU only under TRITON_INTERPRET=1.
+        weight: (C_out, C_in, 1, 1) or (C_out, C_in), a float dtype, x's device.
+        in_scale, in_shift: C_in elements each (e.g. (C_in,)), a float dtype, x's device; both or neither. None:
+            no input affine.
+        bias: C_out elements, a float dtype, x's device. None: no bias.
+        in_act: SiLU (True) or identity (False) after the input affine.
+        stats: compute mean and var of y; False: both empty.
+
+    Returns:
+        y: (B, C_out, H, W) in x's dtype, channels_last when x is (else NCHW).
+        mean, var: (C_out,) batch mean and biased variance of y in the accumulation dtype (fp32, fp64 for fp64
+            x); (0,) when stats is False.
+
+    Raises:
+        TypeError: x, weight, in_scale, in_shift or bias is not a tensor, or not fp32/fp16/bf16/fp64.
+        ValueError: x not 4-D; weight not (C_out, C_in, 1, 1) / (C_out, C_in) with x's C_in; an input affine
+            vector without C_in elements, or without its partner; bias without C_out elements; a tensor on another
+            device than x.
+        RuntimeError: Triton cannot be imported; a CPU x without TRITON_INTERPRET=1, a CUDA x with it, or another
+            device type (utils.check_device).
+    """
     _check_args(x, weight, in_scale, in_shift, bias)
     return _pw_forward(x, weight, in_scale, in_shift, bias, in_act, stats)
 
@@ -514,8 +542,33 @@ def pw_conv_bn_backward(grad_y: Optional[Tensor], grad_mean: Optional[Tensor], g
                         x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
                         y: Optional[Tensor], mean: Optional[Tensor], in_act: bool, has_bias: bool, stats: bool
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(grad x, grad weight, grad in_scale, grad in_shift, grad bias); vector gradients fp32 (fp64 for fp64 x),
-    empty where not applicable."""
+    """The backward of pw_conv_bn: (grad x, grad weight, grad in_scale, grad in_shift, grad bias). With
+    g = dL/dy + dmean / M + dvar * 2 (y - mean) / M (M = B H W rows; the statistics' term from the saved y), grad x
+    = g @ weight (prologue derivative on the fly) and grad weight = g^T @ a (a recomputed from x): one fused kernel
+    where both channel counts fit FUSED_MAX (and its dots and tiles fit the GPU), else two; fp32 partial sums.
+
+    Arguments:
+        grad_y: (B, C_out, H, W), the gradient of y, a float dtype, x's device, any strides (copied to NCHW unless
+            dense); None or empty: y got no gradient.
+        grad_mean, grad_var: (C_out,) gradients reaching mean / var, the accumulation dtype (fp32, fp64 for fp64
+            x); one None is taken as zeros, both None: no statistics term.
+        x, weight, in_scale, in_shift: the forward's (see pw_conv_bn); x on a CUDA device, or the CPU only under
+            TRITON_INTERPRET=1; the rest on x's device; None where the forward had None.
+        y: (B, C_out, H, W) the forward's raw output, saved when stats; None otherwise.
+        mean: (C_out,) the forward's batch mean (accumulation dtype) when stats; None otherwise.
+        in_act: the forward's. has_bias: the forward had a bias (its gradient is returned).
+        stats: the forward computed statistics (the statistics term needs y, mean and grad_mean / grad_var).
+
+    Returns:
+        grad x: (B, C_in, H, W) in x's dtype, channels_last when x is (else NCHW).
+        grad weight: weight's shape and dtype, contiguous.
+        grad in_scale, grad in_shift: (C_in,), grad bias: (C_out,), in the accumulation dtype (fp32, fp64 for
+            fp64 x; the autograd formula casts them to the parameters' dtypes); (0,) where not applicable. All
+            zeros when no gradient arrived or a size is 0.
+
+    Raises:
+        No checks of its own (autograd passes the forward's checked tensors).
+    """
     return _pw_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, mean, in_act, has_bias, stats)
 
 
@@ -529,7 +582,7 @@ def _pw_conv_bn_backward_fake(grad_y, grad_mean, grad_var, x, weight, in_scale, 
             x.new_empty(CI if in_shift is not None else 0, dtype=sd), x.new_empty(CO if has_bias else 0, dtype=sd))
 
 
-def _setup_context(ctx, inputs, output):
+def _pw_conv_bn_setup_context(ctx, inputs, output):
     x, weight, in_scale, in_shift, bias, in_act, stats = inputs
     y, mean, _ = output
     # the raw output is kept only when its statistics feed a BN (in a chain it is the next conv's saved input)
@@ -538,7 +591,7 @@ def _setup_context(ctx, inputs, output):
     ctx.cfg = (in_act, bias is not None, stats, None if bias is None else bias.dtype)
 
 
-def _backward(ctx, grad_y, grad_mean, grad_var):
+def _pw_conv_bn_autograd(ctx, grad_y, grad_mean, grad_var):
     x, weight, in_scale, in_shift, y, mean = ctx.saved_tensors
     in_act, has_bias, stats, bias_dtype = ctx.cfg
     gx, gw, g_s, g_t, g_b = pw_conv_bn_backward(grad_y, grad_mean, grad_var, x, weight, in_scale, in_shift, y, mean,
@@ -548,4 +601,4 @@ def _backward(ctx, grad_y, grad_mean, grad_var):
             (g_b if g_b.dtype == bias_dtype else g_b.to(bias_dtype)) if has_bias else None, None, None)
 
 
-pw_conv_bn.register_autograd(_backward, setup_context=_setup_context)
+pw_conv_bn.register_autograd(_pw_conv_bn_autograd, setup_context=_pw_conv_bn_setup_context)

@@ -182,6 +182,23 @@ def next_pow2(n, lo=1):
     return max(lo, 1 << max(0, int(n) - 1).bit_length())
 
 
+def channel_block(n, gpu_cap, interp_cap):
+    """A 1-D block over n channels (or elements) of a per-channel kernel: the next power of two >= 16, capped
+    (the interpreter pays per program: a higher cap there)."""
+    return min(max(next_pow2(n), 16), interp_cap if triton_interpreted() else gpu_cap)
+
+
+def layout_channel_block(C, x):
+    """BLOCK_C of a tile over x's (positions x channels): wide channel blocks when channels are contiguous
+    (channels_last; and on the interpreter, which pays per program), narrow ones for NCHW, whose tiles run along
+    the contiguous spatial axis."""
+    if triton_interpreted() or x.device.type != "cuda":
+        return min(max(next_pow2(C), 2), 64)
+    if is_channels_last(x):
+        return min(max(next_pow2(C), 8), 64)
+    return min(max(next_pow2(C), 2), 4)
+
+
 def conv_out_size(size, k, stride):
     """Output extent of a kxk conv with zero padding k // 2."""
     return (size + 2 * (k // 2) - k) // stride + 1
@@ -286,7 +303,7 @@ def finish_stats(cnt, mean, m2, like):
     MERGE_ROWS ** 2 rows): no host glue."""
     P, C = mean.shape
     rows, acc = merge_rows(P), mean.dtype
-    block = min(max(next_pow2(C), 16), 1024 if triton_interpreted() else 256)
+    block = channel_block(C, 256, 1024)
     while True:
         groups = max(1, triton.cdiv(P, rows))
         final = groups == 1
@@ -306,7 +323,7 @@ def sum_partials(partials, out, taps=0):
     (C, 1, k, k) with k * k == taps (the transposed store)."""
     P, n = partials.shape[0], partials[0].numel()
     rows, acc = merge_rows(P), partials.dtype
-    block = min(max(next_pow2(n), 16), 4096 if triton_interpreted() else 512)
+    block = channel_block(n, 512, 4096)
     while True:
         groups = max(1, triton.cdiv(P, rows))
         final = groups == 1
