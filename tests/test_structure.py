@@ -174,8 +174,7 @@ def _calls(path):
     return [dotted(n.func) for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)]
 
 
-ONE_CONVENTION = {"triton.autotune": "ops/utils.autotune", "triton.Config": "ops/utils.config",
-                  "torch.library.custom_op": "the @torch.library.custom_op decorator"}
+ONE_CONVENTION = {"triton.autotune": "ops/utils.autotune", "triton.Config": "ops/utils.config"}
 
 
 def test_one_autotune_wrapper_and_one_config_maker():
@@ -197,3 +196,30 @@ def test_the_interpreter_switch_is_read_at_run_time():
                                                     for c in ast.walk(node.value)):
                 frozen.append(f"{p.relative_to(ROOT)}:{node.lineno}")
     assert not frozen, frozen
+
+
+# The four eval-chain ops are tested together, as the blocks they make (tests/test_chain_eval.py)
+SHARED_OP_TESTS = {"dw_pw_infer": "chain_eval", "dw_pw_pw_infer": "chain_eval", "pw_dw_infer": "chain_eval",
+                   "dw_pw_dw_infer": "chain_eval"}
+
+
+def _registers_an_op(path):
+    return any(isinstance(n, ast.FunctionDef) and any("custom_op" in ast.unparse(d) for d in n.decorator_list)
+               for n in ast.walk(ast.parse(path.read_text())))
+
+
+def test_every_op_file_has_its_test_file():
+    """tests/test_<op>.py for each ops/<op>.py that registers a custom op (ARCHITECTURE.md, adding an op)."""
+    ops = [p.stem for p in sorted((ROOT / "yolov10_kernels" / "ops").glob("*.py")) if _registers_an_op(p)]
+    assert "dwconv" in ops and "psa_v_norm" in ops, ops
+    missing = [op for op in ops if not (ROOT / "tests" / f"test_{SHARED_OP_TESTS.get(op, op)}.py").exists()]
+    assert not missing, f"ops without tests/test_<op>.py: {missing}"
+
+
+def test_one_registration_style():
+    """Ops are registered with the @torch.library.custom_op decorator, never as custom_op(...)(fn), which gives
+    one function two names."""
+    bad = [f"{p.relative_to(ROOT)}:{n.lineno}" for p in sorted((ROOT / "yolov10_kernels").rglob("*.py"))
+           for n in ast.walk(ast.parse(p.read_text()))
+           if isinstance(n, ast.Call) and isinstance(n.func, ast.Call) and "custom_op" in ast.unparse(n.func.func)]
+    assert not bad, bad
