@@ -54,10 +54,11 @@ def test_preferred_tiles_where_shared_memory_allows(gpu_launchers):
     assert blocks("H100", torch.float32, 256, 512, "wgrad") == (64, 128, 32, 8, 3)
     assert blocks("B200", torch.float32, 128, 128, "fused") == (32, 128, 128, 8, 2)
     assert blocks("RTX3090", torch.float16, 256, 512, "fwd") == (128, 128, 64, 8, 2)
-    assert blocks("RTX3090", torch.float16, 128, 128, "fused") == (32, 128, 128, 8, 2)
+    assert blocks("RTX3090", torch.float16, 128, 128, "fused") == (32, 128, 128, 8, 1)  # mma.sync: one stage
+    assert blocks("RTX3090", torch.float16, 64, 128, "fused") == (32, 128, 64, 8, 2)
     assert blocks("RTX3090", torch.float32, 128, 128, "fused") is None
     assert blocks("A100", torch.float32, 128, 128, "fused") is None  # fp32 mma.sync fragments spill: two kernels
-    assert blocks("A100", torch.float16, 128, 128, "fused") == (32, 128, 128, 8, 2)
+    assert blocks("A100", torch.float16, 128, 128, "fused") == (32, 128, 128, 8, 1)
     assert blocks("T4", torch.float16, 64, 64, "fused") is not None
     assert blocks("T4", torch.float16, 64, 128, "fused") is None  # FMA dots: the tiles spill the registers
     assert blocks("T4", torch.float16, 128, 128, "fused") is None

@@ -39,10 +39,11 @@ def _tapsvec(x):
 
 def _blocks(C, spatial, x, K=3, bwd=False, prologue=True, dual=False):
     """(BLOCK_P, BLOCK_C, num_warps). channels_last: wide channel blocks (contiguous); NCHW: wide spatial blocks.
-    GPU sizes from ptxas on sm_90a (bench.static), chosen so that no variant spills: a 64x64 tile with the BN + SiLU
-    prologue needs 8 warps (without one, 4: at 8 ptxas caps it at 128 registers and spills); the backward over
-    input positions, which also holds the activation and its derivative, 32 positions a tile on 8 warps, half that
-    for a RepVGGDW's two branches (dual: their statistics terms and grad_out scales)."""
+    GPU sizes from ptxas on every GPU profile (bench.static), chosen so that no variant spills: a 64x64 tile with the
+    BN + SiLU prologue needs 8 warps (without one, 4); the backward over input positions, which also holds the
+    activation and its derivative, 32 positions a tile on 8 warps; half the positions for a RepVGGDW's two
+    branches (dual: two accumulators, their statistics terms and grad_out scales; a 64x64 bf16 dual tile spills
+    56 bytes on sm_80)."""
     bc = layout_channel_block(C, x)
     if triton_interpreted() or x.device.type != "cuda":
         # the interpreter pays per program and per op, not per element: few, large tiles
@@ -76,10 +77,11 @@ class _ConvGrid:
     scratch: torch.Tensor
 
 
-def _conv_grid(x, C, N, OH, OW, K, stride, prologue):
+def _conv_grid(x, C, N, OH, OW, K, stride, prologue, dual=False):
     """Output tiles: BLOCK_P flat positions under the interpreter's TAPS_VEC path; else TILE_H x TILE_W blocks,
-    each staging its (TILE_H - 1) * stride + k by (TILE_W - 1) * stride + k input region in its slot."""
-    BP, BC, nw = _blocks(C, N * OH * OW, x, K, prologue=prologue)
+    each staging its (TILE_H - 1) * stride + k by (TILE_W - 1) * stride + k input region in its slot. dual: a
+    RepVGGDW's pass over both branches (two accumulators live: half the positions a tile)."""
+    BP, BC, nw = _blocks(C, N * OH * OW, x, K, prologue=prologue, dual=dual)
     cblk = triton.cdiv(C, BC)
     if _tapsvec(x):
         tw, nt, slot = 1, triton.cdiv(N * OH * OW, BP), 0
@@ -171,7 +173,7 @@ def _dw_dual_pass(x, weight, weight2, si, ti, in_act, grad_out=None):
     (y, y2, g_sum, g_sum2)."""
     N, C, H, W = x.shape
     sd = acc_dtype(x)
-    cg = _conv_grid(x, C, N, H, W, weight.shape[-1], 1, si is not None or bool(in_act))
+    cg = _conv_grid(x, C, N, H, W, weight.shape[-1], 1, si is not None or bool(in_act), dual=True)
     if grad_out is None:
         stats, stats2 = (partial_stats(cg.grid[0], C, x, sd, True) for _ in range(2))
         _conv_pass(cg, x, weight, 1, in_act, si, ti, stats=stats, weight2=weight2, stats2=stats2)

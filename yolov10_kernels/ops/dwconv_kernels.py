@@ -18,7 +18,7 @@ applied once per element) and, for the weight, per-program fp32 partial sums (a 
 summed on the device in a fixed order (deterministic; no atomics). Inputs may be NCHW, channels_last or any
 strided layout; outputs follow channels_last when the input is channels_last, else NCHW. fp32/fp16/bf16 compute
 in fp32 (staged activations in the input's dtype, as eager stores them), fp64 in fp64. Block sizes and warps
-come from ptxas on sm_90a (bench.static): no variant spills."""
+come from ptxas on every GPU profile (bench.static): no variant spills."""
 from .utils import tl, triton
 
 if triton is not None:  # without triton the ops import, and their launchers raise (utils.check_device)

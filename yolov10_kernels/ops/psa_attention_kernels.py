@@ -385,9 +385,11 @@ _BWD_INNER_GPU = 32  # the tile they loop over
 def _bwd_tiles(qkv):
     """(rows per program, inner tile) of the backward kernels: the interpreter's 32 x 32 (few, large programs),
     and on a GPU whose dots run on FMA units (gpus.GPUProfile.mma False: a T4) too, whose registers hold every
-    tile (64 rows spill there); _BWD_BLOCK_GPU x _BWD_INNER_GPU on tensor-core GPUs. fp64 on a GPU (gradcheck, the
-    exact references): 16 x 16, the smallest dot tile (yolov10m's fp64 64 x 32 dkdv tiles take 127 KB, over a
-    99 KB GPU's limit, and 32 x 32 ones 70 KB, over a T4's 64 KB)."""
+    tile (64 rows spill there); 32 x 16 with mma.sync (its operand fragments live in registers: yolov10m's dK / dV
+    tiles at 64 x 32 spill 24-164 bytes per thread on sm_80-sm_120, in every dtype); _BWD_BLOCK_GPU x
+    _BWD_INNER_GPU with wgmma / tcgen05 (sm_90, sm_100). fp64 on a GPU (gradcheck, the exact references): 16 x 16,
+    the smallest dot tile (yolov10m's fp64 64 x 32 dkdv tiles take 127 KB, over a 99 KB GPU's limit, and 32 x 32
+    ones 70 KB, over a T4's 64 KB)."""
     if triton_interpreted():
         return _INTERP_BLOCK, _INTERP_BLOCK
     if qkv.element_size() == 8:

@@ -280,7 +280,7 @@ def _dot_cfg(x):
 
 def _blocks(M, CI, CO, x, kernel="fwd"):
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of a (M x CI) @ (CI x CO) tile; None for "fused" where its
-    shared memory or registers do not fit the GPU (the two-kernel backward runs). Sized with ptxas on sm_90a (bench.static):
+    shared memory or registers do not fit the GPU (the two-kernel backward runs). Sized with ptxas (bench.static):
     the backward kernels hold more [rows x channels] tiles than the forward (dgrad: the accumulator, x and the
     activation derivative; wgrad: rows are its reduced dimension, staged num_stages deep in shared memory), so
     dgrad keeps output blocks <= 64 wide (no spills) and wgrad 64 rows per step (fp32 fits in 227 KB). The fused
@@ -303,7 +303,10 @@ def _blocks(M, CI, CO, x, kernel="fwd"):
         if not profile.dots_fit_registers(_live("wgrad", (FUSED_BLOCK_M, bn, bk)), FUSED_WARPS) \
                 or (profile.mma_sync and e >= 4):
             return None
-        for st in range(FUSED_STAGES, 0, -1):
+        # with mma.sync a 128 x 128 grad W accumulator leaves no registers for a second stage's operand fragments
+        # (12 bytes per thread spill on sm_120): one stage there
+        stages = 1 if profile.mma_sync and bn * bk >= 128 * 128 else FUSED_STAGES
+        for st in range(stages, 0, -1):
             if profile.fits(_smem("fused", (FUSED_BLOCK_M, bn, bk, st), e)):
                 return FUSED_BLOCK_M, bn, bk, FUSED_WARPS, st
         return None

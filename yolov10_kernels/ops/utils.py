@@ -235,9 +235,10 @@ def size_bucket(n):
     return min(next_pow2(n), BUCKET_CAP)
 
 
-def config(num_warps=4, num_stages=2, **blocks):
-    """One autotune config, with the register ceiling (MAXNREG)."""
-    return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages, maxnreg=MAXNREG)
+def config(num_warps=4, num_stages=2, maxnreg=MAXNREG, **blocks):
+    """One autotune config, with the register ceiling (MAXNREG; None: ptxas' own choice, for the kernels whose
+    code a ceiling makes worse - chain_eval_kernels.py)."""
+    return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg)
 
 
 def autotune(configs, key, prune):
