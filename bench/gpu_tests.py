@@ -33,8 +33,10 @@ CUDA_ONLY = (
     "tests/test_bench.py::test_smoke_every_op_row_on_gpu",
     "tests/test_ultralytics_patch.py::test_cuda_graph_capture",
 )
-GPU_FILES = ("tests/test_assigner.py", "tests/test_pwconv.py", "tests/test_batchnorm.py", "tests/test_chain_train.py",
-             "tests/test_psa_attention.py", "tests/test_chain_eval.py")
+GPU_FILES = ("tests/test_assigner.py", "tests/test_pwconv.py", "tests/test_batchnorm.py", "tests/test_bn_batch_affine.py",
+             "tests/test_dwconv.py", "tests/test_dw_conv_bn_act.py", "tests/test_dw_repvgg_bn.py",
+             "tests/test_chain_train.py", "tests/test_psa_attention.py", "tests/test_psa_v_norm.py",
+             "tests/test_chain_eval.py")
 # test files that ask torch.cuda.is_available() but have nothing to run on a GPU (tests/test_gpu_session.py checks
 # that every other such file is selected above)
 NOT_ON_GPU = {

@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 
 from yolov10_kernels.ops import batchnorm, dw_pw_dw_infer, dw_pw_infer, dwconv, pwconv  # noqa: E402
 from yolov10_kernels.ops.utils import triton_interpreted  # noqa: E402
-import test_batchnorm as BN  # noqa: E402
+import test_bn_batch_affine as BN  # noqa: E402
 import test_chain_eval as EV  # noqa: E402
 import test_chain_train as TR  # noqa: E402
 import test_pwconv as PW  # noqa: E402

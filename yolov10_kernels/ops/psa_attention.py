@@ -22,7 +22,7 @@ What the kernels fuse (one read of the raw conv output, no N x N matrix in memor
   of the per-channel scales and shifts (of qkv's BN and of pe's).
 
 What stays outside, and why:
-  * the per-channel batch statistics, the BN affine and the running-statistics update (ops/batchnorm.py's
+  * the per-channel batch statistics, the BN affine and the running-statistics update (ops/bn_batch_affine.py's
     bn_batch_affine, one op each way): a reduction over (B, H, W) that must finish before any tile can be
     normalised, so it cannot live in the attention kernel. Because the kernel takes the scale and shift as
     inputs and returns their gradients, the statistics' backward supplies exactly the mean/var terms of the BN
@@ -56,7 +56,7 @@ Inductor seeing inside them would buy nothing.
 import torch
 import torch.nn.functional as F
 
-from .batchnorm import scale_shift
+from .bn_batch_affine import scale_shift
 from .psa_v_norm import psa_v_norm
 from .utils import (acc_dtype, check_device, dense_4d, dot_precision, empty, empty_4d, launch_tuned, next_pow2,
                     on_device, op_name, poison, size_bucket, sum_partials, tl_acc, token_strides, triton,
@@ -125,7 +125,7 @@ def psa_attn(qkv: torch.Tensor, qkv_scale: torch.Tensor, qkv_shift: torch.Tensor
             fp32/fp16/bf16/fp64, NCHW or channels_last (else copied to NCHW); on a CUDA device, or on the CPU only
             under TRITON_INTERPRET=1.
         qkv_scale, qkv_shift: (heads*(2kd+hd),) BN_qkv's per-channel affine, the accumulation dtype (fp32, fp64 for
-            fp64 inputs; as batchnorm.scale_shift gives it), qkv's device.
+            fp64 inputs; as bn_batch_affine.scale_shift gives it), qkv's device.
         pe: (B, heads*hd, H, W), the raw depthwise pe conv output, qkv's dtype, NCHW or channels_last, qkv's device.
         pe_scale, pe_shift: (heads*hd,) BN_pe's per-channel affine, the accumulation dtype, qkv's device.
         num_heads, key_dim (kd), head_dim (hd): the head count and the per-head q/k and v widths.
@@ -270,7 +270,7 @@ psa_attn.register_autograd(_psa_attn_autograd, setup_context=_psa_attn_setup_con
 def psa_attention(qkv_raw, qkv_bn, pe_weight, pe_bn, num_heads, key_dim, head_dim, training, pe_bias=None):
     """Attention.forward of yolov10.modules before `proj`, on the fused Triton op.
 
-    BN statistics and running-stat updates (batchnorm.scale_shift), BN_qkv(v) (psa_v_norm), the pe conv (cuDNN),
+    BN statistics and running-stat updates (bn_batch_affine.scale_shift), BN_qkv(v) (psa_v_norm), the pe conv (cuDNN),
     then the fused psa_attn op. Differentiable.
 
     Arguments:
