@@ -7,13 +7,13 @@ afterwards, the persistent inference grid, the depthwise convs' staged-tile path
 larger ones where the interpreter's big blocks would leave a single tile to split. Few cases: the staged path is
 slow under the interpreter. PSA attention is not here: its grids (a program per token block and head) do not
 depend on the program count, so tests/test_psa_attention.py already launches it as a GPU would; its batch
-statistics are batchnorm's (test_batch_statistics)."""
+statistics are bn_batch_affine's (test_batch_statistics)."""
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from yolov10_kernels.ops import batchnorm, dw_pw_dw_infer, dw_pw_infer, dwconv, pwconv  # noqa: E402
+from yolov10_kernels.ops import bn_batch_affine, dw_pw_dw_infer, dw_pw_infer, dwconv, pwconv  # noqa: E402
 from yolov10_kernels.ops.utils import triton_interpreted  # noqa: E402
 import test_bn_batch_affine as BN  # noqa: E402
 import test_chain_eval as EV  # noqa: E402
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.skipif(not triton_interpreted(), reason="the GPU-grid 
 def splits(monkeypatch):
     """(op file, tiles, programs, tiles per program) of every split_tiles call from now on."""
     seen = []
-    for mod in (dwconv, pwconv, batchnorm):
+    for mod in (dwconv, pwconv, bn_batch_affine):
         def spy(num_tiles, other, device, _real=mod.split_tiles, _name=mod.__name__.rpartition(".")[2]):
             out = _real(num_tiles, other, device)
             seen.append((_name, num_tiles, *out))
