@@ -115,6 +115,30 @@ def _split(v):
     return hi, v - hi
 
 
+def bn_affine_impl(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                   running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                   num_batches_tracked: Optional[Tensor], count: float, eps: float, momentum: Optional[float],
+                   update: bool) -> tuple[Tensor, Tensor]:
+    """bn_affine's implementation, which other ops' implementations call (a nested op call would dispatch again)."""
+    check_device(mean)
+    C = mean.shape[0]
+    scale, shift = empty(C, mean), empty(C, mean)
+    if C == 0:
+        return scale, shift
+    update = update and running_mean is not None
+    dummy = mean
+    with on_device(mean):
+        _bn_affine_kernel[(1,)](mean, var, weight if weight is not None else dummy,
+                                bias if bias is not None else dummy, running_mean if update else dummy,
+                                running_var if update else dummy,
+                                num_batches_tracked if num_batches_tracked is not None else dummy, scale, shift,
+                                C, *_split(count), *_split(eps), *_split(0.0 if momentum is None else momentum),
+                                HAS_W=weight is not None, HAS_B=bias is not None, UPDATE=update,
+                                HAS_NBT=update and num_batches_tracked is not None, CUMULATIVE=momentum is None,
+                                ACC=tl_acc(mean.dtype), BLOCK_C=channel_block(C, 256, 1024))
+    return scale, shift
+
+
 @torch.library.custom_op(op_name("bn_affine"), mutates_args=("running_mean", "running_var", "num_batches_tracked"))
 def bn_affine(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
               running_mean: Optional[Tensor], running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor],
@@ -143,29 +167,36 @@ def bn_affine(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optiona
         RuntimeError: Triton cannot be imported; a CPU mean without TRITON_INTERPRET=1, a CUDA mean with it, or
             another device type (utils.check_device). No other checks.
     """
-    check_device(mean)
-    C = mean.shape[0]
-    scale, shift = empty(C, mean), empty(C, mean)
-    if C == 0:
-        return scale, shift
-    update = update and running_mean is not None
-    dummy = mean
-    with on_device(mean):
-        _bn_affine_kernel[(1,)](mean, var, weight if weight is not None else dummy,
-                                bias if bias is not None else dummy, running_mean if update else dummy,
-                                running_var if update else dummy,
-                                num_batches_tracked if num_batches_tracked is not None else dummy, scale, shift,
-                                C, *_split(count), *_split(eps), *_split(0.0 if momentum is None else momentum),
-                                HAS_W=weight is not None, HAS_B=bias is not None, UPDATE=update,
-                                HAS_NBT=update and num_batches_tracked is not None,
-                                CUMULATIVE=momentum is None, ACC=tl_acc(mean.dtype), BLOCK_C=channel_block(C, 256, 1024))
-    return scale, shift
+    return bn_affine_impl(mean, var, weight, bias, running_mean, running_var, num_batches_tracked, count, eps, momentum,
+                          update)
 
 
 @bn_affine.register_fake
 def _bn_affine_fake(mean, var, weight, bias, running_mean, running_var, num_batches_tracked, count, eps, momentum,
                     update):
     return torch.empty_like(mean), torch.empty_like(mean)
+
+
+def bn_affine_backward_impl(grad_scale: Optional[Tensor], grad_shift: Optional[Tensor], mean: Tensor, var: Tensor,
+                            weight: Optional[Tensor], has_bias: bool, bias_dtype: torch.dtype, eps: float
+                            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """bn_affine_backward's implementation, which other ops' implementations call (a nested op call would
+    dispatch again)."""
+    check_device(mean)
+    C = mean.shape[0]
+    g_mean, g_var = empty(C, mean), empty(C, mean)
+    g_w = mean.new_empty(C if weight is not None else 0, dtype=weight.dtype if weight is not None else mean.dtype)
+    g_b = mean.new_empty(C if has_bias else 0, dtype=bias_dtype)
+    if not C:
+        return g_mean, g_var, g_w, g_b
+    block = channel_block(C, 256, 1024)
+    with on_device(mean):
+        _bn_affine_bwd_kernel[(triton.cdiv(C, block),)](
+            grad_scale if grad_scale is not None else mean, grad_shift if grad_shift is not None else mean, mean, var,
+            weight if weight is not None else mean, g_mean, g_var, g_w if weight is not None else mean,
+            g_b if has_bias else mean, C, *_split(eps), HAS_GS=grad_scale is not None, HAS_GT=grad_shift is not None,
+            HAS_W=weight is not None, HAS_B=has_bias, ACC=tl_acc(mean.dtype), BLOCK_C=block)
+    return g_mean, g_var, g_w, g_b
 
 
 @torch.library.custom_op(op_name("bn_affine_backward"), mutates_args=())
@@ -191,21 +222,7 @@ def bn_affine_backward(grad_scale: Optional[Tensor], grad_shift: Optional[Tensor
         RuntimeError: Triton cannot be imported; a CPU mean without TRITON_INTERPRET=1, a CUDA mean with it, or
             another device type (utils.check_device). No other checks.
     """
-    check_device(mean)
-    C = mean.shape[0]
-    g_mean, g_var = empty(C, mean), empty(C, mean)
-    g_w = mean.new_empty(C if weight is not None else 0, dtype=weight.dtype if weight is not None else mean.dtype)
-    g_b = mean.new_empty(C if has_bias else 0, dtype=bias_dtype)
-    if not C:
-        return g_mean, g_var, g_w, g_b
-    block = channel_block(C, 256, 1024)
-    with on_device(mean):
-        _bn_affine_bwd_kernel[(triton.cdiv(C, block),)](
-            grad_scale if grad_scale is not None else mean, grad_shift if grad_shift is not None else mean, mean, var,
-            weight if weight is not None else mean, g_mean, g_var, g_w if weight is not None else mean,
-            g_b if has_bias else mean, C, *_split(eps), HAS_GS=grad_scale is not None, HAS_GT=grad_shift is not None,
-            HAS_W=weight is not None, HAS_B=has_bias, ACC=tl_acc(mean.dtype), BLOCK_C=block)
-    return g_mean, g_var, g_w, g_b
+    return bn_affine_backward_impl(grad_scale, grad_shift, mean, var, weight, has_bias, bias_dtype, eps)
 
 
 @bn_affine_backward.register_fake

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .batchnorm import bn_affine, bn_affine_backward, running_scale_shift, uses_batch_stats
+from .batchnorm import bn_affine_backward_impl, bn_affine_impl, running_scale_shift, uses_batch_stats
 from .utils import (acc_dtype, check_device, empty_4d, finish_stats, is_channels_last, layout_channel_block,
                     next_pow2, on_device, op_name, partial_stats, split_tiles, tl, tl_acc, triton)
 
@@ -111,8 +111,8 @@ def bn_batch_affine(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         _channel_stats_kernel[grid](x, pcnt, pmean, pm2, C, H * W, W, N * H * W, per, *x.stride(), ACC=tl_acc(sd),
                                     BLOCK_P=bp, BLOCK_C=bc)
     mean, var = finish_stats(pcnt, pmean, pm2, x)
-    scale, shift = bn_affine(mean, var, weight, bias, running_mean, running_var, num_batches_tracked,
-                             float(N * H * W), eps, momentum, update)
+    scale, shift = bn_affine_impl(mean, var, weight, bias, running_mean, running_var, num_batches_tracked,
+                                  float(N * H * W), eps, momentum, update)
     return scale, shift, mean, var
 
 
@@ -148,7 +148,8 @@ def bn_batch_affine_backward(grad_scale: Optional[Tensor], grad_shift: Optional[
     """
     check_device(x)
     N, C, H, W = x.shape
-    g_mean, g_var, g_w, g_b = bn_affine_backward(grad_scale, grad_shift, mean, var, weight, has_bias, bias_dtype, eps)
+    g_mean, g_var, g_w, g_b = bn_affine_backward_impl(grad_scale, grad_shift, mean, var, weight, has_bias, bias_dtype,
+                                                      eps)
     gx = empty_4d(tuple(x.shape), x)
     bp, bc, grid, per = _tiles(x)
     with on_device(x):

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .batchnorm import bn_affine, bn_affine_backward
+from .batchnorm import bn_affine_backward_impl, bn_affine_impl
 from .dwconv import (_check_args, _dw_conv_bn_backward_fake, _dw_conv_bn_fake, _dw_forward, _grad_y_pass,
                      _input_grad_pass, _out_hw, _taps)
 from .utils import grad_like, op_name, vec
@@ -65,8 +65,8 @@ def dw_conv_bn_act(x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shi
     K = weight.shape[-1]
     OH, OW = _out_hw(H, W, K, stride)
     count = N * OH * OW
-    scale, shift = bn_affine(mean, var, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked,
-                             float(count), eps, momentum, update)
+    scale, shift = bn_affine_impl(mean, var, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked,
+                                  float(count), eps, momentum, update)
     out = _dw_forward(x, weight, in_scale, in_shift, scale, shift, residual, stride, in_act, out_act, True, False)[0]
     return out, mean, var, scale, shift
 
@@ -114,7 +114,8 @@ def dw_conv_bn_act_backward(grad_out: Tensor, x: Tensor, weight: Tensor, in_scal
     si, ti = vec(in_scale), vec(in_shift)
     g, g_scale, g_shift = _grad_y_pass(grad_out, x, w, si, ti, scale, shift, None, None, None, stride, in_act,
                                        out_act)
-    g_mean, g_var, g_bw, g_bb = bn_affine_backward(g_scale, g_shift, mean, var, bn_weight, has_bias, bias_dtype, eps)
+    g_mean, g_var, g_bw, g_bb = bn_affine_backward_impl(g_scale, g_shift, mean, var, bn_weight, has_bias, bias_dtype,
+                                                        eps)
     g = _grad_y_pass(g, x, w, si, ti, None, None, mean, g_mean, g_var, stride, in_act, False, out=g)[0]
     return (*_input_grad_pass(g, x, weight, w, si, ti, stride, in_act), g_bw, g_bb)
 

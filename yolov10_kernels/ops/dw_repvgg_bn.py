@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .batchnorm import bn_affine, bn_affine_backward
+from .batchnorm import bn_affine_backward_impl, bn_affine_impl
 from .dwconv import _check_args, _dw_dual_pass, _dw_forward, _input_grad_pass, _taps
 from .utils import acc_dtype, empty, empty_4d, grad_like, next_pow2, on_device, op_name, tl_acc, triton, vec
 
@@ -92,10 +92,10 @@ def dw_repvgg_bn(x: Tensor, weight: Tensor, weight2: Tensor, in_scale: Optional[
     si, ti = vec(in_scale), vec(in_shift)
     mean, var, mean2, var2 = _dw_dual_pass(x, weight, weight2, si, ti, in_act)
     count = float(x.shape[0] * x.shape[2] * x.shape[3])
-    scale, shift = bn_affine(mean, var, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked,
-                             count, eps, momentum, update)
-    scale2, shift2 = bn_affine(mean2, var2, bn_weight2, bn_bias2, running_mean2, running_var2,
-                               num_batches_tracked2, count, eps2, momentum2, update)
+    scale, shift = bn_affine_impl(mean, var, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked, count,
+                                  eps, momentum, update)
+    scale2, shift2 = bn_affine_impl(mean2, var2, bn_weight2, bn_bias2, running_mean2, running_var2,
+                                    num_batches_tracked2, count, eps2, momentum2, update)
     wc, ones, out_shift = _repvgg_merge(weight, weight2, scale, scale2, shift, shift2)
     z = _dw_forward(x, wc, in_scale, in_shift, None, None, None, 1, in_act, False, True, False)[0]
     return z, ones, out_shift, mean, var, mean2, var2, scale, scale2
@@ -147,9 +147,10 @@ def dw_repvgg_bn_backward(grad_z: Tensor, grad_shift: Optional[Tensor], x: Tenso
     """
     si, ti = vec(in_scale), vec(in_shift)
     y, y2, g_scale, g_scale2 = _dw_dual_pass(x, weight, weight2, si, ti, in_act, grad_out=grad_z)
-    g_mean, g_var, g_bw, g_bb = bn_affine_backward(g_scale, grad_shift, mean, var, bn_weight, has_bias, bias_dtype, eps)
-    g_mean2, g_var2, g_bw2, g_bb2 = bn_affine_backward(g_scale2, grad_shift, mean2, var2, bn_weight2, has_bias2,
-                                                       bias_dtype2, eps2)
+    g_mean, g_var, g_bw, g_bb = bn_affine_backward_impl(g_scale, grad_shift, mean, var, bn_weight, has_bias, bias_dtype,
+                                                        eps)
+    g_mean2, g_var2, g_bw2, g_bb2 = bn_affine_backward_impl(g_scale2, grad_shift, mean2, var2, bn_weight2, has_bias2,
+                                                            bias_dtype2, eps2)
     gx, gw, gw2, g_is, g_it = _input_grad_pass(grad_z, x, weight, _taps(weight), si, ti, 1, in_act, y, mean, g_mean,
                                                g_var, scale, (weight2, y2, mean2, g_mean2, g_var2, scale2))
     return gx, gw, gw2, g_is, g_it, g_bw, g_bb, g_bw2, g_bb2

@@ -232,8 +232,11 @@ def psa_attn_backward(dout: torch.Tensor, qkv: torch.Tensor, qkv_scale: torch.Te
     dqa, dqb = torch.empty_like(qkv_scale), torch.empty_like(qkv_shift)
     dpa, dpb = torch.empty_like(pe_scale), torch.empty_like(pe_shift)
     block = 1024 if interp else 256
-    # the B * nblk block rows summed as trees (utils.sum_partials), then one row composed into the gradients
-    sums = [sum_partials(t, empty((1, t.shape[1]), qkv, acc_t)) for t in (pqa, pqb, ppa, ppb)]
+    # the B * nblk block rows summed as trees (utils.sum_partials) into one buffer (one allocation), then that row
+    # composed into the gradients
+    row = empty((1, 2 * CQ + 2 * C), qkv, acc_t)
+    sums = [sum_partials(t, row[:, a:a + t.shape[1]])
+            for t, a in ((pqa, 0), (pqb, CQ), (ppa, 2 * CQ), (ppb, 2 * CQ + C))]
     with on_device(qkv):
         _psa_sums_kernel[(triton.cdiv(max(CQ, C), block),)](*sums, dqa, dqb, dpa, dpb, 1, CQ, C,
                                                             KD=key_dim, HD=head_dim, ACC=meta["ACC"], BLOCK=block)
